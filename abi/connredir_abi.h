@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * connredir ABI: the one header shared by the BPF programs (bpf/) and the
+ * C++ side (libconnredir, CLI, proxy, tests).
+ *
+ * Everything here is plain C with fixed-width __u* types so both compilers
+ * lay it out identically; the C++ side static-asserts the layout
+ * (src/lib/abi_layout.cpp). Every structure that crosses the user/kernel
+ * boundary has explicit padding: no implicit holes, no bitfields.
+ *
+ * The public, language-neutral socket-option contract (what a proxy written
+ * in any language sees) is documented in docs/ABI.md; keep both in sync and
+ * bump CONNREDIR_ABI_VERSION on any incompatible change.
+ */
+#ifndef CONNREDIR_ABI_H
+#define CONNREDIR_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define CONNREDIR_ABI_VERSION 1
+
+/* ---- Public socket-option contract -------------------------------------- */
+
+/* Private option level: "CR". Unknown to the kernel, so when connredir is not
+ * loaded callers get the kernel's own EOPNOTSUPP (get) / ENOPROTOOPT (set). */
+#define SOL_CONNREDIR 0x4352
+/* get: records blob of an accepted, redirected socket.
+ * set: attach a records blob to a not-yet-connected TCP socket. */
+#define CONNREDIR_RECORDS 1
+/* get: struct connredir_context of an accepted, redirected socket. */
+#define CONNREDIR_CONTEXT 2
+
+/* The iptables-compatible original-destination options (same numbers as
+ * <linux/netfilter_ipv4.h> SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST). */
+#define CONNREDIR_SOL_IP 0
+#define CONNREDIR_SOL_IPV6 41
+#define CONNREDIR_SO_ORIGINAL_DST 80
+#define CONNREDIR_IP6T_SO_ORIGINAL_DST 80
+
+/* ---- Limits ------------------------------------------------------------- */
+
+/* Longest proxy chain. A connect that would need a 9th redirect goes to its
+ * destination directly and is counted (CONNREDIR_STAT_HOP_CAP). */
+#define CONNREDIR_MAX_HOPS 8
+/* Callout ids are 1..CONNREDIR_MAX_CALLOUTS-1 (0 means "none"). */
+#define CONNREDIR_MAX_CALLOUTS 256
+#define CONNREDIR_MAX_FILTERS 131072
+/* Distinct destination prefixes in the classifier index. */
+#define CONNREDIR_MAX_PREFIXES 131072
+/* Filters that may overlap one destination prefix (the classifier walks at
+ * most this many candidates per connect; adding a filter that would exceed it
+ * is refused by the control plane with a clear message). */
+#define CONNREDIR_CANDIDATES_MAX 32
+#define CONNREDIR_USER_CONTEXT_MAX 128
+#define CONNREDIR_NAME_MAX 32
+#define CONNREDIR_PRINCIPALS_MAX 1024
+/* In-flight hand-offs (connects published, not yet accepted). LRU backstop. */
+#define CONNREDIR_HANDOFF_MAX 65536
+/* A buffer of this size always holds a records blob / a context. */
+#define CONNREDIR_RECORDS_MAX 512
+#define CONNREDIR_CONTEXT_MAX 256
+/* Deepest cgroup level checked for cgroup principals. */
+#define CONNREDIR_CGROUP_LEVELS_MAX 16
+
+#define CONNREDIR_RECORDS_MAGIC 0x31525243u /* "CRR1" little endian */
+#define CONNREDIR_CONTEXT_MAGIC 0x31435243u /* "CRC1" little endian */
+#define CONNREDIR_UID_NONE 0xffffffffu
+
+/* Address families as stored in struct connredir_addr.family (Linux values). */
+#define CONNREDIR_AF_INET 2
+#define CONNREDIR_AF_INET6 10
+
+/* An endpoint. addr is always 16 bytes: IPv4 is stored IPv4-mapped
+ * (::ffff:a.b.c.d) and family says AF_INET; so v4, v6 and v4-mapped connects
+ * compare equal where they are the same endpoint. */
+struct connredir_addr {
+	__u8 addr[16];
+	__u16 port; /* network byte order */
+	__u16 family; /* CONNREDIR_AF_INET or CONNREDIR_AF_INET6; 0 = unset */
+};
+
+/* One redirection in the chain. */
+struct connredir_hop {
+	__u32 callout_id;
+	__u32 filter_id;
+	__u64 time_ns; /* bpf_ktime_get_boot_ns() at the redirect */
+	struct connredir_addr dst; /* destination this connect asked for */
+	__u32 proxy_uid; /* callout's proxy principal uid, or CONNREDIR_UID_NONE */
+	__u64 proxy_cgroup; /* callout's proxy principal cgroup id, or 0 */
+};
+
+/* The application that opened the flow (first hop). */
+struct connredir_origin {
+	__u64 cgroup_id;
+	__u32 pid; /* tgid */
+	__u32 uid;
+	char comm[16];
+	struct connredir_addr src; /* its source address, known at TCP_CONNECT_CB */
+	__u32 reserved;
+};
+
+/*
+ * The records blob. Opaque to proxies: they copy it from the accepted socket
+ * to their outgoing socket. Fixed size (no variable-length copies in BPF).
+ * mac is SipHash-2-4 over every byte before it, keyed with a random 128-bit
+ * key that `connredir up` draws from getrandom() into the root-only `secret`
+ * map. The kernel rejects (EINVAL) any blob whose MAC does not verify, so a
+ * blob cannot be forged or altered by anyone who cannot read that map.
+ */
+struct connredir_records {
+	__u32 magic; /* CONNREDIR_RECORDS_MAGIC */
+	__u16 version; /* CONNREDIR_ABI_VERSION */
+	__u16 size; /* sizeof(struct connredir_records) */
+	__u64 flow_id; /* unique per flow, kept along the chain */
+	__u8 hop_count; /* valid entries in hops[] */
+	__u8 reserved0;
+	__u16 reserved1;
+	__u32 reserved2;
+	struct connredir_origin origin;
+	struct connredir_hop hops[CONNREDIR_MAX_HOPS];
+	__u64 mac;
+};
+
+/*
+ * The redirect context a proxy reads from the socket it accepted. Always
+ * returned whole (sizeof = CONNREDIR_CONTEXT_SIZE); user_len says how many
+ * bytes of user[] are the filter's context, size = header + user_len.
+ */
+struct connredir_context {
+	__u32 magic; /* CONNREDIR_CONTEXT_MAGIC */
+	__u16 version;
+	__u16 size; /* CONNREDIR_CONTEXT_HDR_SIZE + user_len */
+	__u64 flow_id;
+	__u32 callout_id; /* the callout that redirected to this proxy */
+	__u32 filter_id;
+	struct connredir_addr orig_dst; /* where the connecting socket wanted to go */
+	struct connredir_addr orig_src; /* the original application's source */
+	__u32 pid; /* original application */
+	__u32 uid;
+	__u64 cgroup_id;
+	char comm[16];
+	__u8 hop; /* 1-based position of this redirect in the chain */
+	__u8 reserved0;
+	__u16 user_len;
+	__u32 reserved1;
+	__u8 user[CONNREDIR_USER_CONTEXT_MAX];
+};
+#define CONNREDIR_CONTEXT_HDR_SIZE 104
+#define CONNREDIR_CONTEXT_SIZE (CONNREDIR_CONTEXT_HDR_SIZE + CONNREDIR_USER_CONTEXT_MAX)
+
+/* ---- Maps (written by the control plane, read by BPF) ------------------- */
+
+#define CONNREDIR_CALLOUT_F_USED 0x1u
+#define CONNREDIR_CALLOUT_F_PROXY4 0x2u /* proxy4 is set */
+#define CONNREDIR_CALLOUT_F_PROXY6 0x4u /* proxy6 is set */
+
+/* map `callouts` (ARRAY, index = callout id). */
+struct connredir_callout {
+	__u32 id;
+	__u32 flags; /* CONNREDIR_CALLOUT_F_* */
+	struct connredir_addr proxy4; /* IPv4 listener (v4-mapped) */
+	struct connredir_addr proxy6; /* IPv6 listener */
+	__u32 proxy_uid; /* CONNREDIR_UID_NONE if unset */
+	__u32 proxy_cgroup_level; /* depth of proxy_cgroup below the root */
+	__u64 proxy_cgroup; /* cgroup id (inode), 0 if unset */
+	char name[CONNREDIR_NAME_MAX];
+};
+
+#define CONNREDIR_FILTER_F_APP_UID 0x1u
+#define CONNREDIR_FILTER_F_APP_CGROUP 0x2u
+
+/* map `filters` (HASH, key = __u32 filter id). */
+struct connredir_filter {
+	__u32 id;
+	__u32 callout_id;
+	__u32 weight; /* higher first */
+	__u32 flags; /* CONNREDIR_FILTER_F_* */
+	__u64 seq; /* creation order: on equal weight the older filter first */
+	__u8 family; /* 0 = any, CONNREDIR_AF_INET, CONNREDIR_AF_INET6 */
+	__u8 prefixlen; /* of addr, in bits of the family's address */
+	__u8 proto; /* 0 = any, 6 = TCP */
+	__u8 reserved0;
+	__u16 port_lo; /* host order, inclusive */
+	__u16 port_hi;
+	__u8 addr[16]; /* IPv4 v4-mapped */
+	__u32 app_uid;
+	__u32 app_cgroup_level;
+	__u64 app_cgroup;
+	__u16 user_len;
+	__u16 reserved1;
+	__u32 reserved2;
+	__u8 user[CONNREDIR_USER_CONTEXT_MAX];
+};
+
+#define CONNREDIR_LPM_FAM_V4 4
+#define CONNREDIR_LPM_FAM_V6 6
+
+/* map `filter_index` (LPM_TRIE) key: family byte then the address (IPv4 in
+ * addr[0..3]); prefixlen = 8 + CIDR length. The unused tail must be zero. */
+struct connredir_lpm_key {
+	__u32 prefixlen;
+	__u8 family; /* CONNREDIR_LPM_FAM_V4 / _V6 */
+	__u8 addr[16];
+	__u8 reserved[3];
+};
+
+/* map `filter_index` value: every filter whose destination contains this
+ * prefix, sorted: weight descending, then seq ascending. The longest-prefix
+ * match of a destination therefore lists exactly the filters whose CIDR
+ * contains it, in WFP order, without a linear scan of all filters. */
+struct connredir_candidates {
+	__u32 count;
+	__u32 ids[CONNREDIR_CANDIDATES_MAX];
+};
+
+#define CONNREDIR_PRINCIPAL_UID 1
+#define CONNREDIR_PRINCIPAL_CGROUP 2
+/* map `principals` (HASH) key: who may query and set records. */
+struct connredir_principal_key {
+	__u32 kind; /* CONNREDIR_PRINCIPAL_* */
+	__u32 reserved;
+	__u64 id; /* uid or cgroup id */
+};
+#define CONNREDIR_PRINCIPAL_F_AUTHORIZED 0x1u /* `connredir authorize` */
+#define CONNREDIR_PRINCIPAL_F_CALLOUT 0x2u /* a callout's proxy principal */
+
+/* map `handoff` (LRU_HASH) key: the client's connection to the proxy.
+ * netns is the client's netns cookie when the proxy address is loopback (so
+ * namespaces reusing the same loopback 4-tuple never cross-talk) and 0 when
+ * it is not (the proxy may sit in another namespace, reached over veth). */
+struct connredir_flow_key {
+	__u64 netns;
+	__u8 client_ip[16]; /* v4-mapped for IPv4 */
+	__u8 proxy_ip[16];
+	__u16 client_port; /* network order */
+	__u16 proxy_port; /* network order */
+	__u32 reserved;
+};
+
+#define CONNREDIR_SK_RECORDS_SET 0x1u /* setsockopt(CONNREDIR_RECORDS) accepted */
+#define CONNREDIR_SK_REDIRECTED 0x2u /* connect was redirected (client side) */
+#define CONNREDIR_SK_PUBLISHED 0x4u /* hand-off entry published */
+#define CONNREDIR_SK_ACCEPTED 0x8u /* socket accepted by a proxy, state handed off */
+
+/* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
+struct connredir_sk_state {
+	__u32 flags; /* CONNREDIR_SK_* */
+	__u32 reserved;
+	struct connredir_flow_key handoff; /* to delete an unconsumed hand-off */
+	struct connredir_records records;
+	struct connredir_context context;
+};
+
+/* map `secret` (ARRAY, 1 entry): the MAC key. Zero means "not initialised":
+ * the BPF side then refuses every set (EINVAL) and redirects nothing. */
+struct connredir_secret {
+	__u64 k0;
+	__u64 k1;
+};
+
+/* map `stats` (PERCPU_ARRAY, index = CONNREDIR_STAT_*). */
+enum connredir_stat {
+	CONNREDIR_STAT_CLASSIFIED = 0, /* connects whose destination hit the index */
+	CONNREDIR_STAT_REDIRECTED, /* connects rewritten to a proxy */
+	CONNREDIR_STAT_HOP_CAP, /* chain full: connected directly */
+	CONNREDIR_STAT_NO_PROXY_FAMILY, /* callout had no proxy for the family */
+	CONNREDIR_STAT_STORAGE_FAIL, /* sk_storage allocation failed: not redirected */
+	CONNREDIR_STAT_PUBLISHED, /* hand-offs published at TCP_CONNECT_CB */
+	CONNREDIR_STAT_PUBLISH_FAIL, /* hand-off map update failed */
+	CONNREDIR_STAT_ACCEPTED, /* hand-offs consumed by an accepted socket */
+	CONNREDIR_STAT_RECORDS_SET, /* records attached by setsockopt */
+	CONNREDIR_STAT_RECORDS_REJECTED, /* forged / altered / malformed blobs */
+	CONNREDIR_STAT_DENIED, /* queries and sets refused with EACCES */
+	CONNREDIR_STAT_SELF_SKIP, /* a callout skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_PREV_SKIP, /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_MAX,
+};
+
+/* Redirect state of a flow relative to one callout (WFP's four states). */
+enum connredir_redirect_state {
+	CONNREDIR_NOT_REDIRECTED = 0,
+	CONNREDIR_REDIRECTED_BY_SELF = 1,
+	CONNREDIR_REDIRECTED_BY_OTHER = 2,
+	CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF = 3,
+};
+
+#endif /* CONNREDIR_ABI_H */

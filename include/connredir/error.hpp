@@ -1,0 +1,27 @@
+// Errors as values for every library and data path: an errno plus a message
+// that says what happened and what to do about it. No exceptions.
+#pragma once
+
+#include <string>
+#include <tl/expected.hpp>
+#include <utility>
+
+namespace connredir {
+
+struct Error {
+  int code = 0;         // errno value (positive)
+  std::string message;  // human-readable, says what to do
+};
+
+template <class T>
+using Result = tl::expected<T, Error>;
+
+// Build an error result: `return fail(ENOENT, "...");`
+inline tl::unexpected<Error> fail(int code, std::string message) {
+  return tl::unexpected<Error>(Error{code, std::move(message)});
+}
+
+// "what: strerror(code)"-style message for a failed syscall.
+std::string errno_message(int code, const std::string& what);
+
+}  // namespace connredir
