@@ -44,8 +44,9 @@
 /* Longest proxy chain. A connect that would need a 9th redirect goes to its
  * destination directly and is counted (CONNREDIR_STAT_HOP_CAP). */
 #define CONNREDIR_MAX_HOPS 8
-/* Callout ids are 1..CONNREDIR_MAX_CALLOUTS-1 (0 means "none"). */
-#define CONNREDIR_MAX_CALLOUTS 256
+/* Callout ids are 1..CONNREDIR_MAX_CALLOUTS-1 (0 means "none"). 64 lets the
+ * classifier keep "callouts already in this chain" in one 64-bit mask. */
+#define CONNREDIR_MAX_CALLOUTS 64
 #define CONNREDIR_MAX_FILTERS 131072
 /* Distinct destination prefixes in the classifier index. */
 #define CONNREDIR_MAX_PREFIXES 131072
@@ -56,7 +57,9 @@
 #define CONNREDIR_USER_CONTEXT_MAX 128
 #define CONNREDIR_NAME_MAX 32
 #define CONNREDIR_PRINCIPALS_MAX 1024
-/* In-flight hand-offs (connects published, not yet accepted). LRU backstop. */
+/* In-flight hand-offs (connects published, not yet accepted). Entries are
+ * deleted when the proxy's socket is accepted, or when the client socket is
+ * released before that; the bound only limits concurrent half-open flows. */
 #define CONNREDIR_HANDOFF_MAX 65536
 /* A buffer of this size always holds a records blob / a context. */
 #define CONNREDIR_RECORDS_MAX 512
@@ -226,7 +229,7 @@ struct connredir_principal_key {
 #define CONNREDIR_PRINCIPAL_F_AUTHORIZED 0x1u /* `connredir authorize` */
 #define CONNREDIR_PRINCIPAL_F_CALLOUT 0x2u /* a callout's proxy principal */
 
-/* map `handoff` (LRU_HASH) key: the client's connection to the proxy.
+/* map `handoff` (HASH, no prealloc) key: the client's connection to the proxy.
  * netns is the client's netns cookie when the proxy address is loopback (so
  * namespaces reusing the same loopback 4-tuple never cross-talk) and 0 when
  * it is not (the proxy may sit in another namespace, reached over veth). */
@@ -247,7 +250,7 @@ struct connredir_flow_key {
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
 struct connredir_sk_state {
 	__u32 flags; /* CONNREDIR_SK_* */
-	__u32 reserved;
+	__u32 in_hops; /* hop_count before this socket's redirect (re-connect rollback) */
 	struct connredir_flow_key handoff; /* to delete an unconsumed hand-off */
 	struct connredir_records records;
 	struct connredir_context context;

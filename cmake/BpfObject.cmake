@@ -25,7 +25,7 @@ function(bpf_object NAME SOURCE)
   add_custom_command(
     OUTPUT ${obj}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${out_dir}
-    COMMAND ${BPF_CLANG} -target bpf -g -O2 -D__TARGET_ARCH_x86
+    COMMAND ${BPF_CLANG} -target bpf -mcpu=v3 -g -O2 -D__TARGET_ARCH_x86
             -Wall -Wextra -Werror -Wno-unused-parameter
             -I${BPF_VMLINUX_DIR} -I${CONNREDIR_ABI_DIR}
             -c ${CMAKE_CURRENT_SOURCE_DIR}/${SOURCE} -o ${obj}

@@ -1,0 +1,828 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * connredir kernel side: WFP-style connection redirection with proxy-chain
+ * tracking, as cgroup BPF hooks.
+ *
+ *   connect4/6      classify the connect against the filter index, pick the
+ *                   first callout whose redirect state allows it, append a
+ *                   hop to the flow's records, rewrite the destination.
+ *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
+ *                   has left yet, so publish the flow (records + context) in
+ *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
+ *                   socket adopts it into its sk_storage.
+ *   getsockopt      SOL_CONNREDIR queries and SO_ORIGINAL_DST emulation.
+ *   setsockopt      SOL_CONNREDIR records set (MAC-verified).
+ *   getpeername4/6  the client sees its original destination.
+ *   sock_release    drop an unconsumed hand-off.
+ *
+ * Principles: entry points are thin; they never fail a connection they were
+ * not asked to touch (every hook returns "allow", errors only on our own
+ * option level); per-socket state lives in sk_storage and dies with the
+ * socket; nothing is created for connects that match no filter.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "connredir_abi.h"
+#include "connredir_siphash.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+
+#define EPERM 1
+#define ENOENT 2
+#define EACCES 13
+#define EINVAL 22
+#define ENOPROTOOPT 92
+#define EOPNOTSUPP 95
+#define ENOBUFS 105
+#define EISCONN 106
+
+/* Verdicts of cgroup hooks: 1 = proceed. We never return 0 from connect or
+ * sockops: connredir fails open for everything it does not own. */
+#define ALLOW 1
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ---- Maps ---------------------------------------------------------------- */
+
+/* Redirectors, indexed by callout id. Written by `connredir callout`; read by
+ * connect4/6 (proxy address, proxy principal). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CONNREDIR_MAX_CALLOUTS);
+	__type(key, __u32);
+	__type(value, struct connredir_callout);
+} callouts SEC(".maps");
+
+/* Filter conditions by filter id. Written by `connredir filter`; read by
+ * connect4/6 for the candidates the index returned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNREDIR_MAX_FILTERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct connredir_filter);
+} filters SEC(".maps");
+
+/* The classifier: destination prefix -> every filter containing it, in WFP
+ * order. Compiled by the control plane; one LPM lookup per connect instead of
+ * a scan over all filters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CONNREDIR_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct connredir_lpm_key);
+	__type(value, struct connredir_candidates);
+} filter_index SEC(".maps");
+
+/* Who may query and set records besides root: proxy principals of callouts
+ * and `connredir authorize` entries. Written by the control plane; read by
+ * the sockopt hooks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNREDIR_PRINCIPALS_MAX);
+	__type(key, struct connredir_principal_key);
+	__type(value, __u32);
+} principals SEC(".maps");
+
+/* Flows between the client's TCP_CONNECT_CB and the proxy's accept. Written
+ * by sockops (publish), deleted by sockops (adopt) or sock_release. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CONNREDIR_HANDOFF_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct connredir_flow_key);
+	__type(value, struct connredir_sk_state);
+} handoff SEC(".maps");
+
+/* Per-socket state: records set by a proxy, the redirect of a client socket,
+ * or the flow adopted by an accepted socket. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct connredir_sk_state);
+} sk_state SEC(".maps");
+
+/* MAC key for the records blob, drawn by `connredir up` from getrandom().
+ * Pinned root-only; never readable by the processes we police. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct connredir_secret);
+} secret SEC(".maps");
+
+/* Flow id counter (atomic add from connect4/6; `up` may seed it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} flowseq SEC(".maps");
+
+/* Counters, per CPU so the hot path never contends; summed by `status`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CONNREDIR_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Scratch for an incoming records blob: verified here before it may touch a
+ * socket's state (too big for the 512-byte BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct connredir_records);
+} scratch SEC(".maps");
+
+/* ---- Small workers --------------------------------------------------------- */
+
+#define RECORDS_MAC_WORDS ((sizeof(struct connredir_records) - sizeof(__u64)) / sizeof(__u64))
+_Static_assert(sizeof(struct connredir_records) % 8 == 0, "records must be whole words");
+_Static_assert(sizeof(struct connredir_records) <= CONNREDIR_RECORDS_MAX, "records too big");
+_Static_assert(sizeof(struct connredir_context) == CONNREDIR_CONTEXT_SIZE, "context size");
+_Static_assert(CONNREDIR_MAX_CALLOUTS <= 64, "callout mask is one u64");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void addr_set_v4(struct connredir_addr *a, __u32 ip_be, __u16 port_be)
+{
+	__builtin_memset(a->addr, 0, 10);
+	a->addr[10] = 0xff;
+	a->addr[11] = 0xff;
+	__builtin_memcpy(&a->addr[12], &ip_be, 4);
+	a->port = port_be;
+	a->family = CONNREDIR_AF_INET;
+}
+
+static __always_inline void addr_set_v6(struct connredir_addr *a, __u32 w0, __u32 w1, __u32 w2,
+					__u32 w3, __u16 port_be)
+{
+	/* IPv4-mapped (::ffff:a.b.c.d) is IPv4: the same endpoint, and a dual-stack
+	 * socket's later traffic is IPv4. */
+	int mapped = w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+
+	__builtin_memcpy(&a->addr[0], &w0, 4);
+	__builtin_memcpy(&a->addr[4], &w1, 4);
+	__builtin_memcpy(&a->addr[8], &w2, 4);
+	__builtin_memcpy(&a->addr[12], &w3, 4);
+	a->port = port_be;
+	a->family = mapped ? CONNREDIR_AF_INET : CONNREDIR_AF_INET6;
+}
+
+static __always_inline __u32 addr_word(const struct connredir_addr *a, int i)
+{
+	__u32 w;
+
+	__builtin_memcpy(&w, &a->addr[i * 4], 4);
+	return w;
+}
+
+static __always_inline int addr_is_loopback(const struct connredir_addr *a)
+{
+	if (a->family == CONNREDIR_AF_INET)
+		return a->addr[12] == 127;
+	/* ::1 */
+	return addr_word(a, 0) == 0 && addr_word(a, 1) == 0 && addr_word(a, 2) == 0 &&
+	       addr_word(a, 3) == bpf_htonl(1);
+}
+
+/* Root, or a registered principal (uid, or a cgroup that is the caller's
+ * cgroup or one of its ancestors). */
+static __always_inline int caller_authorized(void)
+{
+	struct connredir_principal_key key = {};
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	int level;
+
+	if (uid == 0)
+		return 1;
+	key.kind = CONNREDIR_PRINCIPAL_UID;
+	key.id = uid;
+	if (bpf_map_lookup_elem(&principals, &key))
+		return 1;
+	key.kind = CONNREDIR_PRINCIPAL_CGROUP;
+	for (level = 1; level <= CONNREDIR_CGROUP_LEVELS_MAX; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (!id)
+			break;
+		key.id = id;
+		if (bpf_map_lookup_elem(&principals, &key))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int cgroup_is_or_below(__u64 cgroup, __u32 level)
+{
+	return cgroup && bpf_get_current_ancestor_cgroup_id(level) == cgroup;
+}
+
+static __always_inline const struct connredir_secret *mac_key(void)
+{
+	__u32 zero = 0;
+	const struct connredir_secret *k = bpf_map_lookup_elem(&secret, &zero);
+
+	if (!k || (k->k0 == 0 && k->k1 == 0))
+		return NULL;
+	return k;
+}
+
+static __always_inline __u64 records_mac(const struct connredir_secret *k,
+					 const struct connredir_records *r)
+{
+	return connredir_siphash_words(k->k0, k->k1, (const __u64 *)r, RECORDS_MAC_WORDS);
+}
+
+/* ---- Classification (connect4/6) --------------------------------------- */
+
+static __always_inline int filter_matches(const struct connredir_filter *f, __u16 port_host,
+					  __u32 uid)
+{
+	if (f->proto && f->proto != IPPROTO_TCP)
+		return 0;
+	if (port_host < f->port_lo || port_host > f->port_hi)
+		return 0;
+	if ((f->flags & CONNREDIR_FILTER_F_APP_UID) && f->app_uid != uid)
+		return 0;
+	if ((f->flags & CONNREDIR_FILTER_F_APP_CGROUP) &&
+	    !cgroup_is_or_below(f->app_cgroup, f->app_cgroup_level))
+		return 0;
+	return 1;
+}
+
+/* WFP's FwpsQueryConnectionRedirectState for one callout. `seen` has a bit
+ * per callout already in the chain, `last` is the newest hop's callout. A
+ * connect without records from the callout's own proxy principal counts as
+ * REDIRECTED_BY_SELF (Windows' localRedirectTargetPID), so a proxy that does
+ * not propagate records still cannot loop onto itself. */
+static __always_inline int redirect_state(const struct connredir_callout *c, __u32 cid,
+					  __u32 hops, __u64 seen, __u32 last, __u32 uid)
+{
+	if (hops == 0) {
+		if ((c->proxy_uid != CONNREDIR_UID_NONE && c->proxy_uid == uid) ||
+		    cgroup_is_or_below(c->proxy_cgroup, c->proxy_cgroup_level))
+			return CONNREDIR_REDIRECTED_BY_SELF;
+		return CONNREDIR_NOT_REDIRECTED;
+	}
+	if (last == cid)
+		return CONNREDIR_REDIRECTED_BY_SELF;
+	if (seen & (1ULL << (cid & 63)))
+		return CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF;
+	return CONNREDIR_REDIRECTED_BY_OTHER;
+}
+
+static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
+{
+	__u32 zero = 0;
+	__u64 *seq = bpf_map_lookup_elem(&flowseq, &zero);
+
+	r->magic = CONNREDIR_RECORDS_MAGIC;
+	r->version = CONNREDIR_ABI_VERSION;
+	r->size = sizeof(*r);
+	r->flow_id = seq ? __sync_fetch_and_add(seq, 1) + 1 : bpf_get_prandom_u32();
+	r->hop_count = 0;
+	r->origin.cgroup_id = bpf_get_current_cgroup_id();
+	r->origin.pid = bpf_get_current_pid_tgid() >> 32;
+	r->origin.uid = uid;
+	bpf_get_current_comm(r->origin.comm, sizeof(r->origin.comm));
+	__builtin_memset(&r->origin.src, 0, sizeof(r->origin.src));
+}
+
+/*
+ * Classify one TCP connect and redirect it if a filter says so. Returns the
+ * proxy to connect to instead, or NULL to leave the connect alone.
+ */
+static __always_inline const struct connredir_addr *
+classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst)
+{
+	struct connredir_lpm_key key = {};
+	struct connredir_candidates *cands;
+	struct connredir_sk_state *st;
+	const struct connredir_callout *chosen = NULL;
+	const struct connredir_filter *chosen_f = NULL;
+	const struct connredir_addr *proxy = NULL;
+	struct bpf_sock *sk;
+	__u32 uid, hops = 0, last = 0, chosen_id = 0, i, n;
+	__u64 seen = 0;
+	__u16 port_host = bpf_ntohs(dst->port);
+
+	if (dst->family == CONNREDIR_AF_INET) {
+		key.prefixlen = 8 + 32;
+		key.family = CONNREDIR_LPM_FAM_V4;
+		__builtin_memcpy(key.addr, &dst->addr[12], 4);
+	} else {
+		key.prefixlen = 8 + 128;
+		key.family = CONNREDIR_LPM_FAM_V6;
+		__builtin_memcpy(key.addr, dst->addr, 16);
+	}
+	cands = bpf_map_lookup_elem(&filter_index, &key);
+	if (!cands)
+		return NULL; /* matches no filter: untouched, no state */
+	stat_inc(CONNREDIR_STAT_CLASSIFIED);
+
+	sk = ctx->sk;
+	if (!sk)
+		return NULL;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (st && (st->flags & CONNREDIR_SK_RECORDS_SET)) {
+		/* A re-connect after a failed one must not count our earlier hop. */
+		hops = (st->flags & CONNREDIR_SK_REDIRECTED) ? st->in_hops : st->records.hop_count;
+		if (hops > CONNREDIR_MAX_HOPS)
+			hops = CONNREDIR_MAX_HOPS;
+		for (i = 0; i < CONNREDIR_MAX_HOPS; i++) {
+			if (i >= hops)
+				break;
+			last = st->records.hops[i].callout_id;
+			seen |= 1ULL << (last & 63);
+		}
+	}
+
+	uid = (__u32)bpf_get_current_uid_gid();
+	n = cands->count;
+	for (i = 0; i < CONNREDIR_CANDIDATES_MAX; i++) {
+		const struct connredir_filter *f;
+		const struct connredir_callout *c;
+		__u32 fid, cid;
+		int state;
+
+		if (i >= n)
+			break;
+		fid = cands->ids[i];
+		f = bpf_map_lookup_elem(&filters, &fid);
+		if (!f || !filter_matches(f, port_host, uid))
+			continue;
+		cid = f->callout_id;
+		c = bpf_map_lookup_elem(&callouts, &cid);
+		if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED))
+			continue;
+		state = redirect_state(c, cid, hops, seen, last, uid);
+		if (state == CONNREDIR_REDIRECTED_BY_SELF) {
+			stat_inc(CONNREDIR_STAT_SELF_SKIP);
+			continue;
+		}
+		if (state == CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF) {
+			stat_inc(CONNREDIR_STAT_PREV_SKIP);
+			continue;
+		}
+		if (dst->family == CONNREDIR_AF_INET)
+			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &c->proxy4 : NULL;
+		else
+			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
+		if (!proxy) {
+			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
+			continue;
+		}
+		chosen = c;
+		chosen_f = f;
+		chosen_id = cid;
+		break;
+	}
+	if (!chosen || !chosen_f)
+		return NULL;
+	if (hops >= CONNREDIR_MAX_HOPS) {
+		stat_inc(CONNREDIR_STAT_HOP_CAP);
+		return NULL;
+	}
+	if (!mac_key())
+		return NULL; /* not initialised: records could not be issued */
+
+	if (!st) {
+		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
+			return NULL;
+		}
+	}
+	if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
+		new_flow(&st->records, uid);
+	st->in_hops = hops;
+	if (hops < CONNREDIR_MAX_HOPS) {
+		struct connredir_hop *h = &st->records.hops[hops];
+
+		h->callout_id = chosen_id;
+		h->filter_id = chosen_f->id;
+		h->time_ns = bpf_ktime_get_boot_ns();
+		h->dst = *dst;
+		h->proxy_uid = chosen->proxy_uid;
+		h->proxy_cgroup = chosen->proxy_cgroup;
+	}
+	st->records.hop_count = hops + 1;
+
+	st->context.magic = CONNREDIR_CONTEXT_MAGIC;
+	st->context.version = CONNREDIR_ABI_VERSION;
+	st->context.flow_id = st->records.flow_id;
+	st->context.callout_id = chosen_id;
+	st->context.filter_id = chosen_f->id;
+	st->context.orig_dst = *dst;
+	st->context.pid = st->records.origin.pid;
+	st->context.uid = st->records.origin.uid;
+	st->context.cgroup_id = st->records.origin.cgroup_id;
+	__builtin_memcpy(st->context.comm, st->records.origin.comm, sizeof(st->context.comm));
+	st->context.hop = hops + 1;
+	st->context.user_len = chosen_f->user_len > CONNREDIR_USER_CONTEXT_MAX
+				       ? CONNREDIR_USER_CONTEXT_MAX
+				       : chosen_f->user_len;
+	st->context.size = CONNREDIR_CONTEXT_HDR_SIZE + st->context.user_len;
+	__builtin_memcpy(st->context.user, chosen_f->user, CONNREDIR_USER_CONTEXT_MAX);
+	st->flags |= CONNREDIR_SK_REDIRECTED;
+	stat_inc(CONNREDIR_STAT_REDIRECTED);
+	return proxy;
+}
+
+SEC("cgroup/connect4")
+int connredir_connect4(struct bpf_sock_addr *ctx)
+{
+	struct connredir_addr dst __attribute__((aligned(8))) = {};
+	const struct connredir_addr *proxy;
+	__u32 ip, proxy_ip;
+
+	if (ctx->type != SOCK_STREAM)
+		return ALLOW; /* TCP only; UDP is its own design */
+	ip = ctx->user_ip4;
+	addr_set_v4(&dst, ip, (__u16)ctx->user_port);
+	proxy = classify_connect(ctx, &dst);
+	if (!proxy)
+		return ALLOW;
+	proxy_ip = addr_word(proxy, 3);
+	ctx->user_ip4 = proxy_ip;
+	ctx->user_port = proxy->port;
+	return ALLOW;
+}
+
+SEC("cgroup/connect6")
+int connredir_connect6(struct bpf_sock_addr *ctx)
+{
+	struct connredir_addr dst __attribute__((aligned(8))) = {};
+	const struct connredir_addr *proxy;
+	__u32 w0, w1, w2, w3;
+
+	if (ctx->type != SOCK_STREAM)
+		return ALLOW;
+	w0 = ctx->user_ip6[0];
+	w1 = ctx->user_ip6[1];
+	w2 = ctx->user_ip6[2];
+	w3 = ctx->user_ip6[3];
+	addr_set_v6(&dst, w0, w1, w2, w3, (__u16)ctx->user_port);
+	proxy = classify_connect(ctx, &dst);
+	if (!proxy)
+		return ALLOW;
+	/* A v4-mapped destination got an IPv4 proxy: keep it v4-mapped. */
+	ctx->user_ip6[0] = addr_word(proxy, 0);
+	ctx->user_ip6[1] = addr_word(proxy, 1);
+	ctx->user_ip6[2] = addr_word(proxy, 2);
+	ctx->user_ip6[3] = addr_word(proxy, 3);
+	ctx->user_port = proxy->port;
+	return ALLOW;
+}
+
+/* ---- Hand-off (sockops) ------------------------------------------------- */
+
+/* The connection's two ends from a sockops context, IPv4 as v4-mapped. */
+static __always_inline void skops_ends(struct bpf_sock_ops *skops, struct connredir_addr *local,
+				       struct connredir_addr *remote)
+{
+	__u32 family = skops->family;
+	__u16 lport = bpf_htons((__u16)skops->local_port);
+	__u16 rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+
+	if (family == AF_INET) {
+		addr_set_v4(local, skops->local_ip4, lport);
+		addr_set_v4(remote, skops->remote_ip4, rport);
+	} else {
+		__u32 l0 = skops->local_ip6[0], l1 = skops->local_ip6[1];
+		__u32 l2 = skops->local_ip6[2], l3 = skops->local_ip6[3];
+		__u32 r0 = skops->remote_ip6[0], r1 = skops->remote_ip6[1];
+		__u32 r2 = skops->remote_ip6[2], r3 = skops->remote_ip6[3];
+
+		addr_set_v6(local, l0, l1, l2, l3, lport);
+		addr_set_v6(remote, r0, r1, r2, r3, rport);
+	}
+}
+
+static __always_inline void flow_key(struct bpf_sock_ops *skops, struct connredir_flow_key *key,
+				     const struct connredir_addr *client,
+				     const struct connredir_addr *proxy)
+{
+	/* Loopback 4-tuples repeat across namespaces: scope them by netns. A
+	 * routable proxy address may be in another namespace (veth): unscoped. */
+	key->netns = addr_is_loopback(proxy) ? bpf_get_netns_cookie(skops) : 0;
+	__builtin_memcpy(key->client_ip, client->addr, 16);
+	__builtin_memcpy(key->proxy_ip, proxy->addr, 16);
+	key->client_port = client->port;
+	key->proxy_port = proxy->port;
+	key->reserved = 0;
+}
+
+static __always_inline void publish_flow(struct bpf_sock_ops *skops)
+{
+	struct connredir_addr local __attribute__((aligned(8))) = {};
+	struct connredir_addr remote __attribute__((aligned(8))) = {};
+	const struct connredir_secret *k;
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (!st || !(st->flags & CONNREDIR_SK_REDIRECTED))
+		return;
+	k = mac_key();
+	if (!k)
+		return;
+	skops_ends(skops, &local, &remote);
+	if (st->records.hop_count == 1)
+		st->records.origin.src = local;
+	st->context.orig_src = st->records.origin.src;
+	st->records.mac = records_mac(k, &st->records);
+	flow_key(skops, &st->handoff, &local, &remote);
+	st->flags |= CONNREDIR_SK_PUBLISHED;
+	if (bpf_map_update_elem(&handoff, &st->handoff, st, BPF_ANY)) {
+		st->flags &= ~CONNREDIR_SK_PUBLISHED;
+		stat_inc(CONNREDIR_STAT_PUBLISH_FAIL);
+		return;
+	}
+	stat_inc(CONNREDIR_STAT_PUBLISHED);
+}
+
+static __always_inline void adopt_flow(struct bpf_sock_ops *skops)
+{
+	struct connredir_addr local __attribute__((aligned(8))) = {};
+	struct connredir_addr remote __attribute__((aligned(8))) = {};
+	struct connredir_flow_key key = {};
+	struct connredir_sk_state *pending, *st;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	skops_ends(skops, &local, &remote);
+	flow_key(skops, &key, &remote, &local);
+	pending = bpf_map_lookup_elem(&handoff, &key);
+	if (!pending)
+		return;
+	st = bpf_sk_storage_get(&sk_state, sk, pending, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
+		return;
+	}
+	st->flags = CONNREDIR_SK_ACCEPTED;
+	bpf_map_delete_elem(&handoff, &key);
+	stat_inc(CONNREDIR_STAT_ACCEPTED);
+}
+
+SEC("sockops")
+int connredir_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		publish_flow(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		adopt_flow(skops);
+		break;
+	default:
+		break;
+	}
+	return ALLOW;
+}
+
+SEC("cgroup/sock_release")
+int connredir_sock_release(struct bpf_sock *sk)
+{
+	struct connredir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+
+	if (st && (st->flags & CONNREDIR_SK_PUBLISHED))
+		bpf_map_delete_elem(&handoff, &st->handoff);
+	return ALLOW;
+}
+
+/* ---- Socket options ------------------------------------------------------ */
+
+/* getsockopt: the kernel handler already ran; ctx->retval holds its verdict
+ * and we override it only for what we own. */
+static __always_inline int get_fail(struct bpf_sockopt *ctx, int err)
+{
+	ctx->retval = -err;
+	return 1;
+}
+
+static __always_inline int get_connredir(struct bpf_sockopt *ctx)
+{
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = ctx->sk;
+	int optname = ctx->optname;
+	int optlen = ctx->optlen;
+	void *optval = ctx->optval;
+	void *end = ctx->optval_end;
+
+	if (optname != CONNREDIR_RECORDS && optname != CONNREDIR_CONTEXT)
+		return get_fail(ctx, ENOPROTOOPT);
+	if (!caller_authorized()) {
+		stat_inc(CONNREDIR_STAT_DENIED);
+		return get_fail(ctx, EACCES);
+	}
+	if (!sk)
+		return get_fail(ctx, ENOENT);
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (!st || !(st->flags & CONNREDIR_SK_ACCEPTED))
+		return get_fail(ctx, ENOENT);
+
+	if (optname == CONNREDIR_RECORDS) {
+		if (optlen < (int)sizeof(st->records) ||
+		    optval + sizeof(st->records) > end)
+			return get_fail(ctx, ENOBUFS);
+		__builtin_memcpy(optval, &st->records, sizeof(st->records));
+		ctx->optlen = sizeof(st->records);
+	} else {
+		if (optlen < (int)sizeof(st->context) ||
+		    optval + sizeof(st->context) > end)
+			return get_fail(ctx, ENOBUFS);
+		__builtin_memcpy(optval, &st->context, sizeof(st->context));
+		ctx->optlen = sizeof(st->context);
+	}
+	ctx->retval = 0;
+	return 1;
+}
+
+/* SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST, as iptables REDIRECT answers them,
+ * so existing transparent proxies work unchanged. Sockets we did not hand a
+ * flow to keep the kernel's own answer. */
+static __always_inline int get_original_dst(struct bpf_sockopt *ctx, int level)
+{
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = ctx->sk;
+	const struct connredir_addr *d;
+	int optlen = ctx->optlen;
+	void *optval = ctx->optval;
+	void *end = ctx->optval_end;
+
+	if (!sk)
+		return 1;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (!st || !(st->flags & CONNREDIR_SK_ACCEPTED))
+		return 1;
+	d = &st->context.orig_dst;
+	if (level == CONNREDIR_SOL_IP) {
+		struct sockaddr_in sin = {};
+
+		if (d->family != CONNREDIR_AF_INET)
+			return 1;
+		if (optlen < (int)sizeof(sin) || optval + sizeof(sin) > end)
+			return get_fail(ctx, EINVAL);
+		sin.sin_family = AF_INET;
+		sin.sin_port = d->port;
+		sin.sin_addr.s_addr = addr_word(d, 3);
+		__builtin_memcpy(optval, &sin, sizeof(sin));
+		ctx->optlen = sizeof(sin);
+	} else {
+		struct sockaddr_in6 sin6 = {};
+
+		if (optlen < (int)sizeof(sin6) || optval + sizeof(sin6) > end)
+			return get_fail(ctx, EINVAL);
+		sin6.sin6_family = AF_INET6;
+		sin6.sin6_port = d->port;
+		__builtin_memcpy(&sin6.sin6_addr, d->addr, 16);
+		__builtin_memcpy(optval, &sin6, sizeof(sin6));
+		ctx->optlen = sizeof(sin6);
+	}
+	ctx->retval = 0;
+	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int connredir_getsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level;
+	int optname = ctx->optname;
+
+	if (level == SOL_CONNREDIR)
+		return get_connredir(ctx);
+	if ((level == CONNREDIR_SOL_IP && optname == CONNREDIR_SO_ORIGINAL_DST) ||
+	    (level == CONNREDIR_SOL_IPV6 && optname == CONNREDIR_IP6T_SO_ORIGINAL_DST))
+		return get_original_dst(ctx, level);
+	return 1;
+}
+
+/* setsockopt runs before the kernel: an error is set with bpf_set_retval and
+ * success bypasses the kernel (optlen = -1), which does not know our level. */
+static __always_inline int set_fail(int err)
+{
+	bpf_set_retval(-err);
+	return 1;
+}
+
+static __always_inline int set_records(struct bpf_sockopt *ctx)
+{
+	const struct connredir_secret *k;
+	struct connredir_records *r;
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = ctx->sk;
+	int optlen = ctx->optlen;
+	void *optval = ctx->optval;
+	void *end = ctx->optval_end;
+	__u32 zero = 0;
+
+	if (!caller_authorized()) {
+		stat_inc(CONNREDIR_STAT_DENIED);
+		return set_fail(EACCES);
+	}
+	if (!sk)
+		return set_fail(EINVAL);
+	if (sk->type != SOCK_STREAM || sk->protocol != IPPROTO_TCP)
+		return set_fail(EOPNOTSUPP);
+	if (sk->state != BPF_TCP_CLOSE)
+		return set_fail(EISCONN);
+	if (optlen != (int)sizeof(*r) || optval + sizeof(*r) > end)
+		goto reject;
+	r = bpf_map_lookup_elem(&scratch, &zero);
+	k = mac_key();
+	if (!r || !k)
+		goto reject;
+	__builtin_memcpy(r, optval, sizeof(*r));
+	if (r->magic != CONNREDIR_RECORDS_MAGIC || r->version != CONNREDIR_ABI_VERSION ||
+	    r->size != sizeof(*r) || r->hop_count == 0 || r->hop_count > CONNREDIR_MAX_HOPS)
+		goto reject;
+	if (records_mac(k, r) != r->mac)
+		goto reject;
+
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
+		return set_fail(ENOBUFS);
+	}
+	__builtin_memcpy(&st->records, r, sizeof(*r));
+	st->flags = CONNREDIR_SK_RECORDS_SET;
+	st->in_hops = 0;
+	ctx->optlen = -1;
+	stat_inc(CONNREDIR_STAT_RECORDS_SET);
+	return 1;
+reject:
+	stat_inc(CONNREDIR_STAT_RECORDS_REJECTED);
+	return set_fail(EINVAL);
+}
+
+SEC("cgroup/setsockopt")
+int connredir_setsockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->level != SOL_CONNREDIR)
+		return 1;
+	if (ctx->optname != CONNREDIR_RECORDS)
+		return set_fail(ENOPROTOOPT);
+	return set_records(ctx);
+}
+
+/* ---- Transparency (getpeername) ----------------------------------------- */
+
+static __always_inline const struct connredir_addr *redirected_peer(struct bpf_sock_addr *ctx)
+{
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return NULL;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (!st || !(st->flags & CONNREDIR_SK_REDIRECTED))
+		return NULL;
+	return &st->context.orig_dst;
+}
+
+SEC("cgroup/getpeername4")
+int connredir_getpeername4(struct bpf_sock_addr *ctx)
+{
+	const struct connredir_addr *d = redirected_peer(ctx);
+
+	if (d && d->family == CONNREDIR_AF_INET) {
+		ctx->user_ip4 = addr_word(d, 3);
+		ctx->user_port = d->port;
+	}
+	return ALLOW;
+}
+
+SEC("cgroup/getpeername6")
+int connredir_getpeername6(struct bpf_sock_addr *ctx)
+{
+	const struct connredir_addr *d = redirected_peer(ctx);
+
+	if (d) {
+		ctx->user_ip6[0] = addr_word(d, 0);
+		ctx->user_ip6[1] = addr_word(d, 1);
+		ctx->user_ip6[2] = addr_word(d, 2);
+		ctx->user_ip6[3] = addr_word(d, 3);
+		ctx->user_port = d->port;
+	}
+	return ALLOW;
+}
