@@ -1,0 +1,192 @@
+#include "connredir/client.hpp"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "client_errors.hpp"
+
+namespace connredir {
+
+namespace detail {
+
+using Op = SockOp;
+
+const char* op_name(SockOp op) {
+  switch (op) {
+    case Op::QueryRecords:
+      return "query_records";
+    case Op::QueryContext:
+      return "query_context";
+    case Op::SetRecords:
+      return "set_records";
+    case Op::OriginalDst:
+      return "original_destination";
+  }
+  return "connredir";
+}
+
+namespace {
+constexpr const char* kNotLoaded =
+    "connredir is not loaded for this process's cgroup (run `connredir up --cgroup DIR` and start "
+    "the proxy inside that cgroup)";
+}  // namespace
+
+// Turn a failed socket-option call into an error that says what to do. The
+// errno is kept unchanged so callers can still branch on it.
+Error socket_option_error(SockOp op, int fd, int err) {
+  std::string why;
+  switch (err) {
+    case EBADF:
+      why = "fd is not an open file descriptor";
+      break;
+    case ENOTSOCK:
+      why = "fd is not a socket";
+      break;
+    case ENOENT:
+      why = op == Op::OriginalDst
+                ? "socket was not redirected by connredir (no original destination is known)"
+                : "socket was not redirected by connredir";
+      break;
+    case EACCES:
+    case EPERM:
+      why =
+          "caller is not root nor an authorized proxy principal: run `connredir authorize --uid N` "
+          "or register the proxy with `connredir callout add ... --proxy-uid`";
+      break;
+    case ENOPROTOOPT:
+      why = kNotLoaded;
+      break;
+    case EOPNOTSUPP:
+      // The kernel's own answer to an unknown option level on get; on set
+      // connredir itself uses it for non-TCP sockets.
+      why = op == Op::SetRecords
+                ? fmt::format("records can only be attached to a TCP socket (or {})", kNotLoaded)
+                : kNotLoaded;
+      break;
+    case EINVAL:
+      why = op == Op::SetRecords
+                ? "records blob was rejected: it was not issued by this kernel's connredir or was "
+                  "altered; pass the exact bytes query_records returned"
+                : "the kernel rejected the request (library and kernel connredir ABI versions may "
+                  "differ)";
+      break;
+    case EISCONN:
+      why = "set records before connect(): the socket is already connected";
+      break;
+    case ENOBUFS:
+      why = op == Op::SetRecords
+                ? "the kernel had no room for the records (socket storage allocation failed or "
+                  "the blob is too large); retry, and pass the exact bytes query_records returned"
+                : "the kernel's answer did not fit the buffer: library and kernel connredir ABI "
+                  "versions differ; rebuild the proxy against the installed libconnredir";
+      break;
+    default:
+      why = errno_message(err, "unexpected error");
+      break;
+  }
+  return Error{err, fmt::format("{}(fd {}): {}", op_name(op), fd, why)};
+}
+
+}  // namespace detail
+
+namespace {
+
+using Op = detail::SockOp;
+
+Error explain(Op op, int fd, int err) { return detail::socket_option_error(op, fd, err); }
+
+// getsockopt into `buf`; on success returns the length the kernel wrote.
+Result<socklen_t> get_opt(Op op, int fd, int level, int name, void* buf, socklen_t size) {
+  socklen_t len = size;
+  if (::getsockopt(fd, level, name, buf, &len) != 0) return tl::unexpected(explain(op, fd, errno));
+  // Never trust a length larger than what we offered.
+  return len > size ? size : len;
+}
+
+Result<std::vector<uint8_t>> query_blob(Op op, int fd, int name, size_t max) {
+  std::vector<uint8_t> buf(max);
+  auto len = get_opt(op, fd, SOL_CONNREDIR, name, buf.data(), static_cast<socklen_t>(buf.size()));
+  if (!len) return tl::unexpected(len.error());
+  if (*len == 0) {
+    // A hook that answers with nothing has nothing for this socket.
+    return tl::unexpected(explain(op, fd, ENOENT));
+  }
+  buf.resize(*len);
+  return buf;
+}
+
+}  // namespace
+
+Result<RecordsBlob> query_records(int fd) {
+  return query_blob(Op::QueryRecords, fd, CONNREDIR_RECORDS, CONNREDIR_RECORDS_MAX);
+}
+
+Result<std::vector<uint8_t>> query_context_raw(int fd) {
+  return query_blob(Op::QueryContext, fd, CONNREDIR_CONTEXT, CONNREDIR_CONTEXT_MAX);
+}
+
+Result<Context> query_context(int fd) {
+  auto raw = query_context_raw(fd);
+  if (!raw) return tl::unexpected(raw.error());
+  auto ctx = decode_context(*raw);
+  if (!ctx)
+    return fail(ctx.error().code, fmt::format("query_context(fd {}): {}", fd, ctx.error().message));
+  return ctx;
+}
+
+Result<void> set_records(int fd, std::span<const uint8_t> blob) {
+  // Passed through unchecked on purpose: the kernel is the authority on what
+  // it issued (it verifies the MAC), and a local pre-check would only hide
+  // its answer.
+  if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_RECORDS, blob.data(),
+                   static_cast<socklen_t>(blob.size())) != 0)
+    return tl::unexpected(explain(Op::SetRecords, fd, errno));
+  return {};
+}
+
+Result<Address> original_destination(int fd) {
+  int domain = 0;
+  socklen_t dlen = sizeof domain;
+  if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0)
+    return tl::unexpected(explain(Op::OriginalDst, fd, errno));
+
+  sockaddr_storage ss{};
+  if (domain == AF_INET) {
+    auto len = get_opt(Op::OriginalDst, fd, CONNREDIR_SOL_IP, CONNREDIR_SO_ORIGINAL_DST, &ss,
+                       sizeof(sockaddr_in));
+    if (!len) return tl::unexpected(len.error());
+    return Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), *len);
+  }
+  if (domain != AF_INET6)
+    return fail(EAFNOSUPPORT,
+                fmt::format("original_destination(fd {}): not an IPv4/IPv6 socket (family {})", fd,
+                            domain));
+
+  auto len = get_opt(Op::OriginalDst, fd, CONNREDIR_SOL_IPV6, CONNREDIR_IP6T_SO_ORIGINAL_DST, &ss,
+                     sizeof(sockaddr_in6));
+  if (len) {
+    // from_sockaddr reports a v4-mapped answer as AF_INET.
+    return Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), *len);
+  }
+  // A dual-stack socket serving an IPv4 client may only be answered at the
+  // IPv4 level (that is where iptables keeps it), so retry there.
+  sockaddr_storage peer{};
+  socklen_t plen = sizeof peer;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) == 0) {
+    auto p = Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), plen);
+    if (p && p->is_v4()) {
+      sockaddr_storage ss4{};
+      auto len4 = get_opt(Op::OriginalDst, fd, CONNREDIR_SOL_IP, CONNREDIR_SO_ORIGINAL_DST, &ss4,
+                          sizeof(sockaddr_in));
+      if (len4) return Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss4), *len4);
+    }
+  }
+  return tl::unexpected(len.error());
+}
+
+}  // namespace connredir
