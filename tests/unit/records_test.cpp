@@ -241,5 +241,6 @@ TEST(Records, Json) {
 
   // Invalid UTF-8 in comm must not make rendering fail.
   r.origin.comm = "\xff\xfe";
-  EXPECT_NO_THROW((void)nlohmann::json::parse(to_json(r)));
+  const auto j2 = nlohmann::json::parse(to_json(r), nullptr, /*allow_exceptions=*/false);
+  EXPECT_TRUE(j2.is_object());
 }
