@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages connredir needs to build, test and demo.
+# Idempotent: only calls apt-get when something is missing.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev bpftool
+      libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
+      googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
+      clang-format clang-tidy)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

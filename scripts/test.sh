@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite on the real kernel: installs what it needs, builds,
+# runs unit + kernel tests, then the ASan+UBSan build of the user-space suite
+# and bounded fuzzing. Needs root (kernel tests load BPF programs into a
+# throwaway cgroup and network namespace they create and remove).
+# Fails if any test failed or was skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $(id -u) -ne 0 ]]; then
+  echo "scripts/test.sh must run as root: the kernel tests load BPF programs (sudo $0)" >&2
+  exit 1
+fi
+scripts/install-deps.sh
+
+run_ctest() {  # dir, extra args...; fails on failed or skipped tests
+  local dir=$1; shift
+  local log="$dir/ctest.log"
+  set +e
+  ctest --test-dir "$dir" --output-on-failure "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  if grep -q "(Skipped)\|\[  SKIPPED \]" "$log"; then
+    echo "FAIL: tests were skipped in $dir (see $log); skipped kernel tests do not count" >&2
+    exit 1
+  fi
+  if ((rc)); then echo "FAIL: ctest in $dir exited $rc" >&2; exit "$rc"; fi
+}
+
+echo "== build (RelWithDebInfo)"
+scripts/build.sh build
+echo "== tests: unit + kernel"
+run_ctest build
+
+if [[ ${CONNREDIR_SKIP_SANITIZERS:-0} != 1 ]]; then
+  echo "== ASan+UBSan build: user-space suite and kernel tests"
+  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DCONNREDIR_SANITIZE=ON
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_ctest build-asan
+fi
+
+if [[ ${CONNREDIR_SKIP_FUZZ:-0} != 1 ]]; then
+  echo "== fuzzing (bounded)"
+  CC=clang CXX=clang++ scripts/build.sh build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCONNREDIR_FUZZ=ON
+  run_ctest build-fuzz -L fuzz
+fi
+echo "== all tests passed"
