@@ -1,0 +1,415 @@
+// connredir control plane: callouts, filters, principals and the classifier
+// index, kept in the pinned BPF maps. All map access goes through MapStore so
+// the logic runs against an in-memory fake in unit tests and against the
+// pinned kernel maps in the CLI. Errors are values (connredir::Result).
+//
+// Library targets: connredir_control (everything below except the
+// "Lifecycle" section) and connredir_loader (the Lifecycle section; needs the
+// BPF skeleton).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "connredir/address.hpp"
+#include "connredir/error.hpp"
+
+extern "C" {
+#include "connredir_abi.h"
+}
+
+namespace connredir::control {
+
+inline constexpr const char* kDefaultPinDir = "/sys/fs/bpf/connredir";
+inline constexpr uint32_t kProtoAny = 0;
+inline constexpr uint32_t kProtoTcp = 6;
+
+// ---- Parsing (pure) --------------------------------------------------------
+
+// A destination prefix. family: 0 = any (both families, length 0),
+// CONNREDIR_AF_INET or CONNREDIR_AF_INET6. addr is 16 bytes; IPv4 is stored
+// v4-mapped (::ffff:a.b.c.d) and len counts IPv4 bits (0..32).
+struct Prefix {
+  uint8_t family = 0;
+  uint8_t len = 0;
+  std::array<uint8_t, 16> addr{};
+
+  static Prefix any() { return Prefix{}; }
+  // True if every address of `inner` is in this prefix (same family; "any"
+  // contains everything).
+  bool contains(const Prefix& inner) const;
+  // True if `ip` (v4-mapped for IPv4) of `family` is in this prefix.
+  bool contains_address(uint8_t family, const std::array<uint8_t, 16>& ip) const;
+  std::string to_string() const;  // "10.0.0.0/8", "2001:db8::/32", "any"
+  auto operator<=>(const Prefix&) const = default;
+};
+
+// "a.b.c.d/len", "v6addr/len", or a bare address (host route). Host bits must
+// be zero: "10.1.2.3/8" is refused with a message naming 10.0.0.0/8.
+// IPv4-mapped IPv6 prefixes (::ffff:a.b.c.d/96+n) become IPv4 /n, because
+// the kernel classifies v4-mapped connects as IPv4.
+Result<Prefix> parse_cidr(std::string_view text);
+
+// Destination port range, host order, inclusive. 0..65535 = any port.
+struct PortRange {
+  uint16_t lo = 0;
+  uint16_t hi = 65535;
+  bool any() const { return lo == 0 && hi == 65535; }
+  bool contains(uint16_t port) const { return port >= lo && port <= hi; }
+  std::string to_string() const;  // "any", "443", "8000-8080"
+  auto operator<=>(const PortRange&) const = default;
+};
+// "P" or "P-Q", 1 <= P <= Q <= 65535.
+Result<PortRange> parse_port_range(std::string_view text);
+
+// 1..31 characters of [A-Za-z0-9_.-].
+Result<void> validate_callout_name(std::string_view name);
+// Decimal unsigned integer within [lo, hi]; `what` names it in the message.
+Result<uint64_t> parse_uint(std::string_view text, std::string_view what, uint64_t lo, uint64_t hi);
+// "tcp" -> 6, "any" -> 0.
+Result<uint8_t> parse_proto(std::string_view text);
+
+// ---- The classifier index (pure) -------------------------------------------
+
+// What the index needs to know about a filter.
+struct IndexFilter {
+  uint32_t id = 0;
+  uint32_t weight = 0;
+  uint64_t seq = 0;
+  Prefix dst;
+};
+
+// A key of the filter_index LPM trie in comparable form. fam is
+// CONNREDIR_LPM_FAM_V4/_V6; addr holds the family's address bytes (IPv4 in
+// addr[0..3]) with host bits zero; len is the CIDR length (the trie key's
+// prefixlen is 8 + len).
+struct IndexKey {
+  uint8_t fam = 0;
+  std::array<uint8_t, 16> addr{};
+  uint8_t len = 0;
+  auto operator<=>(const IndexKey&) const = default;
+  std::string to_string() const;
+};
+connredir_lpm_key to_lpm_key(const IndexKey& k);
+Result<IndexKey> from_lpm_key(const connredir_lpm_key& k);
+// The one or two index keys a filter's destination lives at ("any" lives at
+// /0 of both families).
+std::vector<IndexKey> index_keys(const Prefix& p);
+// Lookup key for a destination address (full length).
+IndexKey address_key(uint8_t family, const std::array<uint8_t, 16>& ip);
+
+// Index content: key -> candidate filter ids in classification order.
+using Index = std::map<IndexKey, std::vector<uint32_t>>;
+
+// One write to apply to the trie: ids empty means delete the key.
+struct IndexWrite {
+  IndexKey key;
+  std::vector<uint32_t> ids;
+  bool erase() const { return ids.empty(); }
+};
+
+// Incremental planner over the current set of filters. Plans contain exactly
+// the entries whose value changes.
+class IndexPlanner {
+ public:
+  IndexPlanner() = default;
+  explicit IndexPlanner(std::span<const IndexFilter> filters);
+
+  // Entries to write when `f` is added (its id must be new). E2BIG if a
+  // candidate list would exceed CONNREDIR_CANDIDATES_MAX or the number of
+  // prefixes CONNREDIR_MAX_PREFIXES; the message names the prefix and limit.
+  Result<std::vector<IndexWrite>> plan_add(const IndexFilter& f) const;
+  // Entries to write when filter `id` is removed (ENOENT if unknown).
+  Result<std::vector<IndexWrite>> plan_remove(uint32_t id) const;
+  // Update the planner's filter set after the writes were applied.
+  void add(const IndexFilter& f);
+  void remove(uint32_t id);
+
+  // The whole index (for verification and `filter check`).
+  Index build() const;
+  size_t prefix_count() const { return at_.size(); }
+  size_t filter_count() const { return filters_.size(); }
+
+ private:
+  std::vector<uint32_t> candidates(const IndexKey& k) const;
+  void sort_ids(std::vector<uint32_t>& ids) const;
+
+  std::map<uint32_t, IndexFilter> filters_;
+  std::map<IndexKey, std::vector<uint32_t>> at_;  // filters whose own key is this
+};
+
+// Full build. E2BIG on overflow (same message as plan_add).
+Result<Index> build_index(std::span<const IndexFilter> filters);
+// Longest-prefix match of `ip` in an index (what the kernel's trie does).
+// Empty if nothing matches.
+std::vector<uint32_t> index_lookup(const Index& index, uint8_t family,
+                                   const std::array<uint8_t, 16>& ip);
+// Differences between two indexes as writes turning `from` into `to`.
+std::vector<IndexWrite> index_diff(const Index& from, const Index& to);
+
+// ---- Map access ------------------------------------------------------------
+
+enum class MapId { Callouts, Filters, FilterIndex, Principals, Secret, FlowSeq, Stats };
+const char* map_name(MapId id);
+size_t map_key_size(MapId id);
+size_t map_value_size(MapId id);  // per CPU for Stats
+
+class MapStore {
+ public:
+  virtual ~MapStore() = default;
+  // false if the key is absent. value has map_value_size(id) bytes.
+  virtual Result<bool> lookup(MapId id, const void* key, void* value) = 0;
+  virtual Result<void> update(MapId id, const void* key, const void* value) = 0;
+  // false if the key was absent. On arrays this zeroes the entry.
+  virtual Result<bool> erase(MapId id, const void* key) = 0;
+  // Every key, each map_key_size(id) bytes.
+  virtual Result<std::vector<std::vector<uint8_t>>> keys(MapId id) = 0;
+  // The stats map, summed over CPUs, CONNREDIR_STAT_MAX entries.
+  virtual Result<std::vector<uint64_t>> stats() = 0;
+};
+
+// In-memory fake with the kernel's semantics (arrays have every key and
+// erase zeroes; hash maps have a capacity).
+class MemoryMapStore : public MapStore {
+ public:
+  MemoryMapStore();
+  Result<bool> lookup(MapId id, const void* key, void* value) override;
+  Result<void> update(MapId id, const void* key, const void* value) override;
+  Result<bool> erase(MapId id, const void* key) override;
+  Result<std::vector<std::vector<uint8_t>>> keys(MapId id) override;
+  Result<std::vector<uint64_t>> stats() override;
+  // Test hooks.
+  std::vector<uint64_t> stat_values = std::vector<uint64_t>(CONNREDIR_STAT_MAX, 0);
+  // Operation log "update filters", "erase filter_index", ... in order.
+  std::vector<std::string> log;
+  // Fail the n-th mutating call from now (0 = never) with EIO.
+  int fail_after = 0;
+  size_t size(MapId id) const;
+
+ private:
+  using Bytes = std::vector<uint8_t>;
+  std::map<MapId, std::map<Bytes, Bytes>> maps_;
+};
+
+// The pinned maps at PIN_DIR/maps/<name>. ENOENT with "connredir is not up at
+// PIN_DIR: run `connredir up`" when they are missing; EPERM/EACCES says to
+// run as root. Key and value sizes are checked against the ABI.
+class KernelMapStore : public MapStore {
+ public:
+  static Result<std::unique_ptr<KernelMapStore>> open(const std::string& pin_dir);
+  ~KernelMapStore() override;
+  Result<bool> lookup(MapId id, const void* key, void* value) override;
+  Result<void> update(MapId id, const void* key, const void* value) override;
+  Result<bool> erase(MapId id, const void* key) override;
+  Result<std::vector<std::vector<uint8_t>>> keys(MapId id) override;
+  Result<std::vector<uint64_t>> stats() override;
+
+ private:
+  KernelMapStore() = default;
+  std::map<MapId, int> fds_;
+};
+
+// ---- The control plane -----------------------------------------------------
+
+struct CgroupRef {
+  uint64_t id = 0;     // cgroup id = inode of the cgroup v2 directory
+  uint32_t level = 0;  // path components below the cgroup2 mount root
+  std::string path;    // for messages only (not stored in maps)
+};
+
+struct CalloutSpec {
+  std::string name;
+  std::optional<Address> proxy4;
+  std::optional<Address> proxy6;
+  std::optional<uint32_t> proxy_uid;
+  std::optional<CgroupRef> proxy_cgroup;
+};
+
+struct CalloutInfo {
+  uint32_t id = 0;
+  std::string name;
+  std::optional<Address> proxy4;
+  std::optional<Address> proxy6;
+  std::optional<uint32_t> proxy_uid;
+  uint64_t proxy_cgroup = 0;  // 0 = unset
+  uint32_t proxy_cgroup_level = 0;
+  size_t filters = 0;  // filters referencing it
+};
+
+struct FilterSpec {
+  std::string callout;  // name
+  Prefix dst;           // default: any
+  PortRange ports;      // default: any
+  uint8_t proto = kProtoAny;
+  uint32_t weight = 0;
+  std::optional<uint32_t> app_uid;
+  std::optional<CgroupRef> app_cgroup;
+  std::string context;  // <= CONNREDIR_USER_CONTEXT_MAX bytes
+};
+
+struct FilterInfo {
+  uint32_t id = 0;
+  uint32_t callout_id = 0;
+  std::string callout;  // name ("?" if the callout is gone)
+  uint32_t weight = 0;
+  uint64_t seq = 0;
+  Prefix dst;
+  PortRange ports;
+  uint8_t proto = kProtoAny;
+  std::optional<uint32_t> app_uid;
+  uint64_t app_cgroup = 0;
+  uint32_t app_cgroup_level = 0;
+  std::string context;
+};
+
+struct FilterAdded {
+  FilterInfo filter;
+  size_t index_writes = 0;
+  std::vector<std::string> warnings;  // e.g. no proxy for the filter's family
+};
+
+struct PrincipalInfo {
+  uint32_t kind = 0;  // CONNREDIR_PRINCIPAL_UID / _CGROUP
+  uint64_t id = 0;
+  uint32_t flags = 0;  // CONNREDIR_PRINCIPAL_F_*
+};
+
+struct Counts {
+  size_t callouts = 0;
+  size_t filters = 0;
+  size_t principals = 0;
+  size_t prefixes = 0;
+};
+
+const char* stat_name(size_t index);  // "classified", "redirected", ...
+
+class Control {
+ public:
+  explicit Control(MapStore& store) : store_(store) {}
+
+  // Callouts. add: EEXIST on a duplicate name, ENOSPC when all 255 ids are
+  // used, EINVAL without a proxy or with a proxy of the wrong family.
+  Result<CalloutInfo> add_callout(const CalloutSpec& spec);
+  Result<std::vector<CalloutInfo>> list_callouts();
+  Result<CalloutInfo> find_callout(std::string_view name);
+  // EBUSY if filters reference it and !force (the message lists them); with
+  // force those filters are deleted first. Returns the deleted filter ids.
+  Result<std::vector<uint32_t>> delete_callout(std::string_view name, bool force);
+
+  // Filters. add: ENOENT unknown callout, E2BIG index overflow, ENOSPC too
+  // many filters, EINVAL context too long.
+  Result<FilterAdded> add_filter(const FilterSpec& spec);
+  Result<std::vector<FilterInfo>> list_filters();
+  Result<void> delete_filter(uint32_t id);
+  // Compare the kernel index with a rebuild from the filters map; returns
+  // the writes that would repair it (empty = consistent).
+  Result<std::vector<IndexWrite>> check_index();
+  // Apply check_index()'s writes.
+  Result<size_t> repair_index();
+
+  // Principals: the union of explicit authorizations and the callouts'
+  // proxy principals.
+  Result<void> authorize(uint32_t kind, uint64_t id);
+  // ENOENT if it was not explicitly authorized.
+  Result<void> deauthorize(uint32_t kind, uint64_t id);
+  Result<std::vector<PrincipalInfo>> list_principals();
+  // Recompute the F_CALLOUT part from the callouts map.
+  Result<void> sync_principals();
+
+  // Fill the MAC key from `random` only if it is all zero. Returns true if
+  // it was written.
+  Result<bool> init_secret(std::span<const uint8_t, 16> random);
+  Result<Counts> counts();
+  Result<std::vector<uint64_t>> stats() { return store_.stats(); }
+
+ private:
+  Result<std::vector<connredir_callout>> read_callouts();
+  Result<std::vector<connredir_filter>> read_filters();
+  Result<Index> read_index();
+  Result<void> apply_index(const std::vector<IndexWrite>& writes);
+  Result<void> delete_filter_locked(const std::vector<connredir_filter>& all, uint32_t id);
+
+  MapStore& store_;
+};
+
+FilterInfo filter_info(const connredir_filter& f, std::string_view callout_name);
+CalloutInfo callout_info(const connredir_callout& c);
+
+// ---- System helpers --------------------------------------------------------
+
+// The cgroup2 mount point from /proc/mounts text (octal escapes decoded).
+Result<std::string> find_cgroup2_mount(std::string_view proc_mounts);
+Result<std::string> find_cgroup2_mount();
+// Components of `path` below `mount` (both normalized absolute paths);
+// EINVAL if `path` is not inside `mount`.
+Result<uint32_t> cgroup_level(std::string_view mount, std::string_view path);
+// A cgroup v2 directory: absolute, relative to the working directory, or
+// (if that does not exist) relative to the cgroup2 mount root.
+Result<CgroupRef> resolve_cgroup(std::string_view dir);
+// Best-effort path of a cgroup id (walks the cgroup2 tree).
+std::optional<std::string> cgroup_path_by_id(uint64_t id);
+
+// "6.18.44-fc" -> {6, 18}. EINVAL if unparsable.
+Result<std::pair<int, int>> parse_kernel_release(std::string_view release);
+// Kernel >= 5.18, BTF, cgroup2: one message listing everything missing.
+Result<void> check_kernel();
+Result<void> require_root();
+
+// Pinned links under PIN_DIR/links.
+struct LinkInfo {
+  std::string name;
+  uint32_t link_id = 0;
+  uint32_t prog_id = 0;
+  uint64_t cgroup_id = 0;  // 0: the cgroup is gone
+  uint32_t attach_type = 0;
+};
+struct UpState {
+  bool maps_pinned = false;
+  std::vector<LinkInfo> links;
+  bool up() const { return !links.empty(); }
+};
+Result<UpState> read_up_state(const std::string& pin_dir);
+
+// Exclusive (or shared) flock on /run/connredir.<pin dir>.lock; released by
+// the destructor.
+class PinDirLock {
+ public:
+  static Result<PinDirLock> acquire(const std::string& pin_dir, bool exclusive);
+  PinDirLock(PinDirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  PinDirLock& operator=(PinDirLock&&) = delete;
+  ~PinDirLock();
+
+ private:
+  explicit PinDirLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+std::string lock_path(const std::string& pin_dir);
+
+// ---- Lifecycle (connredir_loader) ------------------------------------------
+
+struct UpOptions {
+  std::string pin_dir = kDefaultPinDir;
+  std::string cgroup;  // empty: the cgroup2 root
+};
+struct UpResult {
+  bool already_up = false;
+  CgroupRef cgroup;
+  std::vector<std::string> attached;  // programs attached by this call
+  bool secret_initialised = false;
+};
+// Mount bpffs if needed, check the kernel, load with pinned maps, initialise
+// the secret, attach every program to the cgroup and pin the links.
+// Idempotent for the same cgroup; EEXIST if up for a different cgroup.
+Result<UpResult> up(const UpOptions& opts);
+// Unpin links (detaching the programs) and maps, remove the pin dir. Returns
+// false if nothing was pinned.
+Result<bool> down(const std::string& pin_dir);
+
+}  // namespace connredir::control

@@ -1,0 +1,557 @@
+// The control plane on top of a MapStore: callouts, filters (with the index
+// kept exact on every change), principals, the MAC secret.
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "connredir/control.hpp"
+
+namespace connredir::control {
+namespace {
+
+template <class T>
+T from_bytes(const std::vector<uint8_t>& b) {
+  T v;
+  std::memcpy(&v, b.data(), sizeof v);
+  return v;
+}
+
+IndexFilter index_filter(const connredir_filter& f) {
+  IndexFilter x;
+  x.id = f.id;
+  x.weight = f.weight;
+  x.seq = f.seq;
+  x.dst.family = f.family;
+  x.dst.len = f.prefixlen;
+  std::memcpy(x.dst.addr.data(), f.addr, 16);
+  if (f.family == 0) x.dst = Prefix::any();
+  return x;
+}
+
+std::vector<IndexFilter> index_filters(const std::vector<connredir_filter>& all) {
+  std::vector<IndexFilter> out;
+  out.reserve(all.size());
+  for (const auto& f : all) out.push_back(index_filter(f));
+  return out;
+}
+
+std::string callout_name(const connredir_callout& c) {
+  return std::string(c.name, strnlen(c.name, sizeof c.name));
+}
+
+std::string join_ids(const std::vector<uint32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  return s;
+}
+
+std::string principal_text(uint32_t kind, uint64_t id) {
+  return kind == CONNREDIR_PRINCIPAL_UID ? fmt::format("uid {}", id)
+                                         : fmt::format("cgroup id {}", id);
+}
+
+}  // namespace
+
+const char* stat_name(size_t index) {
+  static const char* const names[] = {
+      "classified", "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
+      "published",  "publish_fail", "accepted",  "records_set",     "records_rejected",
+      "denied",     "self_skip",    "prev_skip",
+  };
+  static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
+  return index < CONNREDIR_STAT_MAX ? names[index] : "?";
+}
+
+CalloutInfo callout_info(const connredir_callout& c) {
+  CalloutInfo i;
+  i.id = c.id;
+  i.name = callout_name(c);
+  if (c.flags & CONNREDIR_CALLOUT_F_PROXY4) i.proxy4 = Address::from_abi(c.proxy4);
+  if (c.flags & CONNREDIR_CALLOUT_F_PROXY6) i.proxy6 = Address::from_abi(c.proxy6);
+  if (c.proxy_uid != CONNREDIR_UID_NONE) i.proxy_uid = c.proxy_uid;
+  i.proxy_cgroup = c.proxy_cgroup;
+  i.proxy_cgroup_level = c.proxy_cgroup_level;
+  return i;
+}
+
+FilterInfo filter_info(const connredir_filter& f, std::string_view callout) {
+  FilterInfo i;
+  i.id = f.id;
+  i.callout_id = f.callout_id;
+  i.callout = std::string(callout);
+  i.weight = f.weight;
+  i.seq = f.seq;
+  i.dst = index_filter(f).dst;
+  i.ports = PortRange{f.port_lo, f.port_hi};
+  i.proto = f.proto;
+  if (f.flags & CONNREDIR_FILTER_F_APP_UID) i.app_uid = f.app_uid;
+  if (f.flags & CONNREDIR_FILTER_F_APP_CGROUP) {
+    i.app_cgroup = f.app_cgroup;
+    i.app_cgroup_level = f.app_cgroup_level;
+  }
+  size_t n = std::min<size_t>(f.user_len, CONNREDIR_USER_CONTEXT_MAX);
+  i.context.assign(reinterpret_cast<const char*>(f.user), n);
+  return i;
+}
+
+// ---- reading -----------------------------------------------------------------
+
+Result<std::vector<connredir_callout>> Control::read_callouts() {
+  std::vector<connredir_callout> out;
+  for (uint32_t id = 1; id < CONNREDIR_MAX_CALLOUTS; ++id) {
+    connredir_callout c;
+    auto r = store_.lookup(MapId::Callouts, &id, &c);
+    if (!r) return tl::unexpected(r.error());
+    if (*r && (c.flags & CONNREDIR_CALLOUT_F_USED)) out.push_back(c);
+  }
+  return out;
+}
+
+Result<std::vector<connredir_filter>> Control::read_filters() {
+  auto keys = store_.keys(MapId::Filters);
+  if (!keys) return tl::unexpected(keys.error());
+  std::vector<connredir_filter> out;
+  out.reserve(keys->size());
+  for (const auto& k : *keys) {
+    connredir_filter f;
+    auto r = store_.lookup(MapId::Filters, k.data(), &f);
+    if (!r) return tl::unexpected(r.error());
+    if (*r) out.push_back(f);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+Result<Index> Control::read_index() {
+  auto keys = store_.keys(MapId::FilterIndex);
+  if (!keys) return tl::unexpected(keys.error());
+  Index idx;
+  for (const auto& kb : *keys) {
+    auto lk = from_bytes<connredir_lpm_key>(kb);
+    connredir_candidates c;
+    auto r = store_.lookup(MapId::FilterIndex, kb.data(), &c);
+    if (!r) return tl::unexpected(r.error());
+    if (!*r) continue;
+    auto k = from_lpm_key(lk);
+    if (!k) return tl::unexpected(k.error());
+    uint32_t n = std::min<uint32_t>(c.count, CONNREDIR_CANDIDATES_MAX);
+    idx[*k] = std::vector<uint32_t>(c.ids, c.ids + n);
+  }
+  return idx;
+}
+
+Result<void> Control::apply_index(const std::vector<IndexWrite>& writes) {
+  for (const auto& w : writes) {
+    auto key = to_lpm_key(w.key);
+    if (w.erase()) {
+      auto r = store_.erase(MapId::FilterIndex, &key);
+      if (!r) return tl::unexpected(r.error());
+      continue;
+    }
+    if (w.ids.size() > CONNREDIR_CANDIDATES_MAX)
+      return fail(E2BIG, fmt::format("index entry {} too long", w.key.to_string()));
+    connredir_candidates c;
+    std::memset(&c, 0, sizeof c);
+    c.count = static_cast<uint32_t>(w.ids.size());
+    std::copy(w.ids.begin(), w.ids.end(), c.ids);
+    auto r = store_.update(MapId::FilterIndex, &key, &c);
+    if (!r) {
+      auto e = r.error();
+      if (e.code == E2BIG || e.code == ENOSPC)
+        e.message += fmt::format(" (the index holds at most {} prefixes)", CONNREDIR_MAX_PREFIXES);
+      return tl::unexpected(e);
+    }
+  }
+  return {};
+}
+
+// ---- callouts ----------------------------------------------------------------
+
+Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
+  if (auto v = validate_callout_name(spec.name); !v) return tl::unexpected(v.error());
+  if (!spec.proxy4 && !spec.proxy6)
+    return fail(EINVAL, fmt::format("callout '{}' needs a proxy (--proxy ADDR:PORT)", spec.name));
+  if (spec.proxy4 && spec.proxy4->family != AF_INET)
+    return fail(EINVAL, "the IPv4 proxy must be an IPv4 address");
+  if (spec.proxy6 && spec.proxy6->family != AF_INET6)
+    return fail(EINVAL, "the IPv6 proxy must be an IPv6 address");
+  for (const auto* p : {&spec.proxy4, &spec.proxy6})
+    if (*p && (*p)->port == 0)
+      return fail(EINVAL, fmt::format("proxy {} needs a port (1..65535)", (*p)->to_string()));
+  if (spec.proxy_cgroup && spec.proxy_cgroup->level > CONNREDIR_CGROUP_LEVELS_MAX)
+    return fail(EINVAL, fmt::format("proxy cgroup {} is {} levels deep; at most {} are supported",
+                                    spec.proxy_cgroup->path, spec.proxy_cgroup->level,
+                                    CONNREDIR_CGROUP_LEVELS_MAX));
+  auto all = read_callouts();
+  if (!all) return tl::unexpected(all.error());
+  std::set<uint32_t> used;
+  for (const auto& c : *all) {
+    if (callout_name(c) == spec.name)
+      return fail(EEXIST, fmt::format("a callout named '{}' exists (id {}); delete it first "
+                                      "(`connredir callout del {}`)",
+                                      spec.name, c.id, spec.name));
+    used.insert(c.id);
+  }
+  uint32_t id = 1;
+  while (id < CONNREDIR_MAX_CALLOUTS && used.count(id)) ++id;
+  if (id >= CONNREDIR_MAX_CALLOUTS)
+    return fail(ENOSPC, fmt::format("all {} callout ids are in use; delete a callout first",
+                                    CONNREDIR_MAX_CALLOUTS - 1));
+  connredir_callout c;
+  std::memset(&c, 0, sizeof c);
+  c.id = id;
+  c.flags = CONNREDIR_CALLOUT_F_USED;
+  if (spec.proxy4) {
+    c.proxy4 = spec.proxy4->to_abi();
+    c.flags |= CONNREDIR_CALLOUT_F_PROXY4;
+  }
+  if (spec.proxy6) {
+    c.proxy6 = spec.proxy6->to_abi();
+    c.flags |= CONNREDIR_CALLOUT_F_PROXY6;
+  }
+  c.proxy_uid = spec.proxy_uid.value_or(CONNREDIR_UID_NONE);
+  if (spec.proxy_cgroup) {
+    c.proxy_cgroup = spec.proxy_cgroup->id;
+    c.proxy_cgroup_level = spec.proxy_cgroup->level;
+  }
+  std::memcpy(c.name, spec.name.data(), spec.name.size());
+  if (auto r = store_.update(MapId::Callouts, &id, &c); !r) return tl::unexpected(r.error());
+  if (auto r = sync_principals(); !r) {
+    // Undo: the callout is not usable without its principals.
+    (void)store_.erase(MapId::Callouts, &id);
+    (void)sync_principals();
+    return tl::unexpected(r.error());
+  }
+  return callout_info(c);
+}
+
+Result<std::vector<CalloutInfo>> Control::list_callouts() {
+  auto all = read_callouts();
+  if (!all) return tl::unexpected(all.error());
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  std::vector<CalloutInfo> out;
+  for (const auto& c : *all) {
+    auto i = callout_info(c);
+    i.filters = std::count_if(filters->begin(), filters->end(),
+                              [&](const auto& f) { return f.callout_id == c.id; });
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+Result<CalloutInfo> Control::find_callout(std::string_view name) {
+  auto all = list_callouts();
+  if (!all) return tl::unexpected(all.error());
+  for (auto& c : *all)
+    if (c.name == name) return c;
+  return fail(ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`)", name));
+}
+
+Result<std::vector<uint32_t>> Control::delete_callout(std::string_view name, bool force) {
+  auto all = read_callouts();
+  if (!all) return tl::unexpected(all.error());
+  auto it = std::find_if(all->begin(), all->end(),
+                         [&](const auto& c) { return callout_name(c) == name; });
+  if (it == all->end())
+    return fail(ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`)", name));
+  uint32_t id = it->id;
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  std::vector<uint32_t> refs;
+  for (const auto& f : *filters)
+    if (f.callout_id == id) refs.push_back(f.id);
+  if (!refs.empty() && !force)
+    return fail(EBUSY,
+                fmt::format("callout '{}' is used by filter{} {}: delete {} first "
+                            "(`connredir filter del ID`) or use --force to delete {} too",
+                            name, refs.size() > 1 ? "s" : "", join_ids(refs),
+                            refs.size() > 1 ? "them" : "it", refs.size() > 1 ? "them" : "it"));
+  // Filters first, so the kernel never sees a filter whose callout is gone.
+  std::vector<connredir_filter> remaining = *filters;
+  for (uint32_t fid : refs) {
+    if (auto r = delete_filter_locked(remaining, fid); !r) return tl::unexpected(r.error());
+    std::erase_if(remaining, [&](const auto& f) { return f.id == fid; });
+  }
+  if (auto r = store_.erase(MapId::Callouts, &id); !r) return tl::unexpected(r.error());
+  if (auto r = sync_principals(); !r) return tl::unexpected(r.error());
+  return refs;
+}
+
+// ---- filters -----------------------------------------------------------------
+
+Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
+  if (spec.context.size() > CONNREDIR_USER_CONTEXT_MAX)
+    return fail(EINVAL, fmt::format("context is {} bytes; at most {} are allowed",
+                                    spec.context.size(), CONNREDIR_USER_CONTEXT_MAX));
+  if (spec.proto != kProtoAny && spec.proto != kProtoTcp)
+    return fail(EINVAL, "protocol must be tcp or any");
+  if (spec.ports.lo > spec.ports.hi) return fail(EINVAL, "port range is empty");
+  if (spec.app_cgroup && spec.app_cgroup->level > CONNREDIR_CGROUP_LEVELS_MAX)
+    return fail(EINVAL, fmt::format("app cgroup {} is {} levels deep; at most {} are supported",
+                                    spec.app_cgroup->path, spec.app_cgroup->level,
+                                    CONNREDIR_CGROUP_LEVELS_MAX));
+  auto callouts = read_callouts();
+  if (!callouts) return tl::unexpected(callouts.error());
+  auto cit = std::find_if(callouts->begin(), callouts->end(),
+                          [&](const auto& c) { return callout_name(c) == spec.callout; });
+  if (cit == callouts->end())
+    return fail(ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`; "
+                                    "create it with `connredir callout add`)",
+                                    spec.callout));
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  if (filters->size() >= CONNREDIR_MAX_FILTERS)
+    return fail(ENOSPC, fmt::format("there are already {} filters (CONNREDIR_MAX_FILTERS)",
+                                    CONNREDIR_MAX_FILTERS));
+  uint32_t id = 1;
+  uint64_t seq = 1;
+  for (const auto& f : *filters) {
+    id = std::max(id, f.id + 1);
+    seq = std::max<uint64_t>(seq, f.seq + 1);
+  }
+  if (id == 0) return fail(ENOSPC, "filter ids exhausted");
+
+  connredir_filter f;
+  std::memset(&f, 0, sizeof f);
+  f.id = id;
+  f.callout_id = cit->id;
+  f.weight = spec.weight;
+  f.seq = seq;
+  f.family = spec.dst.family;
+  f.prefixlen = spec.dst.family ? spec.dst.len : 0;
+  if (spec.dst.family) std::memcpy(f.addr, spec.dst.addr.data(), 16);
+  f.proto = spec.proto;
+  f.port_lo = spec.ports.lo;
+  f.port_hi = spec.ports.hi;
+  f.app_uid = CONNREDIR_UID_NONE;
+  if (spec.app_uid) {
+    f.flags |= CONNREDIR_FILTER_F_APP_UID;
+    f.app_uid = *spec.app_uid;
+  }
+  if (spec.app_cgroup) {
+    f.flags |= CONNREDIR_FILTER_F_APP_CGROUP;
+    f.app_cgroup = spec.app_cgroup->id;
+    f.app_cgroup_level = spec.app_cgroup->level;
+  }
+  f.user_len = static_cast<uint16_t>(spec.context.size());
+  std::memcpy(f.user, spec.context.data(), spec.context.size());
+
+  auto ifs = index_filters(*filters);
+  IndexPlanner planner(ifs);
+  auto plan = planner.plan_add(index_filter(f));
+  if (!plan) return tl::unexpected(plan.error());
+
+  // Filter entry first: index entries must never name a missing filter.
+  if (auto r = store_.update(MapId::Filters, &id, &f); !r) {
+    auto e = r.error();
+    return fail(e.code, "adding the filter: " + e.message);
+  }
+  if (auto r = apply_index(*plan); !r) {
+    // Roll back to the index as it was, then drop the filter entry.
+    auto now = read_index();
+    if (now) (void)apply_index(index_diff(*now, planner.build()));
+    (void)store_.erase(MapId::Filters, &id);
+    auto e = r.error();
+    return fail(e.code,
+                "updating the classifier index: " + e.message + "; the filter was not added");
+  }
+
+  FilterAdded out;
+  out.filter = filter_info(f, spec.callout);
+  out.index_writes = plan->size();
+  bool v4 = f.family == 0 || f.family == CONNREDIR_AF_INET;
+  bool v6 = f.family == 0 || f.family == CONNREDIR_AF_INET6;
+  if (v4 && !(cit->flags & CONNREDIR_CALLOUT_F_PROXY4))
+    out.warnings.push_back(
+        fmt::format("callout '{}' has no IPv4 proxy: IPv4 connects matching "
+                    "filter {} are not redirected by it",
+                    spec.callout, id));
+  if (v6 && !(cit->flags & CONNREDIR_CALLOUT_F_PROXY6))
+    out.warnings.push_back(
+        fmt::format("callout '{}' has no IPv6 proxy: IPv6 connects matching "
+                    "filter {} are not redirected by it",
+                    spec.callout, id));
+  return out;
+}
+
+Result<void> Control::delete_filter_locked(const std::vector<connredir_filter>& all, uint32_t id) {
+  auto ifs = index_filters(all);
+  IndexPlanner planner(ifs);
+  auto plan = planner.plan_remove(id);
+  if (!plan)
+    return fail(ENOENT, fmt::format("no filter with id {} (see `connredir filter list`)", id));
+  // Index first: once no entry names the filter, its entry can go.
+  if (auto r = apply_index(*plan); !r) return tl::unexpected(r.error());
+  auto r = store_.erase(MapId::Filters, &id);
+  if (!r) return tl::unexpected(r.error());
+  return {};
+}
+
+Result<std::vector<FilterInfo>> Control::list_filters() {
+  auto callouts = read_callouts();
+  if (!callouts) return tl::unexpected(callouts.error());
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  std::vector<FilterInfo> out;
+  for (const auto& f : *filters) {
+    std::string name = "?";
+    for (const auto& c : *callouts)
+      if (c.id == f.callout_id) name = callout_name(c);
+    out.push_back(filter_info(f, name));
+  }
+  return out;
+}
+
+Result<void> Control::delete_filter(uint32_t id) {
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  return delete_filter_locked(*filters, id);
+}
+
+Result<std::vector<IndexWrite>> Control::check_index() {
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  auto ifs = index_filters(*filters);
+  IndexPlanner planner(ifs);
+  auto kernel = read_index();
+  if (!kernel) return tl::unexpected(kernel.error());
+  return index_diff(*kernel, planner.build());
+}
+
+Result<size_t> Control::repair_index() {
+  auto writes = check_index();
+  if (!writes) return tl::unexpected(writes.error());
+  // Every entry is self-contained, so any order is consistent; writing
+  // before erasing keeps each destination answered throughout.
+  std::stable_partition(writes->begin(), writes->end(), [](const auto& w) { return !w.erase(); });
+  if (auto r = apply_index(*writes); !r) return tl::unexpected(r.error());
+  return writes->size();
+}
+
+// ---- principals --------------------------------------------------------------
+
+Result<void> Control::authorize(uint32_t kind, uint64_t id) {
+  connredir_principal_key k{kind, 0, id};
+  uint32_t flags = 0;
+  auto r = store_.lookup(MapId::Principals, &k, &flags);
+  if (!r) return tl::unexpected(r.error());
+  if (!*r) flags = 0;
+  flags |= CONNREDIR_PRINCIPAL_F_AUTHORIZED;
+  if (auto u = store_.update(MapId::Principals, &k, &flags); !u) {
+    auto e = u.error();
+    if (e.code == E2BIG || e.code == ENOSPC)
+      e.message += fmt::format(" (at most {} principals)", CONNREDIR_PRINCIPALS_MAX);
+    return tl::unexpected(e);
+  }
+  return {};
+}
+
+Result<void> Control::deauthorize(uint32_t kind, uint64_t id) {
+  connredir_principal_key k{kind, 0, id};
+  uint32_t flags = 0;
+  auto r = store_.lookup(MapId::Principals, &k, &flags);
+  if (!r) return tl::unexpected(r.error());
+  if (!*r || !(flags & CONNREDIR_PRINCIPAL_F_AUTHORIZED))
+    return fail(ENOENT, fmt::format("{} is not explicitly authorized (see `connredir authorize "
+                                    "--list`)",
+                                    principal_text(kind, id)));
+  flags &= ~CONNREDIR_PRINCIPAL_F_AUTHORIZED;
+  if (flags == 0) {
+    if (auto e = store_.erase(MapId::Principals, &k); !e) return tl::unexpected(e.error());
+  } else if (auto u = store_.update(MapId::Principals, &k, &flags); !u) {
+    return tl::unexpected(u.error());
+  }
+  return {};
+}
+
+Result<std::vector<PrincipalInfo>> Control::list_principals() {
+  auto keys = store_.keys(MapId::Principals);
+  if (!keys) return tl::unexpected(keys.error());
+  std::vector<PrincipalInfo> out;
+  for (const auto& kb : *keys) {
+    auto k = from_bytes<connredir_principal_key>(kb);
+    uint32_t flags = 0;
+    auto r = store_.lookup(MapId::Principals, kb.data(), &flags);
+    if (!r) return tl::unexpected(r.error());
+    if (*r) out.push_back(PrincipalInfo{k.kind, k.id, flags});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.kind, a.id) < std::tie(b.kind, b.id);
+  });
+  return out;
+}
+
+Result<void> Control::sync_principals() {
+  auto callouts = read_callouts();
+  if (!callouts) return tl::unexpected(callouts.error());
+  std::set<std::pair<uint32_t, uint64_t>> want;
+  for (const auto& c : *callouts) {
+    if (c.proxy_uid != CONNREDIR_UID_NONE) want.insert({CONNREDIR_PRINCIPAL_UID, c.proxy_uid});
+    if (c.proxy_cgroup) want.insert({CONNREDIR_PRINCIPAL_CGROUP, c.proxy_cgroup});
+  }
+  auto have = list_principals();
+  if (!have) return tl::unexpected(have.error());
+  // Additions first (a proxy must never lose its principal while a change
+  // is in flight), then updates and removals.
+  std::set<std::pair<uint32_t, uint64_t>> present;
+  for (const auto& p : *have) present.insert({p.kind, p.id});
+  for (const auto& [kind, id] : want) {
+    if (present.count({kind, id})) continue;
+    connredir_principal_key k{kind, 0, id};
+    uint32_t flags = CONNREDIR_PRINCIPAL_F_CALLOUT;
+    if (auto u = store_.update(MapId::Principals, &k, &flags); !u) {
+      auto e = u.error();
+      e.message = fmt::format("registering the proxy principal {}: {}", principal_text(kind, id),
+                              e.message);
+      if (e.code == E2BIG || e.code == ENOSPC)
+        e.message += fmt::format(" (at most {} principals)", CONNREDIR_PRINCIPALS_MAX);
+      return tl::unexpected(e);
+    }
+  }
+  for (const auto& p : *have) {
+    uint32_t flags = (p.flags & ~CONNREDIR_PRINCIPAL_F_CALLOUT) |
+                     (want.count({p.kind, p.id}) ? CONNREDIR_PRINCIPAL_F_CALLOUT : 0);
+    if (flags == p.flags) continue;
+    connredir_principal_key k{p.kind, 0, p.id};
+    if (flags == 0) {
+      if (auto e = store_.erase(MapId::Principals, &k); !e) return tl::unexpected(e.error());
+    } else if (auto u = store_.update(MapId::Principals, &k, &flags); !u) {
+      return tl::unexpected(u.error());
+    }
+  }
+  return {};
+}
+
+// ---- misc --------------------------------------------------------------------
+
+Result<bool> Control::init_secret(std::span<const uint8_t, 16> random) {
+  uint32_t zero = 0;
+  connredir_secret s{};
+  auto r = store_.lookup(MapId::Secret, &zero, &s);
+  if (!r) return tl::unexpected(r.error());
+  if (*r && (s.k0 != 0 || s.k1 != 0)) return false;
+  std::memcpy(&s, random.data(), sizeof s);
+  if (s.k0 == 0 && s.k1 == 0) return fail(EINVAL, "refusing an all-zero secret");
+  if (auto u = store_.update(MapId::Secret, &zero, &s); !u) return tl::unexpected(u.error());
+  return true;
+}
+
+Result<Counts> Control::counts() {
+  Counts c;
+  auto callouts = read_callouts();
+  if (!callouts) return tl::unexpected(callouts.error());
+  c.callouts = callouts->size();
+  for (auto [id, out] :
+       {std::pair{MapId::Filters, &c.filters}, std::pair{MapId::Principals, &c.principals},
+        std::pair{MapId::FilterIndex, &c.prefixes}}) {
+    auto k = store_.keys(id);
+    if (!k) return tl::unexpected(k.error());
+    *out = k->size();
+  }
+  return c;
+}
+
+}  // namespace connredir::control

@@ -1,0 +1,243 @@
+// `connredir up` / `down`: load the BPF object with pinned maps, attach every
+// program to a cgroup with pinned links, and undo it.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "connredir/control.hpp"
+#include "connredir.skel.h"
+
+namespace connredir::control {
+namespace {
+
+std::string errmsg(int e) { return std::strerror(e); }
+
+// libbpf's messages: kept and shown only when something fails.
+std::string g_libbpf_log;
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  char buf[1024];
+  int n = vsnprintf(buf, sizeof buf, fmt, args);
+  if (g_libbpf_log.size() < 64 * 1024) g_libbpf_log += buf;
+  return n;
+}
+
+std::string libbpf_tail() {
+  if (g_libbpf_log.empty()) return "";
+  std::string t =
+      g_libbpf_log.size() > 2000 ? g_libbpf_log.substr(g_libbpf_log.size() - 2000) : g_libbpf_log;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  return "\nlibbpf said:\n" + t;
+}
+
+struct SkelDeleter {
+  void operator()(struct connredir* s) const { connredir__destroy(s); }
+};
+using Skel = std::unique_ptr<struct connredir, SkelDeleter>;
+
+// Make sure the pin dir lives on a bpf filesystem, mounting /sys/fs/bpf if
+// that is where it would go and nothing is mounted there yet.
+Result<void> ensure_bpffs(const std::string& pin_dir) {
+  std::filesystem::path p(pin_dir);
+  std::error_code ec;
+  while (!p.empty() && !std::filesystem::exists(p, ec)) p = p.parent_path();
+  struct statfs sfs {};
+  if (statfs(p.c_str(), &sfs) == 0 && sfs.f_type == BPF_FS_MAGIC) return {};
+  if (p == "/sys/fs/bpf" || p == "/sys/fs") {
+    if (mkdir("/sys/fs/bpf", 0700) != 0 && errno != EEXIST) {
+      int e = errno;
+      return fail(e, fmt::format("cannot create /sys/fs/bpf: {}", errmsg(e)));
+    }
+    if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0) {
+      int e = errno;
+      return fail(e, fmt::format("cannot mount the bpf filesystem at /sys/fs/bpf: {} (try `mount "
+                                 "-t bpf bpf /sys/fs/bpf`)",
+                                 errmsg(e)));
+    }
+    return {};
+  }
+  return fail(EINVAL, fmt::format("pin dir {} is not on a bpf filesystem ({} is not bpffs): use a "
+                                  "directory under /sys/fs/bpf",
+                                  pin_dir, p.string()));
+}
+
+Result<void> make_dir(const std::string& path) {
+  if (mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return {};
+  int e = errno;
+  return fail(e, fmt::format("cannot create {}: {}", path, errmsg(e)));
+}
+
+std::vector<std::string> program_names(struct bpf_object* obj) {
+  std::vector<std::string> names;
+  struct bpf_program* prog;
+  bpf_object__for_each_program(prog, obj) {
+    if (bpf_program__autoload(prog)) names.push_back(bpf_program__name(prog));
+  }
+  return names;
+}
+
+}  // namespace
+
+Result<UpResult> up(const UpOptions& opts) {
+  if (auto r = require_root(); !r) return tl::unexpected(r.error());
+  if (auto r = check_kernel(); !r) return tl::unexpected(r.error());
+  auto cg = resolve_cgroup(opts.cgroup);
+  if (!cg) return tl::unexpected(cg.error());
+  if (auto r = ensure_bpffs(opts.pin_dir); !r) return tl::unexpected(r.error());
+
+  libbpf_set_print(libbpf_print);
+  g_libbpf_log.clear();
+  Skel skel(connredir__open());
+  if (!skel) {
+    int e = errno;
+    return fail(e, fmt::format("cannot open the BPF object: {}{}", errmsg(e), libbpf_tail()));
+  }
+  auto progs = program_names(skel->obj);
+
+  UpResult res;
+  res.cgroup = *cg;
+  auto state = read_up_state(opts.pin_dir);
+  if (!state) return tl::unexpected(state.error());
+  std::set<std::string> pinned;
+  for (const auto& l : state->links) {
+    if (l.cgroup_id != cg->id) {
+      std::string where =
+          l.cgroup_id == 0
+              ? std::string("a cgroup that no longer exists")
+              : cgroup_path_by_id(l.cgroup_id).value_or(fmt::format("cgroup id {}", l.cgroup_id));
+      return fail(EEXIST, fmt::format("connredir is already up at {} for {} (link {}): run "
+                                      "`connredir --pin-dir {} down` first, or use another "
+                                      "--pin-dir",
+                                      opts.pin_dir, where, l.name, opts.pin_dir));
+    }
+    pinned.insert(l.name);
+  }
+  bool all = !progs.empty();
+  for (const auto& p : progs) all = all && pinned.count(p);
+  if (all && state->maps_pinned) {
+    res.already_up = true;
+    return res;
+  }
+
+  for (auto d : {opts.pin_dir, opts.pin_dir + "/maps", opts.pin_dir + "/links"})
+    if (auto r = make_dir(d); !r) return tl::unexpected(r.error());
+
+  struct bpf_map* map;
+  bpf_object__for_each_map(map, skel->obj) {
+    if (bpf_map__is_internal(map)) continue;
+    std::string path = fmt::format("{}/maps/{}", opts.pin_dir, bpf_map__name(map));
+    if (int rc = bpf_map__set_pin_path(map, path.c_str()); rc != 0)
+      return fail(
+          -rc, fmt::format("setting the pin path of map {}: {}", bpf_map__name(map), errmsg(-rc)));
+  }
+  if (int rc = connredir__load(skel.get()); rc != 0) {
+    int e = rc < 0 ? -rc : errno;
+    return fail(e,
+                fmt::format("loading the BPF programs failed: {}. If maps pinned at {}/maps come "
+                            "from another connredir version, run `connredir --pin-dir {} down` "
+                            "first{}",
+                            errmsg(e), opts.pin_dir, opts.pin_dir, libbpf_tail()));
+  }
+
+  auto store = KernelMapStore::open(opts.pin_dir);
+  if (!store) return tl::unexpected(store.error());
+  std::array<uint8_t, 16> key{};
+  if (getrandom(key.data(), key.size(), 0) != static_cast<ssize_t>(key.size())) {
+    int e = errno;
+    return fail(e, fmt::format("getrandom for the records MAC key: {}", errmsg(e)));
+  }
+  Control ctl(**store);
+  auto init = ctl.init_secret(key);
+  if (!init) return tl::unexpected(init.error());
+  res.secret_initialised = *init;
+  // Principals from callouts that survived in pinned maps stay valid.
+  if (auto r = ctl.sync_principals(); !r) return tl::unexpected(r.error());
+
+  int cgfd = ::open(cg->path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cgfd < 0) {
+    int e = errno;
+    return fail(e, fmt::format("cannot open cgroup {}: {}", cg->path, errmsg(e)));
+  }
+  std::vector<std::string> created;
+  struct bpf_program* prog;
+  Result<void> err;
+  bpf_object__for_each_program(prog, skel->obj) {
+    if (!bpf_program__autoload(prog)) continue;
+    std::string name = bpf_program__name(prog);
+    if (pinned.count(name)) continue;
+    struct bpf_link* link = bpf_program__attach_cgroup(prog, cgfd);
+    if (!link) {
+      int e = errno;
+      err = fail(e, fmt::format("attaching {} to cgroup {}: {}{}", name, cg->path, errmsg(e),
+                                libbpf_tail()));
+      break;
+    }
+    std::string path = fmt::format("{}/links/{}", opts.pin_dir, name);
+    int rc = bpf_link__pin(link, path.c_str());
+    bpf_link__destroy(link);  // the pin keeps it attached
+    if (rc != 0) {
+      err = fail(-rc, fmt::format("pinning link {}: {}", path, errmsg(-rc)));
+      break;
+    }
+    created.push_back(name);
+  }
+  ::close(cgfd);
+  if (!err) {
+    for (const auto& n : created) unlink(fmt::format("{}/links/{}", opts.pin_dir, n).c_str());
+    return tl::unexpected(err.error());
+  }
+  res.attached = created;
+  return res;
+}
+
+Result<bool> down(const std::string& pin_dir) {
+  if (auto r = require_root(); !r) return tl::unexpected(r.error());
+  std::error_code ec;
+  if (!std::filesystem::exists(pin_dir, ec)) return false;
+  struct statfs sfs {};
+  if (statfs(pin_dir.c_str(), &sfs) != 0 || sfs.f_type != BPF_FS_MAGIC)
+    return fail(EINVAL,
+                fmt::format("{} is not on a bpf filesystem; refusing to remove it", pin_dir));
+  // Links first: unpinning detaches the programs; then the maps.
+  for (const char* sub : {"links", "maps"}) {
+    std::string dir = fmt::format("{}/{}", pin_dir, sub);
+    if (!std::filesystem::exists(dir, ec)) continue;
+    std::vector<std::string> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+      files.push_back(e.path().string());
+    if (ec) return fail(ec.value(), fmt::format("listing {}: {}", dir, ec.message()));
+    for (const auto& f : files)
+      if (unlink(f.c_str()) != 0 && errno != ENOENT) {
+        int e = errno;
+        return fail(e, fmt::format("cannot unpin {}: {}", f, errmsg(e)));
+      }
+    if (rmdir(dir.c_str()) != 0) {
+      int e = errno;
+      return fail(e,
+                  fmt::format("cannot remove {}: {} (remove its entries by hand)", dir, errmsg(e)));
+    }
+  }
+  if (rmdir(pin_dir.c_str()) != 0) {
+    int e = errno;
+    return fail(e, fmt::format("cannot remove {}: {} (it holds entries connredir did not create; "
+                               "remove them by hand)",
+                               pin_dir, errmsg(e)));
+  }
+  return true;
+}
+
+}  // namespace connredir::control
