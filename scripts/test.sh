@@ -30,6 +30,10 @@ echo "== build (RelWithDebInfo)"
 scripts/build.sh build
 echo "== tests: unit + kernel"
 run_ctest build
+grep -Eq "Test +#[0-9]+: kernel \.+ +Passed" build/ctest.log || {
+  echo "FAIL: the kernel test suite did not run and pass" >&2
+  exit 1
+}
 
 if [[ ${CONNREDIR_SKIP_SANITIZERS:-0} != 1 ]]; then
   echo "== ASan+UBSan build: user-space suite and kernel tests"
