@@ -1,0 +1,121 @@
+// Kernel test harness: a throwaway cgroup tree and pin dir per test, real
+// `connredir` and `connredir-proxy` binaries, forked actors placed into
+// cgroups as chosen uids. Everything created is removed in TearDown, also
+// when the test fails. The whole binary runs in its own network namespace
+// (kernel_main.cpp), so every address used is ours.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace connredir::test {
+
+// Root of the cgroup v2 hierarchy, from /proc/mounts ("" if none).
+std::string cgroup2_root();
+
+struct CmdResult {
+  int status = -1;  // exit code, or -1 if it did not exit normally
+  std::string out;  // stdout + stderr
+};
+// Run a command (argv[0] is a path), capture output, bounded by timeout.
+CmdResult run(const std::vector<std::string>& argv, int timeout_ms = 30000);
+
+// Runs `fn` in a forked child that first joins `cgroup` (a directory) and
+// drops to `uid` (if >= 0). The child's return string is sent back; the
+// call waits for it up to timeout_ms (then kills the child).
+struct Child {
+  pid_t pid = -1;
+  int result_fd = -1;
+  // Waits for the result; "" plus a failed expectation on timeout/crash.
+  std::string wait(int timeout_ms = 15000);
+  ~Child();
+};
+std::unique_ptr<Child> fork_in(const std::string& cgroup, int uid,
+                               const std::function<std::string()>& fn);
+std::string run_in(const std::string& cgroup, int uid, const std::function<std::string()>& fn,
+                   int timeout_ms = 15000);
+
+// A long-running program started in a cgroup as a uid (a proxy).
+struct Process {
+  pid_t pid = -1;
+  std::string log;  // its stdout/stderr file
+  void stop();      // SIGTERM, then SIGKILL after 3 s
+  ~Process() { stop(); }
+};
+std::unique_ptr<Process> spawn_in(const std::string& cgroup, int uid,
+                                  const std::vector<std::string>& argv,
+                                  const std::string& output_file);
+
+// Waits until a TCP listener on `port` exists in this netns (/proc/net/tcp*).
+bool wait_listening(int port, int timeout_ms = 5000);
+// Reads JSON lines from a file, waiting until at least `n` exist.
+std::vector<nlohmann::json> read_json_lines(const std::string& path, size_t n,
+                                            int timeout_ms = 8000);
+
+// A destination server outside the policed cgroup: echoes every byte back,
+// closes its write side on EOF, and remembers the peers it saw.
+class EchoServer {
+ public:
+  explicit EchoServer(const std::string& addr_port);  // "127.0.0.1:0", "[::1]:0"
+  ~EchoServer();
+  int port() const { return port_; }
+  std::string addr() const;  // ADDR:PORT form for the CLI
+  std::vector<std::string> peers();
+
+ private:
+  void loop();
+  int fd_ = -1;
+  int port_ = 0;
+  int family_ = 0;
+  std::string host_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> peers_;
+};
+
+// Connects (blocking, with timeouts) to ADDR:PORT from the calling process,
+// sends `payload`, half-closes, reads everything back. Returns the bytes read
+// or "ERR:<errno text>".
+std::string echo_roundtrip(const std::string& addr_port, const std::string& payload,
+                           int family_override = 0);
+
+// Deterministic pseudo-random payload.
+std::string make_payload(size_t n, uint32_t seed);
+
+// Per-test environment: cgroup tree + pin dir + `connredir up`.
+class KernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+  // `connredir --pin-dir P ARGS...`; expects exit 0 unless told otherwise.
+  CmdResult cli(const std::vector<std::string>& args, int expect_status = 0);
+  nlohmann::json cli_json(const std::vector<std::string>& args);
+  // Child cgroup (created on first use) under the test cgroup.
+  std::string cg(const std::string& name);
+  // Starts connredir-proxy in cgroup `name` as uid, listening on `listen`.
+  Process& start_proxy(const std::string& name, int uid, const std::string& listen,
+                       const std::vector<std::string>& extra = {});
+  std::string proxy_log(const std::string& name) const { return dir_ + "/" + name + ".jsonl"; }
+  uint32_t callout_id(const std::string& name);
+  std::map<std::string, uint64_t> stats();
+
+  std::string pin_dir_;
+  std::string cgroup_;  // the test's cgroup (hooks attached here)
+  std::string dir_;     // scratch directory for logs
+  std::vector<std::string> children_;
+  std::vector<std::unique_ptr<Process>> procs_;
+};
+
+}  // namespace connredir::test

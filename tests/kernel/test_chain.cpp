@@ -1,0 +1,194 @@
+// End-to-end chains through real connredir-proxy processes: each vendor's
+// proxy handles a flow exactly once, in weight order, and the bytes arrive.
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "connredir/address.hpp"
+#include "harness.hpp"
+
+namespace connredir::test {
+namespace {
+
+constexpr int kAppUid = 1000;
+
+class Chain : public KernelTest {
+ protected:
+  // Registers vendor i (0-based) with a proxy on 127.0.0.1:15001+i (and [::1]
+  // on the same port if v6), as uid 4001+i, and a filter on the destination.
+  void add_vendor(int i, const EchoServer& dst, int weight, const std::string& dst_cidr,
+                  bool v6 = false, const std::vector<std::string>& proxy_flags = {}) {
+    std::string name = "vendor-" + std::string(1, static_cast<char>('a' + i));
+    std::string port = std::to_string(15001 + i);
+    std::string listen = v6 ? "[::1]:" + port : "127.0.0.1:" + port;
+    cli({"callout", "add", name, "--proxy", listen, "--proxy-uid", std::to_string(4001 + i)});
+    cli({"filter", "add", "--callout", name, "--dst", dst_cidr, "--port",
+         std::to_string(dst.port()), "--weight", std::to_string(weight), "--context",
+         "ctx-" + name});
+    start_proxy(name, 4001 + i, listen, proxy_flags);
+  }
+
+  // One echo round trip from the app cgroup; returns true if bytes match.
+  bool roundtrip(const EchoServer& dst, size_t n, uint32_t seed, int family_override = 0) {
+    std::string payload = make_payload(n, seed);
+    std::string addr = dst.addr();
+    std::string got = run_in(cg("app"), kAppUid, [&] {
+      return echo_roundtrip(addr, payload, family_override);
+    });
+    EXPECT_EQ(got.size(), payload.size()) << got.substr(0, 200);
+    return got == payload;
+  }
+
+  // Asserts that vendor i's proxy logged exactly one ok flow whose chain is
+  // `expect` (callout names, in order).
+  void expect_chain(int i, const std::vector<std::string>& expect, const std::string& orig_dst,
+                    size_t bytes) {
+    std::string name = "vendor-" + std::string(1, static_cast<char>('a' + i));
+    auto lines = read_json_lines(proxy_log(name), 1);
+    ASSERT_EQ(lines.size(), 1u) << name << " log has " << lines.size() << " flows";
+    auto& l = lines[0];
+    EXPECT_EQ(l.value("result", ""), "ok") << l.dump();
+    ASSERT_TRUE(l.contains("chain")) << l.dump();
+    ASSERT_EQ(l["chain"].size(), expect.size()) << l.dump();
+    for (size_t k = 0; k < expect.size(); k++)
+      EXPECT_EQ(l["chain"][k].value("callout_id", 0u), callout_id(expect[k])) << l.dump();
+    EXPECT_EQ(l.value("orig_dst", ""), orig_dst) << l.dump();
+    EXPECT_EQ(l.value("bytes_up", 0ull), bytes) << l.dump();
+    EXPECT_EQ(l.value("bytes_down", 0ull), bytes) << l.dump();
+  }
+};
+
+TEST_F(Chain, OneProxyRelaysTheFlowOnce) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 1 << 20, 1));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 1 << 20);
+  // The destination saw exactly one connection (the proxy's), not a loop.
+  EXPECT_EQ(dst.peers().size(), 1u);
+}
+
+TEST_F(Chain, TwoVendorsInWeightOrderEachOnce) {
+  EchoServer dst("127.0.0.1:0");
+  // B is registered first but A has the higher weight: A must come first.
+  add_vendor(1, dst, 100, "127.0.0.0/8");
+  add_vendor(0, dst, 200, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 300000, 2));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 300000);
+  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 300000);
+  EXPECT_EQ(dst.peers().size(), 1u);
+}
+
+TEST_F(Chain, EqualWeightsOlderFilterFirst) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(1, dst, 100, "127.0.0.1/32");  // older
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 1000, 3));
+  expect_chain(1, {"vendor-b"}, dst.addr(), 1000);
+  expect_chain(0, {"vendor-b", "vendor-a"}, dst.addr(), 1000);
+}
+
+TEST_F(Chain, ThreeVendorsSameDestinationChainOfThree) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 300, "127.0.0.1/32");
+  add_vendor(1, dst, 200, "127.0.0.1/32");
+  add_vendor(2, dst, 100, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 100000, 4));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 100000);
+  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 100000);
+  expect_chain(2, {"vendor-a", "vendor-b", "vendor-c"}, dst.addr(), 100000);
+  EXPECT_EQ(dst.peers().size(), 1u);
+  auto s = stats();
+  EXPECT_EQ(s["redirected"], 3u);
+}
+
+TEST_F(Chain, ProxyThatDoesNotPropagateRecordsCannotLoopOntoItself) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32", false, {"--no-propagate"});
+  EXPECT_TRUE(roundtrip(dst, 50000, 5));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 50000);
+  EXPECT_EQ(dst.peers().size(), 1u);
+  EXPECT_GE(stats()["self_skip"], 1u);
+}
+
+TEST_F(Chain, IPv6Chain) {
+  EchoServer dst("[::1]:0");
+  add_vendor(0, dst, 200, "::1/128", true);
+  add_vendor(1, dst, 100, "::/0", true);
+  EXPECT_TRUE(roundtrip(dst, 200000, 6));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 200000);
+  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 200000);
+}
+
+TEST_F(Chain, IPv4MappedOnDualStackSocket) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  // AF_INET6 socket connecting to ::ffff:127.0.0.1 runs connect6 with an
+  // IPv4 flow: it must be classified by the IPv4 filter and still relay.
+  EXPECT_TRUE(roundtrip(dst, 70000, 7, AF_INET6));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 70000);
+}
+
+TEST_F(Chain, GetpeernameReportsOriginalDestination) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  std::string addr = dst.addr();
+  for (int family : {AF_INET, AF_INET6}) {
+    std::string peer = run_in(cg("app"), kAppUid, [&]() -> std::string {
+      auto a = Address::parse(addr);
+      sockaddr_storage ss{};
+      socklen_t len = family == AF_INET6 ? a->to_sockaddr6(ss) : a->to_sockaddr(ss);
+      int fd = socket(family, SOCK_STREAM, 0);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0)
+        return std::string("connect: ") + strerror(errno);
+      sockaddr_storage p{};
+      socklen_t pl = sizeof p;
+      if (getpeername(fd, reinterpret_cast<sockaddr*>(&p), &pl) != 0)
+        return std::string("getpeername: ") + strerror(errno);
+      close(fd);
+      auto got = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&p), pl);
+      return got ? got->to_string() : got.error().message;
+    });
+    EXPECT_EQ(peer, addr) << "family " << family;
+  }
+}
+
+TEST_F(Chain, UnmatchedConnectIsUntouched) {
+  EchoServer dst("127.0.0.1:0");
+  EchoServer other("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  std::string payload = make_payload(4096, 8);
+  std::string addr = other.addr();
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, payload); }), payload);
+  // The other server saw the app directly (no proxy in between).
+  ASSERT_EQ(other.peers().size(), 1u);
+  EXPECT_EQ(read_json_lines(proxy_log("vendor-a"), 1, 300).size(), 0u);
+}
+
+TEST_F(Chain, FiltersChangeWhileConnectionsFlow) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 100, "127.0.0.1/32");
+  std::string addr = dst.addr();
+  std::string payload = make_payload(2000, 9);
+  // A client loops while filters are added and removed under it: every
+  // round trip must succeed whichever policy it met.
+  auto client = fork_in(cg("app"), kAppUid, [&] {
+    int bad = 0;
+    for (int k = 0; k < 200; k++)
+      if (echo_roundtrip(addr, payload) != payload) bad++;
+    return std::to_string(bad);
+  });
+  for (int k = 0; k < 10; k++) {
+    auto r = cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.0/8", "--weight",
+                  std::to_string(50 + k)});
+    (void)r;
+  }
+  auto list = cli_json({"filter", "list"});
+  for (auto& f : list)
+    if (f.value("weight", 0) < 100) cli({"filter", "del", std::to_string(f.value("id", 0))});
+  EXPECT_EQ(client->wait(60000), "0");
+}
+
+}  // namespace
+}  // namespace connredir::test

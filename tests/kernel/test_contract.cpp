@@ -1,0 +1,272 @@
+// The socket-option contract (docs/ABI.md), errno by errno, with raw
+// syscalls on real redirected sockets.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "connredir/address.hpp"
+#include "connredir/records.hpp"
+#include "harness.hpp"
+
+extern "C" {
+#include "connredir_abi.h"
+}
+
+namespace connredir::test {
+namespace {
+
+constexpr int kAppUid = 1000;
+constexpr int kProxyUid = 4001;
+constexpr int kStrangerUid = 4999;
+
+// "name=errno-name" lines, so a failed expectation shows everything.
+std::string errname(int rc, int err) { return rc == 0 ? "OK" : strerrorname_np(err); }
+
+int listen_on(const std::string& addr_port) {
+  auto a = Address::parse(addr_port);
+  sockaddr_storage ss{};
+  socklen_t len = a->to_sockaddr(ss);
+  int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (a->family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 16) != 0) return -1;
+  return fd;
+}
+
+int connect_to(const std::string& addr_port) {
+  auto a = Address::parse(addr_port);
+  sockaddr_storage ss{};
+  socklen_t len = a->to_sockaddr(ss);
+  int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+class Contract : public KernelTest {
+ protected:
+  // A probe "proxy": a process in cgroup `proxy_cg` as `uid` accepts the one
+  // redirected connection of an app that connects to `dst`, runs `probe` on
+  // the accepted fd and returns its text. The app then sees EOF.
+  std::string probe(const std::string& listen, int uid, const std::string& dst,
+                    const std::function<std::string(int)>& fn) {
+    auto prober = fork_in(cg("vendor-a"), uid, [&]() -> std::string {
+      int l = listen_on(listen);
+      if (l < 0) return std::string("listen: ") + strerror(errno);
+      int c = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return std::string("accept: ") + strerror(errno);
+      std::string r = fn(c);
+      close(c);
+      close(l);
+      return r;
+    });
+    auto port = Address::parse(listen)->port;
+    EXPECT_TRUE(wait_listening(port));
+    auto app = fork_in(cg("app"), kAppUid, [&]() -> std::string {
+      int fd = connect_to(dst);
+      if (fd < 0) return std::string("connect: ") + strerror(errno);
+      char b;
+      (void)!read(fd, &b, 1);
+      close(fd);
+      return "done";
+    });
+    std::string r = prober->wait(20000);
+    EXPECT_EQ(app->wait(20000), "done");
+    return r;
+  }
+
+  void setup_vendor(const EchoServer& dst, const std::string& proxy, const std::string& cidr) {
+    cli({"callout", "add", "vendor-a", "--proxy", proxy, "--proxy-uid",
+         std::to_string(kProxyUid)});
+    cli({"filter", "add", "--callout", "vendor-a", "--dst", cidr, "--port",
+         std::to_string(dst.port()), "--context", "tenant=blue"});
+  }
+};
+
+std::string get_opt(int fd, int level, int name, std::vector<uint8_t>& out, socklen_t len) {
+  out.assign(len, 0);
+  socklen_t l = len;
+  int rc = getsockopt(fd, level, name, out.data(), &l);
+  int e = errno;
+  if (rc == 0) out.resize(l);
+  return errname(rc, e);
+}
+
+std::string set_records_raw(int fd, const void* p, socklen_t len) {
+  int rc = setsockopt(fd, SOL_CONNREDIR, CONNREDIR_RECORDS, p, len);
+  return errname(rc, errno);
+}
+
+TEST_F(Contract, QueriesOnARedirectedSocket) {
+  EchoServer dst("127.0.0.1:0");
+  setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
+  uint32_t cid = callout_id("vendor-a");
+  std::string r = probe("127.0.0.1:15001", kProxyUid, dst.addr(), [&](int c) {
+    std::ostringstream o;
+    std::vector<uint8_t> rec, ctx, tiny;
+    o << "records=" << get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, rec, CONNREDIR_RECORDS_MAX)
+      << " size=" << rec.size();
+    auto info = decode_records(rec);
+    if (info) o << " hops=" << info->hops.size() << " callout=" << info->hops[0].callout_id
+                << " hopdst=" << info->hops[0].dst.to_string();
+    o << " context=" << get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, ctx, CONNREDIR_CONTEXT_MAX);
+    auto cx = decode_context(ctx);
+    if (cx) {
+      o << " orig_dst=" << cx->orig_dst.to_string() << " ccallout=" << cx->callout_id
+        << " hop=" << int(cx->hop) << " user=" << std::string(cx->user.begin(), cx->user.end())
+        << " uid=" << cx->uid << " srcport_set=" << (cx->orig_src.port != 0);
+    }
+    o << " small_records="
+      << get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, tiny, sizeof(connredir_records) - 1)
+      << " small_context="
+      << get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, tiny, CONNREDIR_CONTEXT_SIZE - 1)
+      << " unknown_opt=" << get_opt(c, SOL_CONNREDIR, 99, tiny, 64);
+    std::vector<uint8_t> sin;
+    o << " sodst=" << get_opt(c, SOL_IP, CONNREDIR_SO_ORIGINAL_DST, sin, sizeof(sockaddr_in));
+    auto od = Address::from_sockaddr(reinterpret_cast<sockaddr*>(sin.data()), sin.size());
+    if (od) o << " sodst_addr=" << od->to_string();
+    return o.str();
+  });
+  std::ostringstream want;
+  want << "records=OK size=" << sizeof(connredir_records) << " hops=1 callout=" << cid
+       << " hopdst=" << dst.addr() << " context=OK orig_dst=" << dst.addr()
+       << " ccallout=" << cid << " hop=1 user=tenant=blue uid=" << kAppUid
+       << " srcport_set=1 small_records=ENOBUFS small_context=ENOBUFS unknown_opt=ENOPROTOOPT"
+       << " sodst=OK sodst_addr=" << dst.addr();
+  EXPECT_EQ(r, want.str());
+}
+
+TEST_F(Contract, OriginalDstIPv6) {
+  EchoServer dst("[::1]:0");
+  setup_vendor(dst, "[::1]:15001", "::1/128");
+  std::string r = probe("[::1]:15001", kProxyUid, dst.addr(), [&](int c) {
+    std::vector<uint8_t> sin6;
+    std::string e = get_opt(c, SOL_IPV6, CONNREDIR_IP6T_SO_ORIGINAL_DST, sin6,
+                            sizeof(sockaddr_in6));
+    auto od = Address::from_sockaddr(reinterpret_cast<sockaddr*>(sin6.data()), sin6.size());
+    return e + " " + (od ? od->to_string() : od.error().message);
+  });
+  EXPECT_EQ(r, "OK " + dst.addr());
+}
+
+TEST_F(Contract, SetRecordsAcceptsGenuineAndRejectsForgedAlteredTruncated) {
+  EchoServer dst("127.0.0.1:0");
+  setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
+  std::string r = probe("127.0.0.1:15001", kProxyUid, dst.addr(), [&](int c) {
+    std::ostringstream o;
+    std::vector<uint8_t> rec;
+    get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, rec, CONNREDIR_RECORDS_MAX);
+    auto fresh = [] { return socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0); };
+    int s = fresh();
+    o << "genuine=" << set_records_raw(s, rec.data(), rec.size());
+    close(s);
+    // Every single flipped byte is rejected (one bit each, whole blob).
+    int accepted = 0;
+    for (size_t i = 0; i < rec.size(); i++) {
+      auto bad = rec;
+      bad[i] ^= static_cast<uint8_t>(1u << (i % 8));
+      s = fresh();
+      if (set_records_raw(s, bad.data(), bad.size()) != "EINVAL") accepted++;
+      close(s);
+    }
+    o << " flipped_not_rejected=" << accepted;
+    std::mt19937 rng(42);
+    int forged_ok = 0;
+    for (int k = 0; k < 2000; k++) {
+      auto forged = rec;
+      // Keep the header plausible so the MAC is what rejects it.
+      for (size_t i = 24; i < forged.size(); i++) forged[i] = static_cast<uint8_t>(rng());
+      s = fresh();
+      if (set_records_raw(s, forged.data(), forged.size()) != "EINVAL") forged_ok++;
+      close(s);
+    }
+    o << " forged_not_rejected=" << forged_ok;
+    s = fresh();
+    o << " truncated=" << set_records_raw(s, rec.data(), rec.size() - 1);
+    std::vector<uint8_t> big(rec);
+    big.resize(rec.size() + 8);
+    o << " oversized=" << set_records_raw(s, big.data(), big.size());
+    o << " empty=" << set_records_raw(s, rec.data(), 0);
+    close(s);
+    int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    o << " udp=" << set_records_raw(u, rec.data(), rec.size());
+    close(u);
+    // A connected socket: connect to our own listener's port (no filter
+    // matches it), accepted without redirect -> ENOENT on the accepted side.
+    int cc = connect_to("127.0.0.1:15001");
+    o << " connected=" << set_records_raw(cc, rec.data(), rec.size());
+    close(cc);
+    return o.str();
+  });
+  EXPECT_EQ(r,
+            "genuine=OK flipped_not_rejected=0 forged_not_rejected=0 truncated=EINVAL "
+            "oversized=EINVAL empty=EINVAL udp=EOPNOTSUPP connected=EISCONN");
+  auto s = stats();
+  EXPECT_GE(s["records_rejected"], 2000u + sizeof(connredir_records));
+}
+
+TEST_F(Contract, NotRedirectedSocketIsENOENT) {
+  EchoServer dst("127.0.0.1:0");
+  setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
+  // The app connects straight to the probe's port: no filter matches it.
+  std::string r = probe("127.0.0.1:15001", kProxyUid, "127.0.0.1:15001", [&](int c) {
+    std::vector<uint8_t> out;
+    return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX) + " " +
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX);
+  });
+  EXPECT_EQ(r, "ENOENT ENOENT");
+}
+
+TEST_F(Contract, UnprivilegedProcessIsRefused) {
+  EchoServer dst("127.0.0.1:0");
+  setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
+  std::string r = probe("127.0.0.1:15001", kStrangerUid, dst.addr(), [&](int c) {
+    std::vector<uint8_t> out;
+    std::vector<uint8_t> blob(sizeof(connredir_records), 0);
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    std::string set = set_records_raw(s, blob.data(), blob.size());
+    close(s);
+    return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX) + " " +
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX) + " " + set;
+  });
+  EXPECT_EQ(r, "EACCES EACCES EACCES");
+  EXPECT_GE(stats()["denied"], 3u);
+}
+
+TEST_F(Contract, AuthorizedCgroupMayQuery) {
+  EchoServer dst("127.0.0.1:0");
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
+       std::to_string(dst.port())});
+  cli({"authorize", "--cgroup", cg("vendor-a")});
+  std::string r = probe("127.0.0.1:15001", kStrangerUid, dst.addr(), [&](int c) {
+    std::vector<uint8_t> out;
+    return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX);
+  });
+  EXPECT_EQ(r, "OK");
+}
+
+TEST_F(Contract, NotLoadedGivesTheKernelsOwnErrors) {
+  // This process is outside the test cgroup: no connredir hooks apply.
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> blob(sizeof(connredir_records), 0);
+  EXPECT_EQ(get_opt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX),
+            "EOPNOTSUPP");
+  EXPECT_EQ(set_records_raw(s, blob.data(), blob.size()), "ENOPROTOOPT");
+  close(s);
+}
+
+}  // namespace
+}  // namespace connredir::test
