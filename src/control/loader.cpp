@@ -19,7 +19,7 @@
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
-#include "connredir.skel.h"
+#include "skel_wrap.hpp"
 
 namespace connredir::control {
 namespace {
@@ -45,9 +45,9 @@ std::string libbpf_tail() {
 }
 
 struct SkelDeleter {
-  void operator()(struct connredir* s) const { connredir__destroy(s); }
+  void operator()(void* s) const { connredir_skel_destroy(s); }
 };
-using Skel = std::unique_ptr<struct connredir, SkelDeleter>;
+using Skel = std::unique_ptr<void, SkelDeleter>;
 
 // Make sure the pin dir lives on a bpf filesystem, mounting /sys/fs/bpf if
 // that is where it would go and nothing is mounted there yet.
@@ -101,12 +101,13 @@ Result<UpResult> up(const UpOptions& opts) {
 
   libbpf_set_print(libbpf_print);
   g_libbpf_log.clear();
-  Skel skel(connredir__open());
+  struct bpf_object* obj = nullptr;
+  Skel skel(connredir_skel_open(&obj));
   if (!skel) {
     int e = errno;
     return fail(e, fmt::format("cannot open the BPF object: {}{}", errmsg(e), libbpf_tail()));
   }
-  auto progs = program_names(skel->obj);
+  auto progs = program_names(obj);
 
   UpResult res;
   res.cgroup = *cg;
@@ -137,14 +138,14 @@ Result<UpResult> up(const UpOptions& opts) {
     if (auto r = make_dir(d); !r) return tl::unexpected(r.error());
 
   struct bpf_map* map;
-  bpf_object__for_each_map(map, skel->obj) {
+  bpf_object__for_each_map(map, obj) {
     if (bpf_map__is_internal(map)) continue;
     std::string path = fmt::format("{}/maps/{}", opts.pin_dir, bpf_map__name(map));
     if (int rc = bpf_map__set_pin_path(map, path.c_str()); rc != 0)
       return fail(
           -rc, fmt::format("setting the pin path of map {}: {}", bpf_map__name(map), errmsg(-rc)));
   }
-  if (int rc = connredir__load(skel.get()); rc != 0) {
+  if (int rc = connredir_skel_load(skel.get()); rc != 0) {
     int e = rc < 0 ? -rc : errno;
     return fail(e,
                 fmt::format("loading the BPF programs failed: {}. If maps pinned at {}/maps come "
@@ -175,7 +176,7 @@ Result<UpResult> up(const UpOptions& opts) {
   std::vector<std::string> created;
   struct bpf_program* prog;
   Result<void> err;
-  bpf_object__for_each_program(prog, skel->obj) {
+  bpf_object__for_each_program(prog, obj) {
     if (!bpf_program__autoload(prog)) continue;
     std::string name = bpf_program__name(prog);
     if (pinned.count(name)) continue;

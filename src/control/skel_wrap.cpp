@@ -1,0 +1,18 @@
+// See skel_wrap.hpp: keep `struct connredir` away from `namespace connredir`.
+#include "skel_wrap.hpp"
+
+#include "connredir.skel.h"
+
+void* connredir_skel_open(struct bpf_object** obj) {
+  struct connredir* s = connredir__open();
+  if (s && obj) *obj = s->obj;
+  return s;
+}
+
+int connredir_skel_load(void* skel) {
+  return connredir__load(static_cast<struct connredir*>(skel));
+}
+
+void connredir_skel_destroy(void* skel) {
+  connredir__destroy(static_cast<struct connredir*>(skel));
+}
