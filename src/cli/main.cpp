@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <optional>
@@ -584,6 +585,34 @@ int cmd_exec(const ExecArgs& a) {
   return report(Error{e, fmt::format("cannot run {}: {}", a.cmd[0], std::strerror(e))});
 }
 
+// "unknown command 'x'" when a word names no subcommand at its level (CLI11
+// would only say that a subcommand is required).
+std::optional<std::string> unknown_command(CLI::App& app, int argc, char** argv) {
+  CLI::App* level = &app;
+  std::string path = "connredir";
+  for (int i = 1; i < argc; ++i) {
+    std::string tok = argv[i];
+    if (tok == "--") break;
+    if (tok == "--pin-dir") {
+      ++i;
+      continue;
+    }
+    if (tok.empty() || tok[0] == '-') continue;
+    auto subs = level->get_subcommands([](CLI::App*) { return true; });
+    if (subs.empty()) return std::nullopt;  // a positional argument of a leaf command
+    auto it =
+        std::find_if(subs.begin(), subs.end(), [&](CLI::App* s) { return s->get_name() == tok; });
+    if (it == subs.end()) {
+      std::string names;
+      for (auto* s : subs) names += (names.empty() ? "" : ", ") + s->get_name();
+      return fmt::format("unknown command '{}' for {} (commands: {})", tok, path, names);
+    }
+    level = *it;
+    path += " " + tok;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -677,6 +706,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::string msg = e.what();
+    if (auto unknown = unknown_command(app, argc, argv)) return usage(*unknown);
     return usage(msg + " (see `connredir --help`)");
   }
   if (pin_dir.empty() || pin_dir.front() != '/') return usage("--pin-dir must be an absolute path");
