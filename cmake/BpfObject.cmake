@@ -29,7 +29,8 @@ function(bpf_object NAME SOURCE)
             -Wall -Wextra -Werror -Wno-unused-parameter
             -I${BPF_VMLINUX_DIR} -I${CONNREDIR_ABI_DIR}
             -c ${CMAKE_CURRENT_SOURCE_DIR}/${SOURCE} -o ${obj}
-    DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${SOURCE} ${BPF_VMLINUX_H} ${BPF_DEPENDS}
+    # vmlinux_h is a target in another directory: depend on it by name.
+    DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${SOURCE} vmlinux_h ${BPF_DEPENDS}
     COMMENT "BPF ${SOURCE}"
     VERBATIM)
   add_custom_command(

@@ -270,7 +270,12 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path, size_t n, i
 }
 
 EchoServer::EchoServer(const std::string& addr_port) {
-  auto a = Address::parse(addr_port);
+  // "HOST:0" asks for an ephemeral port; Address::parse rightly refuses port
+  // 0, so parse the host alone.
+  std::string host = addr_port;
+  if (host.size() > 2 && host.compare(host.size() - 2, 2, ":0") == 0) host.resize(host.size() - 2);
+  if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+  auto a = Address::parse(host, true);
   if (!a) {
     ADD_FAILURE() << a.error().message;
     return;
@@ -426,7 +431,9 @@ void KernelTest::TearDown() {
   }
   for (auto it = children_.rbegin(); it != children_.rend(); ++it)
     EXPECT_EQ(rmdir(it->c_str()), 0) << *it << ": " << strerror(errno);
-  if (!cgroup_.empty()) EXPECT_EQ(rmdir(cgroup_.c_str()), 0) << cgroup_ << ": " << strerror(errno);
+  if (!cgroup_.empty()) {
+    EXPECT_EQ(rmdir(cgroup_.c_str()), 0) << cgroup_ << ": " << strerror(errno);
+  }
   if (!dir_.empty()) run({"/bin/rm", "-rf", dir_});
 }
 
