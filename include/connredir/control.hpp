@@ -377,20 +377,21 @@ struct UpState {
 };
 Result<UpState> read_up_state(const std::string& pin_dir);
 
-// Exclusive (or shared) flock on /run/connredir.<pin dir>.lock; released by
-// the destructor.
-class PinDirLock {
+// Exclusive (or shared) flock on /run/connredir.lock, serializing every
+// CLI invocation (bpffs cannot hold regular files); released by the
+// destructor.
+class CliLock {
  public:
-  static Result<PinDirLock> acquire(const std::string& pin_dir, bool exclusive);
-  PinDirLock(PinDirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  PinDirLock& operator=(PinDirLock&&) = delete;
-  ~PinDirLock();
+  static Result<CliLock> acquire(bool exclusive);
+  CliLock(CliLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  CliLock& operator=(CliLock&&) = delete;
+  ~CliLock();
 
  private:
-  explicit PinDirLock(int fd) : fd_(fd) {}
+  explicit CliLock(int fd) : fd_(fd) {}
   int fd_ = -1;
 };
-std::string lock_path(const std::string& pin_dir);
+std::string lock_path();
 
 // ---- Lifecycle (connredir_loader) ------------------------------------------
 

@@ -89,13 +89,13 @@ std::string principal_flags(uint32_t f) {
 
 // Root check, lock, open the pinned maps.
 struct Session {
-  std::optional<ctl::PinDirLock> lock;
+  std::optional<ctl::CliLock> lock;
   std::unique_ptr<ctl::KernelMapStore> store;
 };
 
 Result<Session> open_session(const std::string& pin_dir, bool exclusive) {
   if (auto r = ctl::require_root(); !r) return tl::unexpected(r.error());
-  auto lock = ctl::PinDirLock::acquire(pin_dir, exclusive);
+  auto lock = ctl::CliLock::acquire(exclusive);
   if (!lock) return tl::unexpected(lock.error());
   auto store = ctl::KernelMapStore::open(pin_dir);
   if (!store) return tl::unexpected(store.error());
@@ -109,7 +109,7 @@ Result<Session> open_session(const std::string& pin_dir, bool exclusive) {
 
 int cmd_up(const std::string& pin_dir, const std::string& cgroup) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
-  auto lock = ctl::PinDirLock::acquire(pin_dir, true);
+  auto lock = ctl::CliLock::acquire(true);
   if (!lock) return report(lock.error());
   ctl::UpOptions o;
   o.pin_dir = pin_dir;
@@ -129,7 +129,7 @@ int cmd_up(const std::string& pin_dir, const std::string& cgroup) {
 
 int cmd_down(const std::string& pin_dir) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
-  auto lock = ctl::PinDirLock::acquire(pin_dir, true);
+  auto lock = ctl::CliLock::acquire(true);
   if (!lock) return report(lock.error());
   auto r = ctl::down(pin_dir);
   if (!r) return report(r.error());
@@ -145,7 +145,7 @@ int cmd_down(const std::string& pin_dir) {
 
 int cmd_status(const std::string& pin_dir, bool as_json) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
-  auto lock = ctl::PinDirLock::acquire(pin_dir, false);
+  auto lock = ctl::CliLock::acquire(false);
   if (!lock) return report(lock.error());
   auto state = ctl::read_up_state(pin_dir);
   if (!state) return report(state.error());

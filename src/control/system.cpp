@@ -235,20 +235,10 @@ Result<UpState> read_up_state(const std::string& pin_dir) {
   return s;
 }
 
-std::string lock_path(const std::string& pin_dir) {
-  std::string esc;
-  for (char c : pin_dir) {
-    if (c == '/')
-      esc += esc.empty() ? "" : "-";
-    else
-      esc += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ? c : '_';
-  }
-  if (!esc.empty() && esc.back() == '-') esc.pop_back();
-  return fmt::format("/run/connredir.{}.lock", esc);
-}
+std::string lock_path() { return "/run/connredir.lock"; }
 
-Result<PinDirLock> PinDirLock::acquire(const std::string& pin_dir, bool exclusive) {
-  std::string path = lock_path(pin_dir);
+Result<CliLock> CliLock::acquire(bool exclusive) {
+  std::string path = lock_path();
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     int e = errno;
@@ -262,10 +252,10 @@ Result<PinDirLock> PinDirLock::acquire(const std::string& pin_dir, bool exclusiv
     ::close(fd);
     return fail(e, fmt::format("cannot lock {}: {}", path, errmsg(e)));
   }
-  return PinDirLock(fd);
+  return CliLock(fd);
 }
 
-PinDirLock::~PinDirLock() {
+CliLock::~CliLock() {
   if (fd_ >= 0) ::close(fd_);
 }
 
