@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -397,6 +398,46 @@ std::string make_payload(size_t n, uint32_t seed) {
   std::string s(n, '\0');
   for (auto& c : s) c = static_cast<char>(rng());
   return s;
+}
+
+std::vector<std::string> sweep_leftovers(bool stale_only) {
+  std::vector<std::string> removed;
+  const std::string prefix = "connredir-test-";
+  auto owner_alive = [&](const std::string& name) {
+    pid_t pid = static_cast<pid_t>(std::atoi(name.c_str() + prefix.size()));
+    return pid > 0 && (pid == getpid() || ::kill(pid, 0) == 0);
+  };
+  auto wanted = [&](const std::string& name) {
+    if (name.rfind(prefix, 0) != 0) return false;
+    std::string mine = prefix + std::to_string(getpid()) + "-";
+    return stale_only ? !owner_alive(name) : name.rfind(mine, 0) == 0;
+  };
+  auto list = [](const std::string& dir) {
+    std::vector<std::string> names;
+    auto r = run({"/bin/ls", "-1", dir});
+    std::istringstream ss(r.out);
+    std::string n;
+    while (std::getline(ss, n))
+      if (!n.empty()) names.push_back(n);
+    return names;
+  };
+  std::string root = cgroup2_root();
+  for (auto& n : list(root)) {
+    if (!wanted(n)) continue;
+    std::string cg = root + "/" + n;
+    empty_cgroup(cg);
+    for (auto& c : list(cg))
+      if (::access((cg + "/" + c + "/cgroup.procs").c_str(), F_OK) == 0) rmdir((cg + "/" + c).c_str());
+    rmdir(cg.c_str());
+    removed.push_back(cg);
+  }
+  for (auto& n : list("/sys/fs/bpf")) {
+    if (!wanted(n)) continue;
+    std::string pin = "/sys/fs/bpf/" + n;
+    run({CONNREDIR_CLI_PATH, "--pin-dir", pin, "down"});
+    removed.push_back(pin);
+  }
+  return removed;
 }
 
 // ---- KernelTest ----------------------------------------------------------

@@ -93,6 +93,12 @@ std::string echo_roundtrip(const std::string& addr_port, const std::string& payl
 // Deterministic pseudo-random payload.
 std::string make_payload(size_t n, uint32_t seed);
 
+// Removes every cgroup and pin dir named connredir-test-<pid>-* (kills their
+// processes, detaches with `connredir down`). Returns what it had to remove;
+// `stale_only` limits it to pids that no longer run (leftovers of a killed
+// earlier run). A non-empty answer at the end of our own run is a failure.
+std::vector<std::string> sweep_leftovers(bool stale_only);
+
 // Per-test environment: cgroup tree + pin dir + `connredir up`.
 class KernelTest : public ::testing::Test {
  protected:

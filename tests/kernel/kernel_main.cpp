@@ -49,7 +49,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cannot bring lo up in the test namespace: %s\n", std::strerror(errno));
     return 1;
   }
+  for (auto& stale : connredir::test::sweep_leftovers(true))
+    std::fprintf(stderr, "removed a leftover of an earlier, killed run: %s\n", stale.c_str());
   int rc = RUN_ALL_TESTS();
+  // Every test cleans up after itself; anything of ours still here is a bug.
+  auto leaked = connredir::test::sweep_leftovers(false);
+  for (auto& l : leaked) std::fprintf(stderr, "LEAK: the tests left %s behind\n", l.c_str());
+  if (!leaked.empty()) return 1;
   // A skipped kernel test proves nothing: count it as a failure.
   int skipped = ::testing::UnitTest::GetInstance()->skipped_test_count();
   if (rc == 0 && skipped > 0) {
