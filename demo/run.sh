@@ -14,7 +14,7 @@ ROOT=$PWD
 
 if [[ ${1:-} != --inside ]]; then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "demo must run as root (it loads BPF programs): sudo $0" >&2
+    echo "demo/run.sh must run as root (it loads BPF programs): run it from a root shell" >&2
     exit 1
   fi
   scripts/install-deps.sh
@@ -103,18 +103,21 @@ for v in a b; do
 done
 
 echo "== the chain each proxy saw"
+cr --json callout list >"$WORK/callouts.json"
 python3 - "$WORK" <<'PY'
 import json, sys, os
 work = sys.argv[1]
+names = {c["id"]: c["name"] for c in json.load(open(os.path.join(work, "callouts.json")))}
 for v in ("vendor-a", "vendor-b"):
     path = os.path.join(work, v + ".jsonl")
     flows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
     if len(flows) != 1:
         sys.exit(f"FAIL: {v} saw {len(flows)} flows, expected exactly 1")
     f = flows[0]
-    chain = " -> ".join(f"callout {h['callout_id']}" for h in f["chain"])
-    print(f"{v}: flow {f['flow_id']} from {f.get('app_comm', '?')} (pid {f.get('app_pid', '?')})"
-          f" to {f['orig_dst']}: chain [{chain}], {f['bytes_down']} bytes down, {f['result']}")
+    chain = " -> ".join(names.get(h["callout_id"], str(h["callout_id"])) for h in f["chain"])
+    print(f"{v}: flow {f['flow_id']} from {f['comm']} (pid {f['pid']}, uid {f['uid']}) to "
+          f"{f['orig_dst']}: chain [{chain}], {f['bytes_down']} bytes down, "
+          f"{f['duration_ms']} ms, {f['result']}")
 PY
 cr status
 echo "== demo passed: one download, two vendors, each exactly once"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) -ne 0 ]]; then
-  echo "scripts/test.sh must run as root: the kernel tests load BPF programs (sudo $0)" >&2
+  echo "scripts/test.sh must run as root: the kernel tests load BPF programs (run it from a root shell)" >&2
   exit 1
 fi
 scripts/install-deps.sh
