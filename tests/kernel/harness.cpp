@@ -440,6 +440,32 @@ std::vector<std::string> sweep_leftovers(bool stale_only) {
   return removed;
 }
 
+int listen_on(const std::string& addr_port) {
+  auto a = Address::parse(addr_port);
+  sockaddr_storage ss{};
+  socklen_t len = a->to_sockaddr(ss);
+  int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (a->family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 16) != 0) return -1;
+  return fd;
+}
+
+int connect_to(const std::string& addr_port) {
+  auto a = Address::parse(addr_port);
+  sockaddr_storage ss{};
+  socklen_t len = a->to_sockaddr(ss);
+  int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // ---- KernelTest ----------------------------------------------------------
 
 void KernelTest::SetUp() {
@@ -538,6 +564,33 @@ std::map<std::string, uint64_t> KernelTest::stats() {
   if (j.contains("stats"))
     for (auto& [k, v] : j["stats"].items()) out[k] = v.get<uint64_t>();
   return out;
+}
+
+std::string KernelTest::probe(const std::string& listen, int uid, const std::string& dst,
+                  const std::function<std::string(int)>& fn) {
+  auto prober = fork_in(cg("vendor-a"), uid, [&]() -> std::string {
+    int l = listen_on(listen);
+    if (l < 0) return std::string("listen: ") + strerror(errno);
+    int c = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return std::string("accept: ") + strerror(errno);
+    std::string r = fn(c);
+    close(c);
+    close(l);
+    return r;
+  });
+  auto port = Address::parse(listen)->port;
+  EXPECT_TRUE(wait_listening(port));
+  auto app = fork_in(cg("app"), 1000, [&]() -> std::string {
+    int fd = connect_to(dst);
+    if (fd < 0) return std::string("connect: ") + strerror(errno);
+    char b;
+    (void)!read(fd, &b, 1);
+    close(fd);
+    return "done";
+  });
+  std::string r = prober->wait(20000);
+  EXPECT_EQ(app->wait(20000), "done");
+  return r;
 }
 
 }  // namespace connredir::test

@@ -99,6 +99,10 @@ std::string make_payload(size_t n, uint32_t seed);
 // earlier run). A non-empty answer at the end of our own run is a failure.
 std::vector<std::string> sweep_leftovers(bool stale_only);
 
+// Listening / connected TCP sockets for ADDR:PORT (-1 on failure, errno set).
+int listen_on(const std::string& addr_port);
+int connect_to(const std::string& addr_port);
+
 // Per-test environment: cgroup tree + pin dir + `connredir up`.
 class KernelTest : public ::testing::Test {
  protected:
@@ -115,6 +119,11 @@ class KernelTest : public ::testing::Test {
                        const std::vector<std::string>& extra = {});
   std::string proxy_log(const std::string& name) const { return dir_ + "/" + name + ".jsonl"; }
   uint32_t callout_id(const std::string& name);
+  // A probe "proxy": a process in cgroup vendor-a as `uid` accepts the one
+  // connection of an app (cgroup app) that connects to `dst`, runs `fn` on
+  // the accepted fd and returns its text. The app then sees EOF.
+  std::string probe(const std::string& listen, int uid, const std::string& dst,
+                    const std::function<std::string(int)>& fn);
   std::map<std::string, uint64_t> stats();
 
   std::string pin_dir_;
