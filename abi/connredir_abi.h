@@ -158,6 +158,10 @@ struct connredir_context {
 #define CONNREDIR_CALLOUT_F_USED 0x1u
 #define CONNREDIR_CALLOUT_F_PROXY4 0x2u /* proxy4 is set */
 #define CONNREDIR_CALLOUT_F_PROXY6 0x4u /* proxy6 is set */
+/* --on-proxy-down: look up the proxy's listener at connect time (loopback
+ * proxies only; a proxy in another namespace cannot be seen from here). */
+#define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u /* no listener: fail the connect */
+#define CONNREDIR_CALLOUT_F_DOWN_BYPASS 0x10u /* no listener: skip this callout */
 
 /* map `callouts` (ARRAY, index = callout id). */
 struct connredir_callout {
@@ -278,6 +282,8 @@ enum connredir_stat {
 	CONNREDIR_STAT_DENIED, /* queries and sets refused with EACCES */
 	CONNREDIR_STAT_SELF_SKIP, /* a callout skipped: REDIRECTED_BY_SELF */
 	CONNREDIR_STAT_PREV_SKIP, /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_DOWN_BYPASS, /* proxy not listening: callout skipped */
+	CONNREDIR_STAT_DOWN_REFUSED, /* proxy not listening: connect refused */
 	CONNREDIR_STAT_MAX,
 };
 

@@ -40,6 +40,7 @@
 #define EOPNOTSUPP 95
 #define ENOBUFS 105
 #define EISCONN 106
+#define ECONNREFUSED 111
 
 /* Verdicts of cgroup hooks: 1 = proceed. We never return 0 from connect or
  * sockops: connredir fails open for everything it does not own. */
@@ -250,6 +251,29 @@ static __always_inline __u64 records_mac(const struct connredir_secret *k,
 
 /* ---- Classification (connect4/6) --------------------------------------- */
 
+/* Is anything listening at the proxy's address in this namespace? Used only
+ * for callouts that asked (--on-proxy-down), and only for loopback proxies. */
+static __always_inline int proxy_listening(struct bpf_sock_addr *ctx,
+					   const struct connredir_addr *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	if (p->family == CONNREDIR_AF_INET) {
+		t.ipv4.daddr = addr_word(p, 3);
+		t.ipv4.dport = p->port;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		__builtin_memcpy(t.ipv6.daddr, p->addr, 16);
+		t.ipv6.dport = p->port;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
 static __always_inline int filter_matches(const struct connredir_filter *f, __u16 port_host,
 					  __u32 uid)
 {
@@ -305,10 +329,11 @@ static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
 
 /*
  * Classify one TCP connect and redirect it if a filter says so. Returns the
- * proxy to connect to instead, or NULL to leave the connect alone.
+ * proxy to connect to instead, or NULL to leave the connect alone; *refuse is
+ * set when a callout with --on-proxy-down refuse found its proxy down.
  */
 static __always_inline const struct connredir_addr *
-classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst)
+classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
 {
 	struct connredir_lpm_key key = {};
 	struct connredir_candidates *cands;
@@ -387,6 +412,17 @@ classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst)
 			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
 			continue;
 		}
+		if ((c->flags & (CONNREDIR_CALLOUT_F_DOWN_BYPASS | CONNREDIR_CALLOUT_F_DOWN_REFUSE)) &&
+		    addr_is_loopback(proxy) && !proxy_listening(ctx, proxy)) {
+			if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
+				stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
+				proxy = NULL;
+				continue;
+			}
+			stat_inc(CONNREDIR_STAT_DOWN_REFUSED);
+			*refuse = 1;
+			return NULL;
+		}
 		chosen = c;
 		chosen_f = f;
 		chosen_id = cid;
@@ -444,18 +480,29 @@ classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst)
 	return proxy;
 }
 
+/* The inspection this flow requires cannot happen: fail the connect at once
+ * with ECONNREFUSED, as if the destination had refused it. */
+static __always_inline int refuse_connect(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
 SEC("cgroup/connect4")
 int connredir_connect4(struct bpf_sock_addr *ctx)
 {
 	struct connredir_addr dst __attribute__((aligned(8))) = {};
 	const struct connredir_addr *proxy;
 	__u32 ip, proxy_ip;
+	int refuse = 0;
 
 	if (ctx->type != SOCK_STREAM)
 		return ALLOW; /* TCP only; UDP is its own design */
 	ip = ctx->user_ip4;
 	addr_set_v4(&dst, ip, (__u16)ctx->user_port);
-	proxy = classify_connect(ctx, &dst);
+	proxy = classify_connect(ctx, &dst, &refuse);
+	if (refuse)
+		return refuse_connect();
 	if (!proxy)
 		return ALLOW;
 	proxy_ip = addr_word(proxy, 3);
@@ -470,6 +517,7 @@ int connredir_connect6(struct bpf_sock_addr *ctx)
 	struct connredir_addr dst __attribute__((aligned(8))) = {};
 	const struct connredir_addr *proxy;
 	__u32 w0, w1, w2, w3;
+	int refuse = 0;
 
 	if (ctx->type != SOCK_STREAM)
 		return ALLOW;
@@ -478,7 +526,9 @@ int connredir_connect6(struct bpf_sock_addr *ctx)
 	w2 = ctx->user_ip6[2];
 	w3 = ctx->user_ip6[3];
 	addr_set_v6(&dst, w0, w1, w2, w3, (__u16)ctx->user_port);
-	proxy = classify_connect(ctx, &dst);
+	proxy = classify_connect(ctx, &dst, &refuse);
+	if (refuse)
+		return refuse_connect();
 	if (!proxy)
 		return ALLOW;
 	/* A v4-mapped destination got an IPv4 proxy: keep it v4-mapped. */

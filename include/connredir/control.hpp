@@ -224,12 +224,22 @@ struct CgroupRef {
   std::string path;    // for messages only (not stored in maps)
 };
 
+// What a connect meets when the callout's (loopback) proxy is not listening.
+enum class ProxyDown {
+  Unchecked,  // no lookup: the redirected connect fails as the kernel decides
+  Refuse,     // looked up: the connect fails at once with ECONNREFUSED, counted
+  Bypass,     // looked up: the callout is skipped (next vendor or destination), counted
+};
+const char* to_string(ProxyDown p);
+Result<ProxyDown> parse_proxy_down(std::string_view text);
+
 struct CalloutSpec {
   std::string name;
   std::optional<Address> proxy4;
   std::optional<Address> proxy6;
   std::optional<uint32_t> proxy_uid;
   std::optional<CgroupRef> proxy_cgroup;
+  ProxyDown on_proxy_down = ProxyDown::Unchecked;
 };
 
 struct CalloutInfo {
@@ -240,6 +250,7 @@ struct CalloutInfo {
   std::optional<uint32_t> proxy_uid;
   uint64_t proxy_cgroup = 0;  // 0 = unset
   uint32_t proxy_cgroup_level = 0;
+  ProxyDown on_proxy_down = ProxyDown::Unchecked;
   size_t filters = 0;  // filters referencing it
 };
 
@@ -275,6 +286,37 @@ struct FilterAdded {
   std::vector<std::string> warnings;  // e.g. no proxy for the filter's family
 };
 
+// `connredir filter load FILE`: many filters at once. The index is computed
+// once for the whole set and written in the consistency-preserving order.
+struct FilterLoadResult {
+  size_t added = 0;
+  size_t removed = 0;       // previous filters dropped by `replace`
+  size_t index_writes = 0;  // trie entries written or erased
+  uint32_t first_id = 0;    // ids of the new filters: first_id..last_id
+  uint32_t last_id = 0;
+  std::vector<std::string> warnings;  // e.g. a callout without a proxy for a family
+};
+
+// One line of a filter file: the fields of `filter add`, as text. Empty
+// strings mean "not given".
+struct FilterLine {
+  std::string callout, dst, port, proto, weight, app_uid, app_cgroup, context;
+};
+// Parses one line of a filter file. Two formats, one filter per line:
+//   JSON:  {"callout":"acme","dst":"10.0.0.0/8","port":"443","proto":"tcp",
+//           "weight":100,"app_uid":1000,"app_cgroup":"/sys/fs/cgroup/x","context":"tls"}
+//   text:  callout=acme dst=10.0.0.0/8 port=8000-8080 proto=tcp weight=100 app-uid=1000
+//          app-cgroup=DIR context=tls        (whitespace separated key=value)
+// Keys may use '-' or '_'. Returns nullopt for blank lines and '#' comments.
+Result<std::optional<FilterLine>> parse_filter_line(std::string_view line);
+// Turns a parsed line into a spec (CIDR, ports, ...). `resolve` maps an app
+// cgroup directory to its id and level (resolve_cgroup in the CLI).
+using CgroupResolver = Result<CgroupRef> (*)(std::string_view dir);
+Result<FilterSpec> filter_spec(const FilterLine& line, CgroupResolver resolve);
+// Every line of a file's text; errors name the line ("line 7: ...").
+// Distinct app cgroup directories are resolved once each.
+Result<std::vector<FilterSpec>> parse_filter_file(std::string_view text, CgroupResolver resolve);
+
 struct PrincipalInfo {
   uint32_t kind = 0;  // CONNREDIR_PRINCIPAL_UID / _CGROUP
   uint64_t id = 0;
@@ -307,6 +349,12 @@ class Control {
   // many filters, EINVAL context too long.
   Result<FilterAdded> add_filter(const FilterSpec& spec);
   Result<std::vector<FilterInfo>> list_filters();
+  // Bulk add: validates every spec, assigns ids and ages in file order,
+  // computes the whole index once, then writes all filter entries, then the
+  // index (updates before erases), then (with `replace`) erases the filters
+  // that were there before. On failure the index and filters are restored.
+  // Errors name the spec's position ("filter 7: ...", 1-based).
+  Result<FilterLoadResult> load_filters(std::span<const FilterSpec> specs, bool replace);
   Result<void> delete_filter(uint32_t id);
   // Compare the kernel index with a rebuild from the filters map; returns
   // the writes that would repair it (empty = consistent).

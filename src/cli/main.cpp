@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -224,7 +226,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
 struct CalloutArgs {
   std::string name, name_opt;
   std::vector<std::string> proxies;
-  std::string proxy_uid, proxy_cgroup;
+  std::string proxy_uid, proxy_cgroup, on_proxy_down;
   bool force = false;
 };
 
@@ -254,6 +256,8 @@ int cmd_callout_add(const std::string& pin_dir, const CalloutArgs& a) {
         take(ctl::parse_uint(a.proxy_uid, "--proxy-uid", 0, 0xfffffffe), bad));
   if (!a.proxy_cgroup.empty() && !bad)
     spec.proxy_cgroup = take(ctl::resolve_cgroup(a.proxy_cgroup), bad);
+  if (!a.on_proxy_down.empty() && !bad)
+    spec.on_proxy_down = take(ctl::parse_proxy_down(a.on_proxy_down), bad);
   if (bad) return usage(bad->message);
 
   auto s = open_session(pin_dir, true);
@@ -280,6 +284,7 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"proxy6", i.proxy6 ? json(i.proxy6->to_string()) : json(nullptr)},
                      {"proxy_uid", i.proxy_uid ? json(*i.proxy_uid) : json(nullptr)},
                      {"proxy_cgroup", cgroup_json(i.proxy_cgroup, i.proxy_cgroup_level)},
+                     {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
                      {"filters", i.filters}});
     fmt::print("{}\n", arr.dump(2));
     return 0;
@@ -351,6 +356,45 @@ int cmd_filter_add(const std::string& pin_dir, const FilterArgs& a) {
   fmt::print("filter {} added: {} port {} -> callout {} (weight {})\n", r->filter.id,
              r->filter.dst.to_string(), r->filter.ports.to_string(), r->filter.callout,
              r->filter.weight);
+  return 0;
+}
+
+int cmd_filter_load(const std::string& pin_dir, const std::string& file, bool replace,
+                    bool as_json) {
+  std::string text;
+  if (file == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  } else {
+    std::ifstream in(file, std::ios::binary);
+    if (!in)
+      return usage(fmt::format("cannot read filter file {}: {}", file, std::strerror(errno)));
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto specs = ctl::parse_filter_file(text, &ctl::resolve_cgroup);
+  if (!specs) return usage(fmt::format("{}: {}", file, specs.error().message));
+
+  auto s = open_session(pin_dir, true);
+  if (!s) return report(s.error());
+  ctl::Control c(*s->store);
+  auto r = c.load_filters(*specs, replace);
+  if (!r) return report(r.error());
+  for (const auto& w : r->warnings) fmt::print(stderr, "connredir: warning: {}\n", w);
+  if (as_json) {
+    fmt::print("{}\n", json{{"added", r->added},
+                            {"removed", r->removed},
+                            {"index_writes", r->index_writes},
+                            {"first_id", r->first_id},
+                            {"last_id", r->last_id}}
+                           .dump());
+    return 0;
+  }
+  if (r->added == 0)
+    fmt::print("no filters in {}{}\n", file,
+               r->removed ? fmt::format("; {} filters removed", r->removed) : "");
+  else
+    fmt::print("{} filters loaded (ids {}-{}), {} index entr{} written{}\n", r->added, r->first_id,
+               r->last_id, r->index_writes, r->index_writes == 1 ? "y" : "ies",
+               r->removed ? fmt::format(", {} previous filters removed", r->removed) : "");
   return 0;
 }
 
@@ -646,6 +690,9 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false);
   c_add->add_option("--proxy-uid", ca.proxy_uid, "uid the proxy runs as (its principal)");
   c_add->add_option("--proxy-cgroup", ca.proxy_cgroup, "cgroup v2 directory the proxy runs in");
+  c_add->add_option("--on-proxy-down", ca.on_proxy_down,
+                    "refuse|bypass: when the (loopback) proxy is not listening, fail the "
+                    "connect at once, or skip this callout");
   auto* c_list = callout->add_subcommand("list", "list callouts");
   c_list->add_flag("--json", as_json, "JSON output");
   auto* c_del = callout->add_subcommand("del", "delete a callout");
@@ -665,6 +712,20 @@ int main(int argc, char** argv) {
   f_add->add_option("--app-cgroup", fa.app_cgroup, "only apps in this cgroup v2 directory");
   f_add->add_option("--app-uid", fa.app_uid, "only apps running as this uid");
   f_add->add_option("--context", fa.context, "redirect context handed to the proxy (<=128 bytes)");
+  std::string load_file;
+  bool load_replace = false;
+  auto* f_load = filter->add_subcommand(
+      "load", "add many filters from a file (one per line, JSON or KEY=VALUE; see --help)");
+  f_load->footer(
+      "One filter per line, the fields of `filter add`:\n"
+      "  {\"callout\":\"acme\",\"dst\":\"10.0.0.0/8\",\"port\":\"443\",\"weight\":100,"
+      "\"app_uid\":1000}\n"
+      "  callout=acme dst=10.0.0.0/8 port=8000-8080 proto=tcp weight=100 app-cgroup=DIR\n"
+      "Blank lines and lines starting with # are skipped. The index is computed once.");
+  f_load->add_option("file", load_file, "filter file ('-' = standard input)")->required();
+  f_load->add_flag("--replace", load_replace,
+                   "replace every existing filter (switched over without a gap)");
+  f_load->add_flag("--json", as_json, "JSON output");
   auto* f_list = filter->add_subcommand("list", "list filters");
   f_list->add_flag("--json", as_json, "JSON output");
   auto* f_del = filter->add_subcommand("del", "delete a filter");
@@ -719,6 +780,7 @@ int main(int argc, char** argv) {
   if (*c_list) return cmd_callout_list(pin_dir, as_json);
   if (*c_del) return cmd_callout_del(pin_dir, ca);
   if (*f_add) return cmd_filter_add(pin_dir, fa);
+  if (*f_load) return cmd_filter_load(pin_dir, load_file, load_replace, as_json);
   if (*f_list) return cmd_filter_list(pin_dir, as_json);
   if (*f_del) return cmd_filter_del(pin_dir, fa);
   if (*f_check) return cmd_filter_check(pin_dir, fa.repair);

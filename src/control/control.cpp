@@ -58,10 +58,30 @@ const char* stat_name(size_t index) {
   static const char* const names[] = {
       "classified", "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
       "published",  "publish_fail", "accepted",  "records_set",     "records_rejected",
-      "denied",     "self_skip",    "prev_skip",
+      "denied",     "self_skip",    "prev_skip", "down_bypass",     "down_refused",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
+}
+
+const char* to_string(ProxyDown p) {
+  switch (p) {
+    case ProxyDown::Refuse:
+      return "refuse";
+    case ProxyDown::Bypass:
+      return "bypass";
+    case ProxyDown::Unchecked:
+      break;
+  }
+  return "unchecked";
+}
+
+Result<ProxyDown> parse_proxy_down(std::string_view text) {
+  if (text == "refuse") return ProxyDown::Refuse;
+  if (text == "bypass") return ProxyDown::Bypass;
+  return fail(EINVAL, fmt::format("--on-proxy-down '{}': expected refuse (fail the connect at "
+                                  "once) or bypass (skip this callout)",
+                                  text));
 }
 
 CalloutInfo callout_info(const connredir_callout& c) {
@@ -73,6 +93,8 @@ CalloutInfo callout_info(const connredir_callout& c) {
   if (c.proxy_uid != CONNREDIR_UID_NONE) i.proxy_uid = c.proxy_uid;
   i.proxy_cgroup = c.proxy_cgroup;
   i.proxy_cgroup_level = c.proxy_cgroup_level;
+  if (c.flags & CONNREDIR_CALLOUT_F_DOWN_REFUSE) i.on_proxy_down = ProxyDown::Refuse;
+  if (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) i.on_proxy_down = ProxyDown::Bypass;
   return i;
 }
 
@@ -211,6 +233,8 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
     c.proxy6 = spec.proxy6->to_abi();
     c.flags |= CONNREDIR_CALLOUT_F_PROXY6;
   }
+  if (spec.on_proxy_down == ProxyDown::Refuse) c.flags |= CONNREDIR_CALLOUT_F_DOWN_REFUSE;
+  if (spec.on_proxy_down == ProxyDown::Bypass) c.flags |= CONNREDIR_CALLOUT_F_DOWN_BYPASS;
   c.proxy_uid = spec.proxy_uid.value_or(CONNREDIR_UID_NONE);
   if (spec.proxy_cgroup) {
     c.proxy_cgroup = spec.proxy_cgroup->id;

@@ -190,5 +190,35 @@ TEST_F(Chain, FiltersChangeWhileConnectionsFlow) {
   EXPECT_EQ(client->wait(60000), "0");
 }
 
+TEST_F(Chain, ProxyDownBypassGoesToTheNextVendor) {
+  EchoServer dst("127.0.0.1:0");
+  // vendor-a (first by weight) is registered but its proxy is not running.
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--on-proxy-down", "bypass"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--weight", "200"});
+  add_vendor(1, dst, 100, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 10000, 12));
+  expect_chain(1, {"vendor-b"}, dst.addr(), 10000);
+  // Bypassed twice: for the app's connect and for vendor-b's onward connect
+  // (which vendor-a may still inspect, as REDIRECTED_BY_OTHER).
+  EXPECT_EQ(stats()["down_bypass"], 2u);
+  auto list = cli_json({"callout", "list"});
+  EXPECT_EQ(list[0].value("on_proxy_down", ""), "bypass") << list.dump();
+}
+
+TEST_F(Chain, ProxyDownRefuseFailsTheConnectAtOnce) {
+  EchoServer dst("127.0.0.1:0");
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--on-proxy-down", "refuse"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32"});
+  std::string addr = dst.addr();
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, "x"); }),
+            "ERR:connect Connection refused");
+  EXPECT_EQ(stats()["down_refused"], 1u);
+  EXPECT_EQ(dst.peers().size(), 0u);
+  // Once the proxy is up, the same callout redirects normally.
+  start_proxy("vendor-a", -1, "127.0.0.1:15001");
+  EXPECT_TRUE(roundtrip(dst, 1000, 13));
+  EXPECT_EQ(stats()["redirected"], 1u);
+}
+
 }  // namespace
 }  // namespace connredir::test
