@@ -1,0 +1,92 @@
+#include "flow_log.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+namespace connredir::proxy {
+
+namespace {
+
+template <class T>
+nlohmann::json opt(const std::optional<T>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+std::string format_flow_json(const FlowRecord& r) {
+  nlohmann::json chain = nlohmann::json::array();
+  for (const auto& h : r.chain) {
+    chain.push_back({{"callout_id", h.callout_id}, {"filter_id", h.filter_id}, {"dst", h.dst}});
+  }
+  nlohmann::json j = {
+      {"name", r.name},
+      {"flow_id", r.flow_id},
+      {"chain", std::move(chain)},
+      {"callout_id", opt(r.callout_id)},
+      {"filter_id", opt(r.filter_id)},
+      {"hop", opt(r.hop)},
+      {"orig_dst", opt(r.orig_dst)},
+      {"orig_src", opt(r.orig_src)},
+      {"pid", opt(r.pid)},
+      {"uid", opt(r.uid)},
+      {"comm", opt(r.comm)},
+      {"client", r.client},
+      {"listen", r.listen},
+      {"propagated", r.propagated},
+      {"bytes_up", r.bytes_up},
+      {"bytes_down", r.bytes_down},
+      {"duration_ms", r.duration_ms},
+      {"result", r.result},
+  };
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string FlowLog::open(const std::string& path) {
+  path_ = path;
+  if (path == "-") {
+    stdout_ = true;
+    return {};
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int e = errno;
+    return "cannot open log file " + path + ": " + strerrordesc_np(e) +
+           "; check that the directory exists and is writable by this user, or pass another "
+           "--log path";
+  }
+  fd_.reset(fd);
+  return {};
+}
+
+void FlowLog::write(const FlowRecord& r) {
+  if (!enabled()) return;
+  std::string line = format_flow_json(r);
+  line.push_back('\n');
+  const int fd = stdout_ ? STDOUT_FILENO : fd_.get();
+  size_t off = 0;
+  while (off < line.size()) {
+    const ssize_t n = ::write(fd, line.data() + off, line.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : EIO;
+      if (e != last_errno_) {
+        std::fprintf(stderr,
+                     "connredir-proxy: writing the flow log %s failed: %s; flow lines are being "
+                     "lost, free disk space or fix the file's permissions\n",
+                     path_.c_str(), strerrordesc_np(e));
+        last_errno_ = e;
+      }
+      return;
+    }
+    off += static_cast<size_t>(n);
+  }
+  last_errno_ = 0;
+}
+
+}  // namespace connredir::proxy

@@ -1,0 +1,62 @@
+// connredir-proxy: the reference proxy for connredir. See proxy.hpp.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "connredir/address.hpp"
+#include "proxy.hpp"
+
+int main(int argc, char** argv) {
+  connredir::proxy::ProxyOptions opt;
+  std::vector<std::string> listen;
+  bool no_propagate = false;
+  bool no_splice = false;
+
+  CLI::App app{
+      "connredir-proxy: reference proxy for connredir. Accepts connections that connredir "
+      "redirected to it, reads their redirect records and context, connects to the original "
+      "destination with the records attached (so the flow is not looped back here) and relays "
+      "both directions. Runs unprivileged as a registered proxy principal.",
+      "connredir-proxy"};
+  app.add_option("--listen", listen, "ADDR:PORT or [ADDR]:PORT to listen on (repeatable)")
+      ->required();
+  app.add_option("--log", opt.log_path,
+                 "append one JSON line per finished flow to FILE ('-' = standard output)");
+  app.add_option("--name", opt.name, "name of this proxy, included in every log line")
+      ->capture_default_str();
+  app.add_flag("--no-propagate", no_propagate,
+               "do NOT set the redirect records on the outgoing socket (testing only: shows "
+               "that the kernel still prevents a self-loop)");
+  app.add_option("--max-conns", opt.max_conns, "most flows open at once; further accepts wait")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1u << 24));
+  app.add_option("--connect-timeout-ms", opt.connect_timeout_ms,
+                 "give up connecting to the original destination after this long (0 = never)")
+      ->capture_default_str();
+  app.add_option("--idle-timeout-ms", opt.idle_timeout_ms,
+                 "reset a flow that moved no data for this long (0 = never)")
+      ->capture_default_str();
+  app.add_flag("--no-splice", no_splice, "relay with recv/send instead of splice");
+  CLI11_PARSE(app, argc, argv);
+
+  opt.propagate = !no_propagate;
+  opt.splice = !no_splice;
+  for (const auto& text : listen) {
+    auto a = connredir::Address::parse(text);
+    if (!a) {
+      std::fprintf(stderr, "connredir-proxy: --listen %s: %s\n", text.c_str(),
+                   a.error().message.c_str());
+      return 2;
+    }
+    opt.listen.push_back(*a);
+  }
+
+  connredir::proxy::Proxy proxy(std::move(opt));
+  if (auto err = proxy.start(); !err.empty()) {
+    std::fprintf(stderr, "connredir-proxy: %s\n", err.c_str());
+    return 1;
+  }
+  return proxy.run();
+}

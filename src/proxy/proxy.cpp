@@ -1,0 +1,663 @@
+#include "proxy.hpp"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <optional>
+#include <utility>
+
+#include "connredir/client.hpp"
+#include "connredir/records.hpp"
+
+namespace connredir::proxy {
+
+namespace {
+
+// epoll_data.u64 = pointer | tag (Listener and Conn are 8-byte aligned).
+enum Tag : uint64_t { kTagSignal = 0, kTagListener = 1, kTagClient = 2, kTagServer = 3 };
+constexpr uint64_t kTagMask = 3;
+constexpr uint32_t kConnEvents = EPOLLIN | EPOLLOUT | EPOLLET;
+
+std::string errtext(int err) {
+  const char* d = strerrordesc_np(err);
+  return d ? d : "errno " + std::to_string(err);
+}
+
+uint64_t now_ms() {
+  timespec ts{};
+  (void)clock_gettime(CLOCK_MONOTONIC, &ts);  // cannot fail for CLOCK_MONOTONIC
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+void set_linger_zero(int fd) {
+  linger l{};
+  l.l_onoff = 1;
+  l.l_linger = 0;
+  // Best effort: without it the peer sees FIN instead of RST.
+  (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+std::string listen_hint(int err) {
+  switch (err) {
+    case EADDRINUSE:
+      return "another socket already uses this address; stop it or pick another port";
+    case EACCES:
+      return "ports below 1024 need CAP_NET_BIND_SERVICE; the proxy runs unprivileged, so use a "
+             "port >= 1024";
+    case EADDRNOTAVAIL:
+      return "no local interface has this address; use an address of this host (e.g. "
+             "127.0.0.1 or ::1)";
+    case EAFNOSUPPORT:
+      return "this address family is disabled on this host (IPv6 off?); drop this --listen";
+    default:
+      return "check the --listen address";
+  }
+}
+
+struct Listener {
+  UniqueFd fd;
+  Address addr;
+  std::string text;
+  bool pending = false;  // connections may wait in the backlog
+};
+
+struct Conn;
+struct TimerList {
+  Conn* head = nullptr;
+  Conn* tail = nullptr;
+  uint64_t timeout_ms = 0;
+};
+
+struct Conn {
+  enum class Phase : uint8_t { Connecting, Relaying, Closed };
+  // Timer list links: a connection sits in exactly one list while open
+  // (connect timeouts while connecting, idle timeouts while relaying). All
+  // timeouts of one list have the same length, so keeping the list in
+  // stamp order (append on activity) keeps it in deadline order: O(1).
+  Conn* prev = nullptr;
+  Conn* next = nullptr;
+  TimerList* list = nullptr;
+  uint64_t stamp = 0;
+
+  Phase phase = Phase::Connecting;
+  bool resume_queued = false;
+  uint32_t client_events = 0;  // seen while connecting
+  uint64_t start_ms = 0;
+  UniqueFd client, server;
+  std::optional<Relay> relay;
+  FlowRecord rec;
+};
+
+void list_remove(Conn* c) {
+  TimerList* l = c->list;
+  if (!l) return;
+  (c->prev ? c->prev->next : l->head) = c->next;
+  (c->next ? c->next->prev : l->tail) = c->prev;
+  c->prev = c->next = nullptr;
+  c->list = nullptr;
+}
+
+void list_append(TimerList* l, Conn* c, uint64_t stamp) {
+  if (c->list) list_remove(c);
+  c->stamp = stamp;
+  c->list = l;
+  c->prev = l->tail;
+  c->next = nullptr;
+  (l->tail ? l->tail->next : l->head) = c;
+  l->tail = c;
+}
+
+}  // namespace
+
+struct Proxy::Impl {
+  ProxyOptions opt;
+  FlowLog log;
+  UniqueFd ep, sigfd;
+  std::vector<std::unique_ptr<Listener>> listeners;
+  TimerList connecting, idle;
+  std::vector<Conn*> resume_list;
+  std::vector<std::unique_ptr<Conn>> graveyard;
+  uint64_t now = 0;
+  unsigned active = 0;
+  bool stopping = false;
+  int stop_signal = 0;
+  bool accept_blocked = false;  // at --max-conns
+  uint64_t accept_paused_until = 0;
+  uint64_t accept_backoff_ms = 0;
+  bool warned_not_loaded = false;
+  uint64_t n_ok = 0, n_failed = 0, n_not_redirected = 0;
+
+  std::string prefix() const { return "connredir-proxy[" + opt.name + "]: "; }
+
+  std::string start();
+  int run();
+  int compute_timeout() const;
+  void accept_from(Listener& l);
+  void resume_accepting();
+  void handle_accepted(Listener& l, UniqueFd fd, const sockaddr_storage& peer, socklen_t plen);
+  void conn_event(Conn* c, Side side, uint32_t events);
+  void established(Conn* c, uint32_t events);
+  void after_relay(Conn* c);
+  void log_now(FlowRecord& rec, uint64_t start, const std::string& result);
+  void close_conn(Conn* c, const std::string& result, bool reset);
+  void expire_timers();
+  void shutdown_all();
+};
+
+Proxy::Proxy(ProxyOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(options);
+}
+Proxy::~Proxy() = default;
+std::string Proxy::start() { return impl_->start(); }
+int Proxy::run() { return impl_->run(); }
+std::vector<Address> Proxy::bound() const {
+  std::vector<Address> out;
+  for (const auto& l : impl_->listeners) out.push_back(l->addr);
+  return out;
+}
+
+std::string Proxy::Impl::start() {
+  if (opt.listen.empty()) return "no --listen address given; pass e.g. --listen 127.0.0.1:15001";
+  if (opt.max_conns == 0) return "--max-conns must be at least 1";
+  connecting.timeout_ms = opt.connect_timeout_ms;
+  idle.timeout_ms = opt.idle_timeout_ms;
+
+  // A closed peer must not kill the proxy: splice/send report EPIPE instead.
+  struct sigaction sa {};
+  sa.sa_handler = SIG_IGN;
+  if (sigaction(SIGPIPE, &sa, nullptr) != 0) return "ignoring SIGPIPE failed: " + errtext(errno);
+
+  // Each relayed flow needs up to 6 descriptors (2 sockets, 2 pipes).
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      rlimit raised = rl;
+      raised.rlim_cur = rl.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
+    const rlim_t need = rlim_t{opt.max_conns} * 6 + 32;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+      std::fprintf(stderr,
+                   "%swarning: --max-conns %u needs about %llu descriptors but the limit is "
+                   "%llu; raise it (ulimit -n) or lower --max-conns, or accepts will pause when "
+                   "descriptors run out\n",
+                   prefix().c_str(), opt.max_conns, static_cast<unsigned long long>(need),
+                   static_cast<unsigned long long>(rl.rlim_cur));
+    }
+  }
+
+  if (!opt.log_path.empty()) {
+    if (auto err = log.open(opt.log_path); !err.empty()) return err;
+  }
+
+  ep.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) return "epoll_create1 failed: " + errtext(errno) + "; raise the descriptor limit";
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
+    return "blocking SIGTERM/SIGINT failed: " + errtext(errno);
+  sigfd.reset(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!sigfd) return "signalfd failed: " + errtext(errno) + "; raise the descriptor limit";
+  epoll_event sev{};
+  sev.events = EPOLLIN;
+  sev.data.u64 = kTagSignal;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, sigfd.get(), &sev) != 0)
+    return "epoll_ctl(signalfd) failed: " + errtext(errno);
+
+  for (const Address& a : opt.listen) {
+    auto l = std::make_unique<Listener>();
+    l->addr = a;
+    const std::string what = "listening on " + a.to_string() + " failed: ";
+    l->fd.reset(socket(a.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!l->fd) return what + "socket: " + errtext(errno) + "; " + listen_hint(errno);
+    const int one = 1;
+    if (setsockopt(l->fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+      return what + "SO_REUSEADDR: " + errtext(errno);
+    if (a.family == AF_INET6 &&
+        setsockopt(l->fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+      return what + "IPV6_V6ONLY: " + errtext(errno);
+    sockaddr_storage ss{};
+    const socklen_t len = a.to_sockaddr(ss);
+    if (bind(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      const int e = errno;
+      return what + "bind: " + errtext(e) + "; " + listen_hint(e);
+    }
+    if (listen(l->fd.get(), SOMAXCONN) != 0) {
+      const int e = errno;
+      return what + "listen: " + errtext(e) + "; " + listen_hint(e);
+    }
+    socklen_t blen = sizeof ss;
+    if (getsockname(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), &blen) == 0) {
+      if (auto b = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), blen)) l->addr = *b;
+    }
+    l->text = l->addr.to_string();
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.u64 = reinterpret_cast<uint64_t>(l.get()) | kTagListener;
+    if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, l->fd.get(), &ev) != 0)
+      return what + "epoll_ctl: " + errtext(errno);
+    std::fprintf(stderr, "%slistening on %s\n", prefix().c_str(), l->text.c_str());
+    listeners.push_back(std::move(l));
+  }
+  return {};
+}
+
+int Proxy::Impl::compute_timeout() const {
+  if (!resume_list.empty()) return 0;
+  uint64_t next = UINT64_MAX;
+  if (connecting.head && connecting.timeout_ms)
+    next = std::min(next, connecting.head->stamp + connecting.timeout_ms);
+  if (idle.head && idle.timeout_ms) next = std::min(next, idle.head->stamp + idle.timeout_ms);
+  if (accept_paused_until) next = std::min(next, accept_paused_until);
+  if (next == UINT64_MAX) return -1;
+  const uint64_t t = now_ms();
+  if (next <= t) return 0;
+  return static_cast<int>(std::min<uint64_t>(next - t, 60000));
+}
+
+int Proxy::Impl::run() {
+  std::fprintf(stderr, "%sready (records %s, max %u connections)\n", prefix().c_str(),
+               opt.propagate ? "propagated" : "NOT propagated (--no-propagate)", opt.max_conns);
+  std::fflush(stderr);
+  epoll_event evs[256];
+  while (!stopping) {
+    const int n = epoll_wait(ep.get(), evs, 256, compute_timeout());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "%sepoll_wait failed: %s; exiting\n", prefix().c_str(),
+                   errtext(errno).c_str());
+      shutdown_all();
+      return 1;
+    }
+    now = now_ms();
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = evs[i].data.u64 & kTagMask;
+      void* ptr = reinterpret_cast<void*>(evs[i].data.u64 & ~kTagMask);
+      switch (tag) {
+        case kTagSignal: {
+          signalfd_siginfo si{};
+          while (read(sigfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+            stopping = true;
+            stop_signal = static_cast<int>(si.ssi_signo);
+          }
+          break;
+        }
+        case kTagListener:
+          accept_from(*static_cast<Listener*>(ptr));
+          break;
+        case kTagClient:
+          conn_event(static_cast<Conn*>(ptr), Side::Client, evs[i].events);
+          break;
+        case kTagServer:
+          conn_event(static_cast<Conn*>(ptr), Side::Server, evs[i].events);
+          break;
+      }
+    }
+    if (!resume_list.empty()) {
+      std::vector<Conn*> todo;
+      todo.swap(resume_list);
+      for (Conn* c : todo) {
+        c->resume_queued = false;
+        if (c->phase != Conn::Phase::Relaying) continue;
+        c->relay->resume();
+        after_relay(c);
+      }
+    }
+    expire_timers();
+    resume_accepting();
+    graveyard.clear();
+  }
+  shutdown_all();
+  return 0;
+}
+
+void Proxy::Impl::resume_accepting() {
+  if (stopping) return;
+  if (accept_paused_until) {
+    if (now < accept_paused_until) return;
+    accept_paused_until = 0;
+  } else if (!accept_blocked || active >= opt.max_conns) {
+    return;
+  }
+  accept_blocked = false;
+  for (auto& l : listeners) {
+    if (l->pending) accept_from(*l);
+  }
+}
+
+void Proxy::Impl::accept_from(Listener& l) {
+  for (;;) {
+    if (stopping) return;
+    if (active >= opt.max_conns) {
+      // Stay edge-triggered: remember that the backlog may hold connections
+      // and come back when a connection closes.
+      l.pending = true;
+      accept_blocked = true;
+      return;
+    }
+    if (accept_paused_until) {
+      l.pending = true;
+      return;
+    }
+    sockaddr_storage peer{};
+    socklen_t plen = sizeof peer;
+    const int fd = accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen,
+                           SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      const int e = errno;
+      switch (e) {
+        case EAGAIN:
+          l.pending = false;
+          return;
+        // The connection died in the backlog, or a network error that
+        // Linux reports through accept: skip it.
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+        case EPERM:
+          continue;
+        default: {
+          // EMFILE/ENFILE/ENOBUFS/ENOMEM: out of resources. Retrying at once
+          // would spin; pause accepting and let finished flows free some.
+          const bool first = accept_backoff_ms == 0;
+          accept_backoff_ms =
+              std::min<uint64_t>(std::max<uint64_t>(accept_backoff_ms * 2, 50), 1000);
+          accept_paused_until = now_ms() + accept_backoff_ms;
+          l.pending = true;
+          if (first) {
+            std::fprintf(stderr,
+                         "%saccept on %s failed: %s; pausing accepts (up to 1 s at a time) until "
+                         "resources free up. Raise the descriptor limit (ulimit -n) or lower "
+                         "--max-conns\n",
+                         prefix().c_str(), l.text.c_str(), errtext(e).c_str());
+          }
+          return;
+        }
+      }
+    }
+    accept_backoff_ms = 0;
+    handle_accepted(l, UniqueFd(fd), peer, plen);
+  }
+}
+
+void Proxy::Impl::log_now(FlowRecord& rec, uint64_t start, const std::string& result) {
+  rec.result = result;
+  const uint64_t t = now_ms();
+  rec.duration_ms = t > start ? t - start : 0;
+  if (result == "ok") {
+    ++n_ok;
+  } else if (result == "not redirected") {
+    ++n_not_redirected;
+  } else {
+    ++n_failed;
+  }
+  log.write(rec);
+}
+
+void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_storage& peer,
+                                  socklen_t plen) {
+  const uint64_t start = now_ms();
+  FlowRecord rec;
+  rec.name = opt.name;
+  rec.listen = l.text;
+  if (auto p = Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), plen)) {
+    rec.client = p->to_string();
+  }
+  // Failures before the outgoing connection exists: reset the client so the
+  // application sees its connection fail instead of a clean close.
+  auto reject = [&](const std::string& result) {
+    set_linger_zero(fd.get());
+    log_now(rec, start, result);
+  };
+
+  RecordsBlob blob;
+  std::optional<Address> dst;
+  auto recs = query_records(fd.get());
+  if (!recs) {
+    const int e = recs.error().code;
+    if (e != ENOENT && e != EOPNOTSUPP && e != ENOPROTOOPT) {
+      reject("querying the redirect records failed: " + recs.error().message);
+      return;
+    }
+    if (e != ENOENT && !warned_not_loaded) {
+      warned_not_loaded = true;
+      std::fprintf(stderr,
+                   "%sconnredir is not loaded for this proxy's cgroup (%s); accepted connections "
+                   "are not redirected ones and are closed. Run `connredir up` and start the "
+                   "proxy in a cgroup that has the connredir hooks\n",
+                   prefix().c_str(), recs.error().message.c_str());
+    }
+    // No records: only a connection with a known original destination (for
+    // example an iptables REDIRECT) that is not this listener itself.
+    auto od = original_destination(fd.get());
+    bool usable = od.has_value() && od->family != 0;
+    if (usable) {
+      sockaddr_storage self{};
+      socklen_t slen = sizeof self;
+      if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&self), &slen) != 0) {
+        usable = false;
+      } else if (auto s = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&self), slen)) {
+        usable = !(s->ip == od->ip && s->port == od->port);
+      }
+    }
+    if (!usable) {
+      log_now(rec, start, "not redirected");
+      return;
+    }
+    dst = *od;
+  } else {
+    blob = std::move(*recs);
+    if (auto info = decode_records(blob)) {
+      rec.flow_id = info->flow_id;
+      for (const Hop& h : info->hops) {
+        rec.chain.push_back(ChainEntry{h.callout_id, h.filter_id, h.dst.to_string()});
+      }
+      rec.pid = info->origin.pid;
+      rec.uid = info->origin.uid;
+      rec.comm = info->origin.comm;
+      if (info->origin.src.family != 0) rec.orig_src = info->origin.src.to_string();
+    }
+    auto ctx = query_context(fd.get());
+    if (ctx) {
+      rec.flow_id = ctx->flow_id;
+      rec.callout_id = ctx->callout_id;
+      rec.filter_id = ctx->filter_id;
+      rec.hop = ctx->hop;
+      rec.pid = ctx->pid;
+      rec.uid = ctx->uid;
+      rec.comm = ctx->comm;
+      if (ctx->orig_src.family != 0) rec.orig_src = ctx->orig_src.to_string();
+      if (ctx->orig_dst.family != 0) dst = ctx->orig_dst;
+    }
+    if (!dst) {
+      auto od = original_destination(fd.get());
+      if (od && od->family != 0) dst = *od;
+    }
+    if (!dst) {
+      reject("redirected, but the original destination is unknown (" +
+             (ctx ? std::string("context has none") : ctx.error().message) + ")");
+      return;
+    }
+  }
+  rec.orig_dst = dst->to_string();
+
+  UniqueFd out(socket(dst->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!out) {
+    reject("creating the outgoing socket failed: " + errtext(errno) +
+           "; raise the descriptor limit (ulimit -n) or lower --max-conns");
+    return;
+  }
+  if (opt.propagate && !blob.empty()) {
+    auto r = set_records(out.get(), blob);
+    if (!r) {
+      // Connecting without the records could loop the flow back here.
+      reject("setting the redirect records on the outgoing socket failed, not connecting: " +
+             r.error().message);
+      return;
+    }
+    rec.propagated = true;
+  }
+  sockaddr_storage ds{};
+  const socklen_t dlen = dst->to_sockaddr(ds);
+  if (connect(out.get(), reinterpret_cast<sockaddr*>(&ds), dlen) != 0 && errno != EINPROGRESS) {
+    reject("connecting to " + *rec.orig_dst + " failed: " + errtext(errno));
+    return;
+  }
+
+  auto owned = std::make_unique<Conn>();
+  Conn* c = owned.get();
+  c->start_ms = start;
+  c->rec = std::move(rec);
+  epoll_event ev{};
+  ev.events = kConnEvents;
+  ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagClient;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
+    set_linger_zero(fd.get());
+    log_now(c->rec, start, "epoll_ctl(client) failed: " + errtext(errno));
+    return;
+  }
+  ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagServer;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, out.get(), &ev) != 0) {
+    set_linger_zero(fd.get());
+    log_now(c->rec, start, "epoll_ctl(server) failed: " + errtext(errno));
+    return;
+  }
+  c->client = std::move(fd);
+  c->server = std::move(out);
+  list_append(&connecting, c, start);
+  ++active;
+  owned.release();  // owned by the timer lists until close_conn()
+}
+
+void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
+  if (c->phase == Conn::Phase::Closed) return;  // closed earlier in this batch
+  if (c->phase == Conn::Phase::Connecting) {
+    if (side == Side::Client) {
+      c->client_events |= events;
+      if (events & EPOLLERR) {
+        close_conn(c,
+                   "client reset the connection before the connection to " + *c->rec.orig_dst +
+                       " was established",
+                   true);
+      }
+      return;
+    }
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      int soerr = 0;
+      socklen_t len = sizeof soerr;
+      if (getsockopt(c->server.get(), SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno;
+      if (soerr == 0) soerr = ECONNREFUSED;
+      close_conn(c, "connecting to " + *c->rec.orig_dst + " failed: " + errtext(soerr), true);
+      return;
+    }
+    if (events & EPOLLOUT) established(c, events);
+    return;
+  }
+  list_append(&idle, c, now);
+  c->relay->on_event(side, events);
+  after_relay(c);
+}
+
+void Proxy::Impl::established(Conn* c, uint32_t events) {
+  c->relay.emplace(std::move(c->client), std::move(c->server),
+                   Relay::Options{.splice = opt.splice, .copy_buffer = 64 * 1024, .budget = 64});
+  c->phase = Conn::Phase::Relaying;
+  list_append(&idle, c, now);  // relaying connections always sit in `idle`
+  // Client readiness seen while connecting (edges are not repeated).
+  if (c->client_events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+    c->relay->on_event(Side::Client, c->client_events & ~static_cast<uint32_t>(EPOLLOUT));
+  }
+  c->relay->on_event(Side::Server, events);
+  after_relay(c);
+}
+
+void Proxy::Impl::after_relay(Conn* c) {
+  switch (c->relay->state()) {
+    case Relay::State::Done:
+      close_conn(c, "ok", false);
+      return;
+    case Relay::State::Failed:
+      close_conn(c, c->relay->error(), true);
+      return;
+    case Relay::State::Running:
+      if (c->relay->needs_resume() && !c->resume_queued) {
+        c->resume_queued = true;
+        resume_list.push_back(c);
+      }
+      return;
+  }
+}
+
+void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset) {
+  if (c->phase == Conn::Phase::Closed) return;
+  if (c->relay) {
+    c->rec.bytes_up = c->relay->bytes_up();
+    c->rec.bytes_down = c->relay->bytes_down();
+    if (c->relay->state() == Relay::State::Running) c->relay->abort(result, reset);
+  } else {
+    if (reset) {
+      if (c->client) set_linger_zero(c->client.get());
+      if (c->server) set_linger_zero(c->server.get());
+    }
+    c->client.reset();
+    c->server.reset();
+  }
+  log_now(c->rec, c->start_ms, result);
+  list_remove(c);
+  c->phase = Conn::Phase::Closed;
+  --active;
+  graveyard.emplace_back(c);  // freed after this batch of events
+}
+
+void Proxy::Impl::expire_timers() {
+  while (connecting.head && connecting.timeout_ms &&
+         connecting.head->stamp + connecting.timeout_ms <= now) {
+    Conn* c = connecting.head;
+    close_conn(c,
+               "connecting to " + *c->rec.orig_dst + " timed out after " +
+                   std::to_string(connecting.timeout_ms) + " ms (--connect-timeout-ms)",
+               true);
+  }
+  while (idle.head && idle.timeout_ms && idle.head->stamp + idle.timeout_ms <= now) {
+    close_conn(idle.head,
+               "idle for " + std::to_string(idle.timeout_ms) +
+                   " ms (--idle-timeout-ms); both connections were reset",
+               true);
+  }
+}
+
+void Proxy::Impl::shutdown_all() {
+  listeners.clear();  // stop accepting first
+  const std::string why = stop_signal ? "proxy stopped by " + std::string(sigabbrev_np(stop_signal))
+                                      : std::string("proxy stopped");
+  for (TimerList* l : {&connecting, &idle}) {
+    while (l->head) close_conn(l->head, why, false);
+  }
+  graveyard.clear();
+  std::fprintf(stderr, "%sexiting: %llu flows ok, %llu failed, %llu not redirected\n",
+               prefix().c_str(), static_cast<unsigned long long>(n_ok),
+               static_cast<unsigned long long>(n_failed),
+               static_cast<unsigned long long>(n_not_redirected));
+}
+
+}  // namespace connredir::proxy

@@ -1,0 +1,51 @@
+// The reference proxy: accepts redirected connections, reads their redirect
+// records and context, connects to the original destination with the
+// records attached (so connredir does not loop the flow back to this proxy)
+// and relays. Single-threaded epoll; see relay.hpp for the data path.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "connredir/address.hpp"
+#include "flow_log.hpp"
+#include "relay.hpp"
+#include "unique_fd.hpp"
+
+namespace connredir::proxy {
+
+struct ProxyOptions {
+  std::vector<Address> listen;
+  std::string log_path;  // empty: no flow log; "-": standard output
+  std::string name = "connredir-proxy";
+  bool propagate = true;  // set the records on the outgoing socket
+  unsigned max_conns = 1024;
+  unsigned connect_timeout_ms = 10000;
+  unsigned idle_timeout_ms = 300000;  // 0: never
+  bool splice = true;
+};
+
+class Proxy {
+ public:
+  explicit Proxy(ProxyOptions options);
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  // Opens the log, binds every listener, sets up epoll and the signal fd.
+  // Returns an empty string, or an error message that says what to do.
+  std::string start();
+  // Runs until SIGTERM/SIGINT. Returns the process exit code.
+  int run();
+  // Listener addresses as bound (the real port when 0 was asked for).
+  std::vector<Address> bound() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace connredir::proxy

@@ -1,0 +1,115 @@
+// Relay: moves bytes both ways between two connected, non-blocking stream
+// sockets (the accepted client socket and the proxy's outgoing socket).
+//
+// Driving it: register both sockets once with an epoll instance in
+// edge-triggered mode (EPOLLIN | EPOLLOUT | EPOLLET) and pass every event to
+// on_event(). The relay never calls epoll_ctl itself: with edge triggering
+// the interest set never has to change, backpressure is expressed by simply
+// not reading a side whose data cannot be delivered yet, and the EPOLLOUT
+// edge of the blocked destination resumes the direction.
+//
+// Per direction the bytes go socket -> pipe -> socket with splice(2)
+// (zero-copy). The pipe is created on first use; if pipe creation or splice
+// fails with EINVAL/ENOSYS (a socket type without splice support, or a
+// forced copy mode) the direction falls back to recv/send through a buffer.
+//
+// Half-close: EOF from one side is delivered as shutdown(SHUT_WR) on the
+// other side once everything read before it has been written. The relay is
+// Done when both directions are shut down; it then closes both sockets.
+// Any error (reset, EPIPE, ...) fails the relay: the other side is closed
+// with SO_LINGER 0 so it sees a reset too, and error() says what happened.
+//
+// The process must ignore SIGPIPE (splice to a closed socket raises it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <fcntl.h>
+#include <sys/types.h>
+
+#include "unique_fd.hpp"
+
+namespace connredir::proxy {
+
+enum class Side : uint8_t { Client = 0, Server = 1 };
+const char* to_string(Side s);
+
+class Relay {
+ public:
+  // splice(2)'s signature; tests inject failures through it.
+  using SpliceFn = ssize_t (*)(int, loff_t*, int, loff_t*, size_t, unsigned int);
+
+  struct Options {
+    bool splice = true;              // false: always recv/send
+    SpliceFn splice_fn = nullptr;    // nullptr: ::splice
+    size_t copy_buffer = 64 * 1024;  // buffer per direction in copy mode
+    unsigned budget = 64;            // fill/drain rounds per call before yielding
+  };
+  enum class State : uint8_t { Running, Done, Failed };
+
+  // Takes ownership of two connected, non-blocking sockets.
+  Relay(UniqueFd client, UniqueFd server, const Options& options);
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+  ~Relay() = default;
+
+  // Readiness reported by epoll for `side`'s socket.
+  State on_event(Side side, uint32_t events);
+  // True when a direction stopped only because it used up its budget (the
+  // socket still has data and no new edge will come): call resume() soon.
+  bool needs_resume() const { return resume_mask_ != 0; }
+  State resume();
+  // Close both sockets now; with `reset`, with SO_LINGER 0 (peers see RST).
+  // Sets state Failed with `reason` unless already finished.
+  void abort(const std::string& reason, bool reset);
+
+  State state() const { return state_; }
+  uint64_t bytes_up() const { return dirs_[kUp].bytes; }      // client -> server
+  uint64_t bytes_down() const { return dirs_[kDown].bytes; }  // server -> client
+  const std::string& error() const { return error_; }
+  int fd(Side s) const { return socks_[static_cast<int>(s)].get(); }
+  // Bytes read from `from` and not yet delivered to the other side.
+  size_t buffered(Side from) const { return dirs_[static_cast<int>(from)].pending(); }
+  // True while the direction reading from `from` uses splice.
+  bool splicing(Side from) const { return !dirs_[static_cast<int>(from)].copy; }
+
+ private:
+  static constexpr int kUp = 0;    // reads the client, writes the server
+  static constexpr int kDown = 1;  // reads the server, writes the client
+
+  struct Direction {
+    int from = 0;  // index into socks_
+    int to = 0;
+    bool copy = false;         // recv/send mode instead of splice
+    bool eof = false;          // `from` returned EOF
+    bool done = false;         // shutdown(to, SHUT_WR) issued
+    bool src_empty = false;    // `from` returned EAGAIN with nothing buffered
+    bool dst_blocked = false;  // `to` returned EAGAIN
+    UniqueFd pipe_r, pipe_w;
+    size_t in_pipe = 0;
+    std::unique_ptr<char[]> buf;
+    size_t buf_cap = 0, buf_off = 0, buf_len = 0;
+    uint64_t bytes = 0;  // delivered to `to`
+    size_t pending() const { return copy ? buf_len - buf_off : in_pipe; }
+  };
+
+  void pump(int dir);
+  // Each returns bytes moved, 0 for EOF (fill only), or -errno.
+  ssize_t fill(Direction& d);
+  ssize_t drain(Direction& d);
+  bool to_copy_mode(Direction& d);
+  void fail(Direction& d, bool reading, int err);
+  void finish(State s);
+
+  Options options_;
+  UniqueFd socks_[2];
+  Direction dirs_[2];
+  State state_ = State::Running;
+  unsigned resume_mask_ = 0;
+  std::string error_;
+};
+
+}  // namespace connredir::proxy

@@ -1,0 +1,453 @@
+// Relay correctness over real sockets: payload integrity both ways, half-close
+// ordering, reset propagation, backpressure, and the copy fallback.
+#include "relay.hpp"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace connredir::proxy {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+struct Pair {
+  UniqueFd a, b;
+};
+
+// A connected loopback TCP pair (a = connecting side, b = accepted side).
+Pair tcp_pair() {
+  UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_TRUE(l);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(l.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  EXPECT_EQ(listen(l.get(), 1), 0);
+  socklen_t len = sizeof sa;
+  EXPECT_EQ(getsockname(l.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  Pair p;
+  p.a.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(connect(p.a.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  p.b.reset(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  EXPECT_TRUE(p.b);
+  return p;
+}
+
+Pair unix_pair(int type) {
+  int sv[2];
+  EXPECT_EQ(socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv), 0);
+  return Pair{UniqueFd(sv[0]), UniqueFd(sv[1])};
+}
+
+UniqueFd nonblocking(UniqueFd fd) {
+  const int fl = fcntl(fd.get(), F_GETFL);
+  EXPECT_GE(fl, 0);
+  EXPECT_EQ(fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK), 0);
+  return fd;
+}
+
+Bytes random_bytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Bytes out(n);
+  for (size_t i = 0; i < n; i += 8) {
+    const uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
+
+uint64_t checksum(const Bytes& b) {  // FNV-1a 64
+  uint64_t h = 1469598103934665603ull;
+  for (uint8_t c : b) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+bool write_all(int fd, const uint8_t* p, size_t n, size_t chunk = SIZE_MAX) {
+  while (n > 0) {
+    const ssize_t w = send(fd, p, std::min(n, chunk), MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Reads until EOF (returns true) or an error (false, errno kept in *err).
+bool read_all(int fd, Bytes& out, size_t chunk = 65536, int* err = nullptr) {
+  std::vector<uint8_t> buf(chunk);
+  for (;;) {
+    const ssize_t r = recv(fd, buf.data(), buf.size(), 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      if (err) *err = errno;
+      return false;
+    }
+    if (r == 0) return true;
+    out.insert(out.end(), buf.begin(), buf.begin() + r);
+  }
+}
+
+// The test's event loop: one epoll instance, both relay sockets registered
+// once, edge-triggered, as connredir-proxy does.
+class Driver {
+ public:
+  explicit Driver(Relay& r) : relay_(r), ep_(epoll_create1(EPOLL_CLOEXEC)) {
+    EXPECT_TRUE(ep_);
+    for (Side s : {Side::Client, Side::Server}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
+      ev.data.u32 = static_cast<uint32_t>(s);
+      EXPECT_EQ(epoll_ctl(ep_.get(), EPOLL_CTL_ADD, r.fd(s), &ev), 0);
+    }
+  }
+  // Runs until the relay finishes, or until nothing happened for quiet_ms.
+  // The quiet limit is a hang guard, never an assertion about speed.
+  Relay::State run(int quiet_ms = 20000) {
+    epoll_event evs[8];
+    while (relay_.state() == Relay::State::Running) {
+      const int n = epoll_wait(ep_.get(), evs, 8, relay_.needs_resume() ? 0 : quiet_ms);
+      if (n < 0 && errno == EINTR) continue;
+      EXPECT_GE(n, 0);
+      if (n <= 0 && !relay_.needs_resume()) break;
+      for (int i = 0; i < n && relay_.state() == Relay::State::Running; ++i) {
+        relay_.on_event(static_cast<Side>(evs[i].data.u32), evs[i].events);
+        ++events;
+      }
+      if (relay_.needs_resume()) {
+        relay_.resume();
+        ++resumes;
+      }
+    }
+    return relay_.state();
+  }
+  uint64_t events = 0;
+  uint64_t resumes = 0;
+
+ private:
+  Relay& relay_;
+  UniqueFd ep_;
+};
+
+struct Rig {
+  UniqueFd app;     // the application's end (talks to the relay's client side)
+  UniqueFd server;  // the destination's end
+  std::unique_ptr<Relay> relay;
+};
+
+enum class Kind { Tcp, Unix };
+
+Rig make(Kind kind, const Relay::Options& opt) {
+  Pair p1 = kind == Kind::Tcp ? tcp_pair() : unix_pair(SOCK_STREAM);
+  Pair p2 = kind == Kind::Tcp ? tcp_pair() : unix_pair(SOCK_STREAM);
+  Rig s;
+  s.app = std::move(p1.a);
+  s.server = std::move(p2.b);
+  s.relay =
+      std::make_unique<Relay>(nonblocking(std::move(p1.b)), nonblocking(std::move(p2.a)), opt);
+  return s;
+}
+
+struct Param {
+  Kind kind;
+  bool splice;
+  unsigned budget;
+};
+
+std::string param_name(const testing::TestParamInfo<Param>& info) {
+  return std::string(info.param.kind == Kind::Tcp ? "Tcp" : "Unix") +
+         (info.param.splice ? "Splice" : "Copy") + "Budget" + std::to_string(info.param.budget);
+}
+
+class RelayPayload : public testing::TestWithParam<Param> {};
+
+TEST_P(RelayPayload, LargeRandomPayloadBothDirectionsArrivesIntact) {
+  const Param prm = GetParam();
+  Relay::Options opt;
+  opt.splice = prm.splice;
+  opt.budget = prm.budget;
+  Rig s = make(prm.kind, opt);
+  const Bytes up = random_bytes(8 * 1024 * 1024 + 13, 1);
+  const Bytes down = random_bytes(6 * 1024 * 1024 + 7, 2);
+  Bytes got_up, got_down;
+
+  // Each endpoint writes everything, half-closes, and reads until EOF.
+  std::thread app([&] {
+    std::thread w([&] {
+      EXPECT_TRUE(write_all(s.app.get(), up.data(), up.size(), 100000));
+      EXPECT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+    });
+    EXPECT_TRUE(read_all(s.app.get(), got_down, 7000));
+    w.join();
+  });
+  std::thread srv([&] {
+    std::thread w([&] {
+      EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size(), 33333));
+      EXPECT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+    });
+    EXPECT_TRUE(read_all(s.server.get(), got_up));
+    w.join();
+  });
+  Driver d(*s.relay);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  app.join();
+  srv.join();
+
+  EXPECT_EQ(s.relay->bytes_up(), up.size());
+  EXPECT_EQ(s.relay->bytes_down(), down.size());
+  ASSERT_EQ(got_up.size(), up.size());
+  ASSERT_EQ(got_down.size(), down.size());
+  EXPECT_EQ(checksum(got_up), checksum(up));
+  EXPECT_EQ(checksum(got_down), checksum(down));
+  EXPECT_EQ(s.relay->splicing(Side::Client), prm.splice);
+  EXPECT_EQ(s.relay->fd(Side::Client), -1) << "sockets are closed when done";
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, RelayPayload,
+                         testing::Values(Param{Kind::Tcp, true, 64}, Param{Kind::Tcp, false, 64},
+                                         Param{Kind::Tcp, true, 1}, Param{Kind::Tcp, false, 1},
+                                         Param{Kind::Unix, true, 64}, Param{Kind::Unix, false, 64}),
+                         param_name);
+
+class RelayModes : public testing::TestWithParam<bool> {};
+
+TEST_P(RelayModes, HalfCloseIsForwardedInOrderAndOtherDirectionKeepsFlowing) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  std::string server_saw, app_saw;
+  std::thread peers([&] {
+    // The application sends a request and half-closes...
+    ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("hello"), 5));
+    ASSERT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+    // ...the server gets the bytes, then EOF, and only then answers.
+    Bytes b;
+    EXPECT_TRUE(read_all(s.server.get(), b));
+    server_saw.assign(b.begin(), b.end());
+    ASSERT_TRUE(write_all(s.server.get(), reinterpret_cast<const uint8_t*>("world!"), 6));
+    ASSERT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+    // The half-closed application still receives the answer, then EOF.
+    Bytes a;
+    EXPECT_TRUE(read_all(s.app.get(), a));
+    app_saw.assign(a.begin(), a.end());
+  });
+  Driver d(*s.relay);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  peers.join();
+  EXPECT_EQ(server_saw, "hello");
+  EXPECT_EQ(app_saw, "world!");
+  EXPECT_EQ(s.relay->bytes_up(), 5u);
+  EXPECT_EQ(s.relay->bytes_down(), 6u);
+}
+
+TEST_P(RelayModes, ServerHalfCloseFirstKeepsUpstreamOpen) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  std::string app_saw, server_saw;
+  std::thread peers([&] {
+    ASSERT_TRUE(write_all(s.server.get(), reinterpret_cast<const uint8_t*>("banner"), 6));
+    ASSERT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+    Bytes a;
+    EXPECT_TRUE(read_all(s.app.get(), a));
+    app_saw.assign(a.begin(), a.end());
+    ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("bye"), 3));
+    ASSERT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+    Bytes b;
+    EXPECT_TRUE(read_all(s.server.get(), b));
+    server_saw.assign(b.begin(), b.end());
+  });
+  Driver d(*s.relay);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  peers.join();
+  EXPECT_EQ(app_saw, "banner");
+  EXPECT_EQ(server_saw, "bye");
+}
+
+// Runs the relay until `fd` has something to read (data, EOF or an error).
+void relay_until_readable(Driver& d, int fd) {
+  pollfd p{fd, POLLIN, 0};
+  while (poll(&p, 1, 0) == 0) ASSERT_EQ(d.run(50), Relay::State::Running);
+}
+
+void reset(UniqueFd& fd) {
+  linger l{1, 0};
+  ASSERT_EQ(setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l), 0);
+  fd.reset();
+}
+
+TEST_P(RelayModes, ServerResetIsPropagatedToTheClient) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  Driver d(*s.relay);
+  ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("ping"), 4));
+  while (s.relay->bytes_up() < 4) ASSERT_EQ(d.run(50), Relay::State::Running);
+  char buf[4];
+  ASSERT_EQ(recv(s.server.get(), buf, 4, MSG_WAITALL), 4);
+  reset(s.server);
+  EXPECT_EQ(d.run(), Relay::State::Failed);
+  EXPECT_NE(s.relay->error().find("server reset"), std::string::npos) << s.relay->error();
+  Bytes rest;
+  int err = 0;
+  EXPECT_FALSE(read_all(s.app.get(), rest, 4096, &err));
+  EXPECT_EQ(err, ECONNRESET);
+}
+
+TEST_P(RelayModes, ClientResetIsPropagatedToTheServer) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  Driver d(*s.relay);
+  ASSERT_TRUE(write_all(s.server.get(), reinterpret_cast<const uint8_t*>("pong"), 4));
+  while (s.relay->bytes_down() < 4) ASSERT_EQ(d.run(50), Relay::State::Running);
+  char buf[4];
+  ASSERT_EQ(recv(s.app.get(), buf, 4, MSG_WAITALL), 4);
+  reset(s.app);
+  EXPECT_EQ(d.run(), Relay::State::Failed);
+  EXPECT_NE(s.relay->error().find("client reset"), std::string::npos) << s.relay->error();
+  Bytes rest;
+  int err = 0;
+  EXPECT_FALSE(read_all(s.server.get(), rest, 4096, &err));
+  EXPECT_EQ(err, ECONNRESET);
+}
+
+TEST_P(RelayModes, ResetAfterHalfCloseStillFails) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  Driver d(*s.relay);
+  ASSERT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+  relay_until_readable(d, s.server.get());
+  Bytes b;
+  ASSERT_TRUE(read_all(s.server.get(), b));  // EOF forwarded
+  reset(s.app);
+  EXPECT_EQ(d.run(), Relay::State::Failed);
+  EXPECT_NE(s.relay->error().find("client reset"), std::string::npos) << s.relay->error();
+  // The server already read EOF, so it notices the reset when it answers.
+  EXPECT_LT(send(s.server.get(), "late", 4, MSG_NOSIGNAL), 0);
+  EXPECT_TRUE(errno == EPIPE || errno == ECONNRESET) << strerror(errno);
+}
+
+TEST_P(RelayModes, SlowReaderBackpressureBoundsBufferingAndLosesNothing) {
+  Relay::Options opt;
+  opt.splice = GetParam();
+  Rig s = make(Kind::Tcp, opt);
+  const Bytes down = random_bytes(32 * 1024 * 1024, 3);
+  std::atomic<bool> server_wrote_all{false};
+  std::thread srv([&] {
+    EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size()));
+    server_wrote_all = true;
+    EXPECT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+  });
+  Driver d(*s.relay);
+  // The application reads nothing yet: the relay must stop reading the
+  // server once the client side is full, instead of buffering 32 MiB.
+  EXPECT_EQ(d.run(300), Relay::State::Running);
+  EXPECT_LT(s.relay->bytes_down(), down.size());
+  EXPECT_LE(s.relay->buffered(Side::Server), size_t{1} << 20);
+  EXPECT_FALSE(server_wrote_all.load()) << "backpressure must reach the server";
+
+  // Now a slow reader (small reads) drains it; every byte arrives in order.
+  Bytes got;
+  std::thread app([&] {
+    EXPECT_TRUE(read_all(s.app.get(), got, 1500));
+    EXPECT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+  });
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  app.join();
+  srv.join();
+  ASSERT_EQ(got.size(), down.size());
+  EXPECT_EQ(checksum(got), checksum(down));
+  EXPECT_EQ(s.relay->bytes_down(), down.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(SpliceAndCopy, RelayModes, testing::Bool(),
+                         [](const testing::TestParamInfo<bool>& i) {
+                           return i.param ? "Splice" : "Copy";
+                         });
+
+std::atomic<int> g_splice_calls{0};
+// splice() that works three times and then reports EINVAL, as a socket type
+// without splice support would; the third call leaves bytes in a pipe.
+ssize_t flaky_splice(int in, loff_t* ioff, int out, loff_t* ooff, size_t len, unsigned flags) {
+  if (++g_splice_calls > 3) {
+    errno = EINVAL;
+    return -1;
+  }
+  return splice(in, ioff, out, ooff, len, flags);
+}
+
+TEST(Relay, FallsBackToCopyWhenSpliceFailsWithEinvalWithoutLosingPipedBytes) {
+  g_splice_calls = 0;
+  Relay::Options opt;
+  opt.splice_fn = &flaky_splice;
+  Rig s = make(Kind::Tcp, opt);
+  const Bytes up = random_bytes(3 * 1024 * 1024 + 1, 4);
+  const Bytes down = random_bytes(1024 * 1024 + 3, 5);
+  Bytes got_up, got_down;
+  std::thread app([&] {
+    std::thread w([&] {
+      EXPECT_TRUE(write_all(s.app.get(), up.data(), up.size()));
+      EXPECT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+    });
+    EXPECT_TRUE(read_all(s.app.get(), got_down));
+    w.join();
+  });
+  std::thread srv([&] {
+    std::thread w([&] {
+      EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size()));
+      EXPECT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+    });
+    EXPECT_TRUE(read_all(s.server.get(), got_up));
+    w.join();
+  });
+  Driver d(*s.relay);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  app.join();
+  srv.join();
+  EXPECT_GT(g_splice_calls.load(), 3);
+  EXPECT_FALSE(s.relay->splicing(Side::Client));
+  EXPECT_FALSE(s.relay->splicing(Side::Server));
+  ASSERT_EQ(got_up.size(), up.size());
+  ASSERT_EQ(got_down.size(), down.size());
+  EXPECT_EQ(checksum(got_up), checksum(up));
+  EXPECT_EQ(checksum(got_down), checksum(down));
+}
+
+TEST(Relay, AbortResetsBothSides) {
+  Rig s = make(Kind::Tcp, Relay::Options{});
+  Driver d(*s.relay);
+  ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("x"), 1));
+  while (s.relay->bytes_up() < 1) ASSERT_EQ(d.run(50), Relay::State::Running);
+  char c;
+  ASSERT_EQ(recv(s.server.get(), &c, 1, 0), 1);
+  s.relay->abort("idle timeout", true);
+  EXPECT_EQ(s.relay->state(), Relay::State::Failed);
+  EXPECT_EQ(s.relay->error(), "idle timeout");
+  for (int fd : {s.app.get(), s.server.get()}) {
+    Bytes b;
+    int err = 0;
+    EXPECT_FALSE(read_all(fd, b, 16, &err));
+    EXPECT_EQ(err, ECONNRESET);
+  }
+}
+
+}  // namespace
+}  // namespace connredir::proxy
