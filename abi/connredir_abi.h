@@ -34,9 +34,9 @@
 
 /* The iptables-compatible original-destination options (same numbers as
  * <linux/netfilter_ipv4.h> SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST). */
-#define CONNREDIR_SOL_IP 0
-#define CONNREDIR_SOL_IPV6 41
-#define CONNREDIR_SO_ORIGINAL_DST 80
+#define CONNREDIR_SOL_IP	       0
+#define CONNREDIR_SOL_IPV6	       41
+#define CONNREDIR_SO_ORIGINAL_DST      80
 #define CONNREDIR_IP6T_SO_ORIGINAL_DST 80
 
 /* ---- Limits ------------------------------------------------------------- */
@@ -47,16 +47,16 @@
 /* Callout ids are 1..CONNREDIR_MAX_CALLOUTS-1 (0 means "none"). 64 lets the
  * classifier keep "callouts already in this chain" in one 64-bit mask. */
 #define CONNREDIR_MAX_CALLOUTS 64
-#define CONNREDIR_MAX_FILTERS 131072
+#define CONNREDIR_MAX_FILTERS  131072
 /* Distinct destination prefixes in the classifier index. */
 #define CONNREDIR_MAX_PREFIXES 131072
 /* Filters that may overlap one destination prefix (the classifier walks at
  * most this many candidates per connect; adding a filter that would exceed it
  * is refused by the control plane with a clear message). */
-#define CONNREDIR_CANDIDATES_MAX 32
+#define CONNREDIR_CANDIDATES_MAX   32
 #define CONNREDIR_USER_CONTEXT_MAX 128
-#define CONNREDIR_NAME_MAX 32
-#define CONNREDIR_PRINCIPALS_MAX 1024
+#define CONNREDIR_NAME_MAX	   32
+#define CONNREDIR_PRINCIPALS_MAX   1024
 /* In-flight hand-offs (connects published, not yet accepted). Entries are
  * deleted when the proxy's socket is accepted, or when the client socket is
  * released before that; the bound only limits concurrent half-open flows. */
@@ -69,10 +69,10 @@
 
 #define CONNREDIR_RECORDS_MAGIC 0x31525243u /* "CRR1" little endian */
 #define CONNREDIR_CONTEXT_MAGIC 0x31435243u /* "CRC1" little endian */
-#define CONNREDIR_UID_NONE 0xffffffffu
+#define CONNREDIR_UID_NONE	0xffffffffu
 
 /* Address families as stored in struct connredir_addr.family (Linux values). */
-#define CONNREDIR_AF_INET 2
+#define CONNREDIR_AF_INET  2
 #define CONNREDIR_AF_INET6 10
 
 /* An endpoint. addr is always 16 bytes: IPv4 is stored IPv4-mapped
@@ -80,7 +80,7 @@
  * compare equal where they are the same endpoint. */
 struct connredir_addr {
 	__u8 addr[16];
-	__u16 port; /* network byte order */
+	__u16 port;   /* network byte order */
 	__u16 family; /* CONNREDIR_AF_INET or CONNREDIR_AF_INET6; 0 = unset */
 };
 
@@ -88,10 +88,10 @@ struct connredir_addr {
 struct connredir_hop {
 	__u32 callout_id;
 	__u32 filter_id;
-	__u64 time_ns; /* bpf_ktime_get_boot_ns() at the redirect */
+	__u64 time_ns;		   /* bpf_ktime_get_boot_ns() at the redirect */
 	struct connredir_addr dst; /* destination this connect asked for */
-	__u32 proxy_uid; /* callout's proxy principal uid, or CONNREDIR_UID_NONE */
-	__u64 proxy_cgroup; /* callout's proxy principal cgroup id, or 0 */
+	__u32 proxy_uid;	   /* callout's proxy principal uid, or CONNREDIR_UID_NONE */
+	__u64 proxy_cgroup;	   /* callout's proxy principal cgroup id, or 0 */
 };
 
 /* The application that opened the flow (first hop). */
@@ -113,10 +113,10 @@ struct connredir_origin {
  * blob cannot be forged or altered by anyone who cannot read that map.
  */
 struct connredir_records {
-	__u32 magic; /* CONNREDIR_RECORDS_MAGIC */
-	__u16 version; /* CONNREDIR_ABI_VERSION */
-	__u16 size; /* sizeof(struct connredir_records) */
-	__u64 flow_id; /* unique per flow, kept along the chain */
+	__u32 magic;	/* CONNREDIR_RECORDS_MAGIC */
+	__u16 version;	/* CONNREDIR_ABI_VERSION */
+	__u16 size;	/* sizeof(struct connredir_records) */
+	__u64 flow_id;	/* unique per flow, kept along the chain */
 	__u8 hop_count; /* valid entries in hops[] */
 	__u8 reserved0;
 	__u16 reserved1;
@@ -140,7 +140,7 @@ struct connredir_context {
 	__u32 filter_id;
 	struct connredir_addr orig_dst; /* where the connecting socket wanted to go */
 	struct connredir_addr orig_src; /* the original application's source */
-	__u32 pid; /* original application */
+	__u32 pid;			/* original application */
 	__u32 uid;
 	__u64 cgroup_id;
 	char comm[16];
@@ -151,43 +151,43 @@ struct connredir_context {
 	__u8 user[CONNREDIR_USER_CONTEXT_MAX];
 };
 #define CONNREDIR_CONTEXT_HDR_SIZE 104
-#define CONNREDIR_CONTEXT_SIZE (CONNREDIR_CONTEXT_HDR_SIZE + CONNREDIR_USER_CONTEXT_MAX)
+#define CONNREDIR_CONTEXT_SIZE	   (CONNREDIR_CONTEXT_HDR_SIZE + CONNREDIR_USER_CONTEXT_MAX)
 
 /* ---- Maps (written by the control plane, read by BPF) ------------------- */
 
-#define CONNREDIR_CALLOUT_F_USED 0x1u
+#define CONNREDIR_CALLOUT_F_USED   0x1u
 #define CONNREDIR_CALLOUT_F_PROXY4 0x2u /* proxy4 is set */
 #define CONNREDIR_CALLOUT_F_PROXY6 0x4u /* proxy6 is set */
 /* --on-proxy-down: look up the proxy's listener at connect time (loopback
  * proxies only; a proxy in another namespace cannot be seen from here). */
-#define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u /* no listener: fail the connect */
+#define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u  /* no listener: fail the connect */
 #define CONNREDIR_CALLOUT_F_DOWN_BYPASS 0x10u /* no listener: skip this callout */
 
 /* map `callouts` (ARRAY, index = callout id). */
 struct connredir_callout {
 	__u32 id;
-	__u32 flags; /* CONNREDIR_CALLOUT_F_* */
+	__u32 flags;		      /* CONNREDIR_CALLOUT_F_* */
 	struct connredir_addr proxy4; /* IPv4 listener (v4-mapped) */
 	struct connredir_addr proxy6; /* IPv6 listener */
-	__u32 proxy_uid; /* CONNREDIR_UID_NONE if unset */
-	__u32 proxy_cgroup_level; /* depth of proxy_cgroup below the root */
-	__u64 proxy_cgroup; /* cgroup id (inode), 0 if unset */
+	__u32 proxy_uid;	      /* CONNREDIR_UID_NONE if unset */
+	__u32 proxy_cgroup_level;     /* depth of proxy_cgroup below the root */
+	__u64 proxy_cgroup;	      /* cgroup id (inode), 0 if unset */
 	char name[CONNREDIR_NAME_MAX];
 };
 
-#define CONNREDIR_FILTER_F_APP_UID 0x1u
+#define CONNREDIR_FILTER_F_APP_UID    0x1u
 #define CONNREDIR_FILTER_F_APP_CGROUP 0x2u
 
 /* map `filters` (HASH, key = __u32 filter id). */
 struct connredir_filter {
 	__u32 id;
 	__u32 callout_id;
-	__u32 weight; /* higher first */
-	__u32 flags; /* CONNREDIR_FILTER_F_* */
-	__u64 seq; /* creation order: on equal weight the older filter first */
-	__u8 family; /* 0 = any, CONNREDIR_AF_INET, CONNREDIR_AF_INET6 */
+	__u32 weight;	/* higher first */
+	__u32 flags;	/* CONNREDIR_FILTER_F_* */
+	__u64 seq;	/* creation order: on equal weight the older filter first */
+	__u8 family;	/* 0 = any, CONNREDIR_AF_INET, CONNREDIR_AF_INET6 */
 	__u8 prefixlen; /* of addr, in bits of the family's address */
-	__u8 proto; /* 0 = any, 6 = TCP */
+	__u8 proto;	/* 0 = any, 6 = TCP */
 	__u8 reserved0;
 	__u16 port_lo; /* host order, inclusive */
 	__u16 port_hi;
@@ -222,7 +222,7 @@ struct connredir_candidates {
 	__u32 ids[CONNREDIR_CANDIDATES_MAX];
 };
 
-#define CONNREDIR_PRINCIPAL_UID 1
+#define CONNREDIR_PRINCIPAL_UID	   1
 #define CONNREDIR_PRINCIPAL_CGROUP 2
 /* map `principals` (HASH) key: who may query and set records. */
 struct connredir_principal_key {
@@ -231,7 +231,7 @@ struct connredir_principal_key {
 	__u64 id; /* uid or cgroup id */
 };
 #define CONNREDIR_PRINCIPAL_F_AUTHORIZED 0x1u /* `connredir authorize` */
-#define CONNREDIR_PRINCIPAL_F_CALLOUT 0x2u /* a callout's proxy principal */
+#define CONNREDIR_PRINCIPAL_F_CALLOUT	 0x2u /* a callout's proxy principal */
 
 /* map `handoff` (HASH, no prealloc) key: the client's connection to the proxy.
  * netns is the client's netns cookie when the proxy address is loopback (so
@@ -242,18 +242,18 @@ struct connredir_flow_key {
 	__u8 client_ip[16]; /* v4-mapped for IPv4 */
 	__u8 proxy_ip[16];
 	__u16 client_port; /* network order */
-	__u16 proxy_port; /* network order */
+	__u16 proxy_port;  /* network order */
 	__u32 reserved;
 };
 
 #define CONNREDIR_SK_RECORDS_SET 0x1u /* setsockopt(CONNREDIR_RECORDS) accepted */
-#define CONNREDIR_SK_REDIRECTED 0x2u /* connect was redirected (client side) */
-#define CONNREDIR_SK_PUBLISHED 0x4u /* hand-off entry published */
-#define CONNREDIR_SK_ACCEPTED 0x8u /* socket accepted by a proxy, state handed off */
+#define CONNREDIR_SK_REDIRECTED	 0x2u /* connect was redirected (client side) */
+#define CONNREDIR_SK_PUBLISHED	 0x4u /* hand-off entry published */
+#define CONNREDIR_SK_ACCEPTED	 0x8u /* socket accepted by a proxy, state handed off */
 
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
 struct connredir_sk_state {
-	__u32 flags; /* CONNREDIR_SK_* */
+	__u32 flags;   /* CONNREDIR_SK_* */
 	__u32 in_hops; /* hop_count before this socket's redirect (re-connect rollback) */
 	struct connredir_flow_key handoff; /* to delete an unconsumed hand-off */
 	struct connredir_records records;
@@ -269,21 +269,21 @@ struct connredir_secret {
 
 /* map `stats` (PERCPU_ARRAY, index = CONNREDIR_STAT_*). */
 enum connredir_stat {
-	CONNREDIR_STAT_CLASSIFIED = 0, /* connects whose destination hit the index */
-	CONNREDIR_STAT_REDIRECTED, /* connects rewritten to a proxy */
-	CONNREDIR_STAT_HOP_CAP, /* chain full: connected directly */
-	CONNREDIR_STAT_NO_PROXY_FAMILY, /* callout had no proxy for the family */
-	CONNREDIR_STAT_STORAGE_FAIL, /* sk_storage allocation failed: not redirected */
-	CONNREDIR_STAT_PUBLISHED, /* hand-offs published at TCP_CONNECT_CB */
-	CONNREDIR_STAT_PUBLISH_FAIL, /* hand-off map update failed */
-	CONNREDIR_STAT_ACCEPTED, /* hand-offs consumed by an accepted socket */
-	CONNREDIR_STAT_RECORDS_SET, /* records attached by setsockopt */
+	CONNREDIR_STAT_CLASSIFIED = 0,	 /* connects whose destination hit the index */
+	CONNREDIR_STAT_REDIRECTED,	 /* connects rewritten to a proxy */
+	CONNREDIR_STAT_HOP_CAP,		 /* chain full: connected directly */
+	CONNREDIR_STAT_NO_PROXY_FAMILY,	 /* callout had no proxy for the family */
+	CONNREDIR_STAT_STORAGE_FAIL,	 /* sk_storage allocation failed: not redirected */
+	CONNREDIR_STAT_PUBLISHED,	 /* hand-offs published at TCP_CONNECT_CB */
+	CONNREDIR_STAT_PUBLISH_FAIL,	 /* hand-off map update failed */
+	CONNREDIR_STAT_ACCEPTED,	 /* hand-offs consumed by an accepted socket */
+	CONNREDIR_STAT_RECORDS_SET,	 /* records attached by setsockopt */
 	CONNREDIR_STAT_RECORDS_REJECTED, /* forged / altered / malformed blobs */
-	CONNREDIR_STAT_DENIED, /* queries and sets refused with EACCES */
-	CONNREDIR_STAT_SELF_SKIP, /* a callout skipped: REDIRECTED_BY_SELF */
-	CONNREDIR_STAT_PREV_SKIP, /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
-	CONNREDIR_STAT_DOWN_BYPASS, /* proxy not listening: callout skipped */
-	CONNREDIR_STAT_DOWN_REFUSED, /* proxy not listening: connect refused */
+	CONNREDIR_STAT_DENIED,		 /* queries and sets refused with EACCES */
+	CONNREDIR_STAT_SELF_SKIP,	 /* a callout skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_PREV_SKIP,	 /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_DOWN_BYPASS,	 /* proxy not listening: callout skipped */
+	CONNREDIR_STAT_DOWN_REFUSED,	 /* proxy not listening: connect refused */
 	CONNREDIR_STAT_MAX,
 };
 

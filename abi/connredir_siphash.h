@@ -11,22 +11,22 @@
 
 #define CONNREDIR_ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
 
-#define CONNREDIR_SIPROUND(v0, v1, v2, v3) \
-	do {                                   \
-		v0 += v1;                          \
-		v1 = CONNREDIR_ROTL64(v1, 13);     \
-		v1 ^= v0;                          \
-		v0 = CONNREDIR_ROTL64(v0, 32);     \
-		v2 += v3;                          \
-		v3 = CONNREDIR_ROTL64(v3, 16);     \
-		v3 ^= v2;                          \
-		v0 += v3;                          \
-		v3 = CONNREDIR_ROTL64(v3, 21);     \
-		v3 ^= v0;                          \
-		v2 += v1;                          \
-		v1 = CONNREDIR_ROTL64(v1, 17);     \
-		v1 ^= v2;                          \
-		v2 = CONNREDIR_ROTL64(v2, 32);     \
+#define CONNREDIR_SIPROUND(v0, v1, v2, v3)                                                         \
+	do {                                                                                       \
+		v0 += v1;                                                                          \
+		v1 = CONNREDIR_ROTL64(v1, 13);                                                     \
+		v1 ^= v0;                                                                          \
+		v0 = CONNREDIR_ROTL64(v0, 32);                                                     \
+		v2 += v3;                                                                          \
+		v3 = CONNREDIR_ROTL64(v3, 16);                                                     \
+		v3 ^= v2;                                                                          \
+		v0 += v3;                                                                          \
+		v3 = CONNREDIR_ROTL64(v3, 21);                                                     \
+		v3 ^= v0;                                                                          \
+		v2 += v1;                                                                          \
+		v1 = CONNREDIR_ROTL64(v1, 17);                                                     \
+		v1 ^= v2;                                                                          \
+		v2 = CONNREDIR_ROTL64(v2, 32);                                                     \
 	} while (0)
 
 /* MAC of nwords words (a compile-time constant at every BPF call site so the

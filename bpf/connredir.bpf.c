@@ -27,19 +27,19 @@
 #include "connredir_abi.h"
 #include "connredir_siphash.h"
 
-#define AF_INET 2
-#define AF_INET6 10
+#define AF_INET	    2
+#define AF_INET6    10
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
 
-#define EPERM 1
-#define ENOENT 2
-#define EACCES 13
-#define EINVAL 22
-#define ENOPROTOOPT 92
-#define EOPNOTSUPP 95
-#define ENOBUFS 105
-#define EISCONN 106
+#define EPERM	     1
+#define ENOENT	     2
+#define EACCES	     13
+#define EINVAL	     22
+#define ENOPROTOOPT  92
+#define EOPNOTSUPP   95
+#define ENOBUFS	     105
+#define EISCONN	     106
 #define ECONNREFUSED 111
 
 /* Verdicts of cgroup hooks: 1 = proceed. We never return 0 from connect or
@@ -294,8 +294,8 @@ static __always_inline int filter_matches(const struct connredir_filter *f, __u1
  * connect without records from the callout's own proxy principal counts as
  * REDIRECTED_BY_SELF (Windows' localRedirectTargetPID), so a proxy that does
  * not propagate records still cannot loop onto itself. */
-static __always_inline int redirect_state(const struct connredir_callout *c, __u32 cid,
-					  __u32 hops, __u64 seen, __u32 last, __u32 uid)
+static __always_inline int redirect_state(const struct connredir_callout *c, __u32 cid, __u32 hops,
+					  __u64 seen, __u32 last, __u32 uid)
 {
 	if (hops == 0) {
 		if ((c->proxy_uid != CONNREDIR_UID_NONE && c->proxy_uid == uid) ||
@@ -332,8 +332,8 @@ static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
  * proxy to connect to instead, or NULL to leave the connect alone; *refuse is
  * set when a callout with --on-proxy-down refuse found its proxy down.
  */
-static __always_inline const struct connredir_addr *
-classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
+static __always_inline const struct connredir_addr *classify_connect(
+	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
 {
 	struct connredir_lpm_key key = {};
 	struct connredir_candidates *cands;
@@ -412,7 +412,8 @@ classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst, in
 			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
 			continue;
 		}
-		if ((c->flags & (CONNREDIR_CALLOUT_F_DOWN_BYPASS | CONNREDIR_CALLOUT_F_DOWN_REFUSE)) &&
+		if ((c->flags &
+		     (CONNREDIR_CALLOUT_F_DOWN_BYPASS | CONNREDIR_CALLOUT_F_DOWN_REFUSE)) &&
 		    addr_is_loopback(proxy) && !proxy_listening(ctx, proxy)) {
 			if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
 				stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
@@ -692,14 +693,12 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 		return get_fail(ctx, ENOENT);
 
 	if (optname == CONNREDIR_RECORDS) {
-		if (optlen < (int)sizeof(st->records) ||
-		    optval + sizeof(st->records) > end)
+		if (optlen < (int)sizeof(st->records) || optval + sizeof(st->records) > end)
 			return get_fail(ctx, ENOBUFS);
 		__builtin_memcpy(optval, &st->records, sizeof(st->records));
 		ctx->optlen = sizeof(st->records);
 	} else {
-		if (optlen < (int)sizeof(st->context) ||
-		    optval + sizeof(st->context) > end)
+		if (optlen < (int)sizeof(st->context) || optval + sizeof(st->context) > end)
 			return get_fail(ctx, ENOBUFS);
 		__builtin_memcpy(optval, &st->context, sizeof(st->context));
 		ctx->optlen = sizeof(st->context);

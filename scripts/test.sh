@@ -26,6 +26,9 @@ run_ctest() {  # dir, extra args...; fails on failed or skipped tests
   if ((rc)); then echo "FAIL: ctest in $dir exited $rc" >&2; exit "$rc"; fi
 }
 
+echo "== style (clang-format)"
+scripts/lint.sh
+
 echo "== build (RelWithDebInfo)"
 scripts/build.sh build
 echo "== tests: unit + kernel"

@@ -19,9 +19,9 @@ extern "C" {
 namespace connredir {
 
 struct Address {
-  int family = 0;                  // AF_INET or AF_INET6 (0 = unset)
-  std::array<uint8_t, 16> ip{};    // IPv4 stored v4-mapped (::ffff:a.b.c.d)
-  uint16_t port = 0;               // host order
+  int family = 0;                // AF_INET or AF_INET6 (0 = unset)
+  std::array<uint8_t, 16> ip{};  // IPv4 stored v4-mapped (::ffff:a.b.c.d)
+  uint16_t port = 0;             // host order
 
   // "1.2.3.4:80", "[::1]:443". Port required unless allow_no_port.
   static Result<Address> parse(std::string_view text, bool allow_no_port = false);
@@ -33,8 +33,8 @@ struct Address {
   socklen_t to_sockaddr(sockaddr_storage& out) const;
   // As sockaddr_in6 (IPv4 as ::ffff:a.b.c.d), for dual-stack sockets.
   socklen_t to_sockaddr6(sockaddr_storage& out) const;
-  std::string to_string() const;     // with port
-  std::string ip_string() const;     // without port
+  std::string to_string() const;  // with port
+  std::string ip_string() const;  // without port
   bool is_v4() const { return family == AF_INET; }
   bool operator==(const Address&) const = default;
 };

@@ -427,7 +427,8 @@ std::vector<std::string> sweep_leftovers(bool stale_only) {
     std::string cg = root + "/" + n;
     empty_cgroup(cg);
     for (auto& c : list(cg))
-      if (::access((cg + "/" + c + "/cgroup.procs").c_str(), F_OK) == 0) rmdir((cg + "/" + c).c_str());
+      if (::access((cg + "/" + c + "/cgroup.procs").c_str(), F_OK) == 0)
+        rmdir((cg + "/" + c).c_str());
     rmdir(cg.c_str());
     removed.push_back(cg);
   }
@@ -537,15 +538,14 @@ std::string KernelTest::cg(const std::string& name) {
 Process& KernelTest::start_proxy(const std::string& name, int uid, const std::string& listen,
                                  const std::vector<std::string>& extra) {
   std::vector<std::string> argv{CONNREDIR_PROXY_PATH, "--listen", listen, "--log",
-                                proxy_log(name), "--name", name};
+                                proxy_log(name),      "--name",   name};
   argv.insert(argv.end(), extra.begin(), extra.end());
   procs_.push_back(spawn_in(cg(name), uid, argv, dir_ + "/" + name + ".out"));
   auto port = Address::parse(listen);
   EXPECT_TRUE(port.has_value());
   if (port) {
-    EXPECT_TRUE(wait_listening(port->port))
-        << "proxy " << name << " not listening; output:\n"
-        << read_file(dir_ + "/" + name + ".out");
+    EXPECT_TRUE(wait_listening(port->port)) << "proxy " << name << " not listening; output:\n"
+                                            << read_file(dir_ + "/" + name + ".out");
   }
   return *procs_.back();
 }
@@ -567,7 +567,7 @@ std::map<std::string, uint64_t> KernelTest::stats() {
 }
 
 std::string KernelTest::probe(const std::string& listen, int uid, const std::string& dst,
-                  const std::function<std::string(int)>& fn) {
+                              const std::function<std::string(int)>& fn) {
   auto prober = fork_in(cg("vendor-a"), uid, [&]() -> std::string {
     int l = listen_on(listen);
     if (l < 0) return std::string("listen: ") + strerror(errno);

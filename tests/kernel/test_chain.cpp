@@ -34,9 +34,8 @@ class Chain : public KernelTest {
   bool roundtrip(const EchoServer& dst, size_t n, uint32_t seed, int family_override = 0) {
     std::string payload = make_payload(n, seed);
     std::string addr = dst.addr();
-    std::string got = run_in(cg("app"), kAppUid, [&] {
-      return echo_roundtrip(addr, payload, family_override);
-    });
+    std::string got =
+        run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, payload, family_override); });
     EXPECT_EQ(got.size(), payload.size()) << got.substr(0, 200);
     return got == payload;
   }

@@ -31,8 +31,7 @@ std::string errname(int rc, int err) { return rc == 0 ? "OK" : strerrorname_np(e
 class Contract : public KernelTest {
  protected:
   void setup_vendor(const EchoServer& dst, const std::string& proxy, const std::string& cidr) {
-    cli({"callout", "add", "vendor-a", "--proxy", proxy, "--proxy-uid",
-         std::to_string(kProxyUid)});
+    cli({"callout", "add", "vendor-a", "--proxy", proxy, "--proxy-uid", std::to_string(kProxyUid)});
     cli({"filter", "add", "--callout", "vendor-a", "--dst", cidr, "--port",
          std::to_string(dst.port()), "--context", "tenant=blue"});
   }
@@ -62,8 +61,9 @@ TEST_F(Contract, QueriesOnARedirectedSocket) {
     o << "records=" << get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, rec, CONNREDIR_RECORDS_MAX)
       << " size=" << rec.size();
     auto info = decode_records(rec);
-    if (info) o << " hops=" << info->hops.size() << " callout=" << info->hops[0].callout_id
-                << " hopdst=" << info->hops[0].dst.to_string();
+    if (info)
+      o << " hops=" << info->hops.size() << " callout=" << info->hops[0].callout_id
+        << " hopdst=" << info->hops[0].dst.to_string();
     o << " context=" << get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, ctx, CONNREDIR_CONTEXT_MAX);
     auto cx = decode_context(ctx);
     if (cx) {
@@ -84,8 +84,8 @@ TEST_F(Contract, QueriesOnARedirectedSocket) {
   });
   std::ostringstream want;
   want << "records=OK size=" << sizeof(connredir_records) << " hops=1 callout=" << cid
-       << " hopdst=" << dst.addr() << " context=OK orig_dst=" << dst.addr()
-       << " ccallout=" << cid << " hop=1 user=tenant=blue uid=" << kAppUid
+       << " hopdst=" << dst.addr() << " context=OK orig_dst=" << dst.addr() << " ccallout=" << cid
+       << " hop=1 user=tenant=blue uid=" << kAppUid
        << " srcport_set=1 small_records=ENOBUFS small_context=ENOBUFS unknown_opt=ENOPROTOOPT"
        << " sodst=OK sodst_addr=" << dst.addr();
   EXPECT_EQ(r, want.str());
@@ -96,8 +96,8 @@ TEST_F(Contract, OriginalDstIPv6) {
   setup_vendor(dst, "[::1]:15001", "::1/128");
   std::string r = probe("[::1]:15001", kProxyUid, dst.addr(), [&](int c) {
     std::vector<uint8_t> sin6;
-    std::string e = get_opt(c, SOL_IPV6, CONNREDIR_IP6T_SO_ORIGINAL_DST, sin6,
-                            sizeof(sockaddr_in6));
+    std::string e =
+        get_opt(c, SOL_IPV6, CONNREDIR_IP6T_SO_ORIGINAL_DST, sin6, sizeof(sockaddr_in6));
     auto od = Address::from_sockaddr(reinterpret_cast<sockaddr*>(sin6.data()), sin6.size());
     return e + " " + (od ? od->to_string() : od.error().message);
   });
@@ -206,8 +206,7 @@ TEST_F(Contract, NotLoadedGivesTheKernelsOwnErrors) {
   int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   std::vector<uint8_t> out;
   std::vector<uint8_t> blob(sizeof(connredir_records), 0);
-  EXPECT_EQ(get_opt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX),
-            "EOPNOTSUPP");
+  EXPECT_EQ(get_opt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX), "EOPNOTSUPP");
   EXPECT_EQ(set_records_raw(s, blob.data(), blob.size()), "ENOPROTOOPT");
   close(s);
 }

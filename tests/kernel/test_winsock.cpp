@@ -46,44 +46,52 @@ TEST_F(Winsock, SynchronousIoctlsOnARealRedirectedSocket) {
     std::ostringstream o;
     SOCKET s = static_cast<SOCKET>(c);
     std::vector<uint8_t> rec(CONNREDIR_WS_RECORDS_MAX), ctx(CONNREDIR_WS_CONTEXT_MAX);
-    o << "records=" << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0,
-                                 rec.data(), static_cast<DWORD>(rec.size()));
-    o << " context=" << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, nullptr, 0,
-                                  ctx.data(), static_cast<DWORD>(ctx.size()));
+    o << "records="
+      << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0, rec.data(),
+                   static_cast<DWORD>(rec.size()));
+    o << " context="
+      << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, nullptr, 0, ctx.data(),
+                   static_cast<DWORD>(ctx.size()));
     std::vector<uint8_t> small(sizeof(connredir_records) - 1);
-    o << " small=" << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0,
-                                small.data(), static_cast<DWORD>(small.size()))
+    o << " small="
+      << ioctl_str(s, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0, small.data(),
+                   static_cast<DWORD>(small.size()))
       << " needed=" << connredir_ws_required_size();
     UINT64 handle = 0;
     uint64_t cookie = 0;
     socklen_t cl = sizeof cookie;
     getsockopt(c, SOL_SOCKET, SO_COOKIE, &cookie, &cl);
-    o << " endpoint=" << ioctl_str(s, SIO_QUERY_WFP_ALE_ENDPOINT_HANDLE, nullptr, 0, &handle,
-                                   sizeof handle)
+    o << " endpoint="
+      << ioctl_str(s, SIO_QUERY_WFP_ALE_ENDPOINT_HANDLE, nullptr, 0, &handle, sizeof handle)
       << " cookie_match=" << (handle == cookie && cookie != 0);
     // SET: genuine on a fresh socket; altered; output buffer not allowed;
     // UDP; connected.
     SOCKET out = static_cast<SOCKET>(socket(AF_INET, SOCK_STREAM, 0));
-    o << " set=" << ioctl_str(out, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
-                              sizeof(connredir_records), nullptr, 0);
+    o << " set="
+      << ioctl_str(out, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
+                   sizeof(connredir_records), nullptr, 0);
     auto bad = rec;
     bad[100] ^= 0x40;
     SOCKET out2 = static_cast<SOCKET>(socket(AF_INET, SOCK_STREAM, 0));
-    o << " altered=" << ioctl_str(out2, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, bad.data(),
-                                  sizeof(connredir_records), nullptr, 0);
+    o << " altered="
+      << ioctl_str(out2, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, bad.data(),
+                   sizeof(connredir_records), nullptr, 0);
     uint8_t junk[8];
-    o << " outbuf=" << ioctl_str(out2, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
-                                 sizeof(connredir_records), junk, sizeof junk);
+    o << " outbuf="
+      << ioctl_str(out2, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
+                   sizeof(connredir_records), junk, sizeof junk);
     SOCKET udp = static_cast<SOCKET>(socket(AF_INET, SOCK_DGRAM, 0));
-    o << " udp=" << ioctl_str(udp, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
-                              sizeof(connredir_records), nullptr, 0);
+    o << " udp="
+      << ioctl_str(udp, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
+                   sizeof(connredir_records), nullptr, 0);
     int cc = connect_to("127.0.0.1:15001");
-    o << " connected=" << ioctl_str(static_cast<SOCKET>(cc),
-                                    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
-                                    sizeof(connredir_records), nullptr, 0);
+    o << " connected="
+      << ioctl_str(static_cast<SOCKET>(cc), SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, rec.data(),
+                   sizeof(connredir_records), nullptr, 0);
     // The self-connection is accepted without a redirect: not found.
-    o << " plain=" << ioctl_str(static_cast<SOCKET>(cc), SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS,
-                                nullptr, 0, rec.data(), static_cast<DWORD>(rec.size()));
+    o << " plain="
+      << ioctl_str(static_cast<SOCKET>(cc), SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0,
+                   rec.data(), static_cast<DWORD>(rec.size()));
     closesocket(out);
     closesocket(out2);
     closesocket(udp);
@@ -93,9 +101,9 @@ TEST_F(Winsock, SynchronousIoctlsOnARealRedirectedSocket) {
   std::ostringstream want;
   want << "records=0/0/" << sizeof(connredir_records) << " context=0/0/" << CONNREDIR_CONTEXT_SIZE
        << " small=ERR/" << WSAEINVAL << "/0 needed=" << sizeof(connredir_records)
-       << " endpoint=0/0/8 cookie_match=1 set=0/0/0 altered=ERR/" << WSAEINVAL
-       << "/0 outbuf=ERR/" << WSAEINVAL << "/0 udp=ERR/" << WSAEOPNOTSUPP
-       << "/0 connected=ERR/" << WSAEISCONN << "/0 plain=ERR/";
+       << " endpoint=0/0/8 cookie_match=1 set=0/0/0 altered=ERR/" << WSAEINVAL << "/0 outbuf=ERR/"
+       << WSAEINVAL << "/0 udp=ERR/" << WSAEOPNOTSUPP << "/0 connected=ERR/" << WSAEISCONN
+       << "/0 plain=ERR/";
   // The connected socket is a client socket: the kernel answers ENOENT.
   want << ERROR_NOT_FOUND << "/0";
   EXPECT_EQ(r, want.str());
@@ -106,8 +114,8 @@ TEST_F(Winsock, UnauthorizedCallerGetsWSAEACCES) {
   setup_vendor(dst);
   std::string r = probe("127.0.0.1:15001", 4999, dst.addr(), [&](int c) {
     std::vector<uint8_t> rec(CONNREDIR_WS_RECORDS_MAX);
-    return ioctl_str(static_cast<SOCKET>(c), SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr,
-                     0, rec.data(), static_cast<DWORD>(rec.size()));
+    return ioctl_str(static_cast<SOCKET>(c), SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0,
+                     rec.data(), static_cast<DWORD>(rec.size()));
   });
   EXPECT_EQ(r, "ERR/" + std::to_string(WSAEACCES) + "/0");
 }
@@ -141,8 +149,8 @@ TEST_F(Winsock, OverlappedQueryAndWSPIoctlOnRealSockets) {
     WPUCloseThread(&tid, &err);
     return o.str();
   });
-  EXPECT_EQ(r, "start=" + std::to_string(WSA_IO_PENDING) + " wait=0 ok=1 bytes=" +
-                   std::to_string(sizeof(connredir_records)) + " wsp=-1/" +
+  EXPECT_EQ(r, "start=" + std::to_string(WSA_IO_PENDING) +
+                   " wait=0 ok=1 bytes=" + std::to_string(sizeof(connredir_records)) + " wsp=-1/" +
                    std::to_string(WSAEINVAL));
 }
 
@@ -154,21 +162,20 @@ TEST_F(Winsock, WindowsStyleProxyTakesPartInATwoVendorChain) {
   uint32_t a = callout_id("vendor-a"), w = callout_id("wfp");
   cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
        std::to_string(dst.port()), "--weight", "200"});
-  auto wfp_filter = cli({"filter", "add", "--callout", "wfp", "--dst", "127.0.0.0/8", "--weight",
-                         "100"});
+  auto wfp_filter =
+      cli({"filter", "add", "--callout", "wfp", "--dst", "127.0.0.0/8", "--weight", "100"});
   start_proxy("vendor-a", 4001, "127.0.0.1:15001");
   size_t flows = 0;
   for (std::string mode : {"sync", "event", "apc"}) {
     std::string log = dir_ + "/wfp-" + mode + ".jsonl";
-    procs_.push_back(spawn_in(cg("wfp"), 4002,
-                              {CONNREDIR_WFP_PROXY_PATH, "--listen", "127.0.0.1:15002", "--log",
-                               log, "--mode", mode},
-                              dir_ + "/wfp-" + mode + ".out"));
+    procs_.push_back(spawn_in(
+        cg("wfp"), 4002,
+        {CONNREDIR_WFP_PROXY_PATH, "--listen", "127.0.0.1:15002", "--log", log, "--mode", mode},
+        dir_ + "/wfp-" + mode + ".out"));
     ASSERT_TRUE(wait_listening(15002)) << mode;
     std::string payload = make_payload(200000, 21);
     std::string addr = dst.addr();
-    std::string got =
-        run_in(cg("app"), 1000, [&] { return echo_roundtrip(addr, payload); });
+    std::string got = run_in(cg("app"), 1000, [&] { return echo_roundtrip(addr, payload); });
     EXPECT_TRUE(got == payload) << mode << ": " << got.substr(0, 80);
     auto lines = read_json_lines(log, 1);
     ASSERT_EQ(lines.size(), 1u) << mode;
