@@ -12,19 +12,21 @@ namespace connredir::proxy {
 
 namespace {
 
+using Json = nlohmann::ordered_json;  // keys in the documented order
+
 template <class T>
-nlohmann::json opt(const std::optional<T>& v) {
-  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+Json opt(const std::optional<T>& v) {
+  return v ? Json(*v) : Json(nullptr);
 }
 
 }  // namespace
 
 std::string format_flow_json(const FlowRecord& r) {
-  nlohmann::json chain = nlohmann::json::array();
+  Json chain = Json::array();
   for (const auto& h : r.chain) {
     chain.push_back({{"callout_id", h.callout_id}, {"filter_id", h.filter_id}, {"dst", h.dst}});
   }
-  nlohmann::json j = {
+  Json j = {
       {"name", r.name},
       {"flow_id", r.flow_id},
       {"chain", std::move(chain)},
@@ -44,7 +46,7 @@ std::string format_flow_json(const FlowRecord& r) {
       {"duration_ms", r.duration_ms},
       {"result", r.result},
   };
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 std::string FlowLog::open(const std::string& path) {

@@ -442,9 +442,8 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
     if (e != ENOENT && !warned_not_loaded) {
       warned_not_loaded = true;
       std::fprintf(stderr,
-                   "%sconnredir is not loaded for this proxy's cgroup (%s); accepted connections "
-                   "are not redirected ones and are closed. Run `connredir up` and start the "
-                   "proxy in a cgroup that has the connredir hooks\n",
+                   "%s%s. Until then every accepted connection without an original destination "
+                   "is closed and logged as \"not redirected\"\n",
                    prefix().c_str(), recs.error().message.c_str());
     }
     // No records: only a connection with a known original destination (for
