@@ -249,6 +249,25 @@ static __always_inline __u64 records_mac(const struct connredir_secret *k,
 	return connredir_siphash_words(k->k0, k->k1, (const __u64 *)r, RECORDS_MAC_WORDS);
 }
 
+/* Delete the hand-off this socket published, if the entry is still its own.
+ * Called when the socket connects again (a failed connect freed its source
+ * port, so the next attempt publishes under a new 4-tuple: without this each
+ * retry would leave an entry behind and one socket could fill the host-wide
+ * map) and when it is released. The entry must be checked: once the port is
+ * free, another socket may have published the same 4-tuple since. */
+static __always_inline void handoff_retire(struct connredir_sk_state *st)
+{
+	struct connredir_sk_state *e;
+
+	if (!(st->flags & CONNREDIR_SK_PUBLISHED))
+		return;
+	st->flags &= ~CONNREDIR_SK_PUBLISHED;
+	e = bpf_map_lookup_elem(&handoff, &st->handoff);
+	if (e && e->records.flow_id == st->records.flow_id &&
+	    e->records.hop_count == st->records.hop_count)
+		bpf_map_delete_elem(&handoff, &st->handoff);
+}
+
 /* ---- Classification (connect4/6) --------------------------------------- */
 
 /* Is anything listening at the proxy's address in this namespace? Used only
@@ -364,6 +383,8 @@ static __always_inline const struct connredir_addr *classify_connect(
 	if (!sk)
 		return NULL;
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (st)
+		handoff_retire(st); /* an earlier attempt's hand-off, never adopted */
 	if (st && (st->flags & CONNREDIR_SK_RECORDS_SET)) {
 		/* A re-connect after a failed one must not count our earlier hop. */
 		hops = (st->flags & CONNREDIR_SK_REDIRECTED) ? st->in_hops : st->records.hop_count;
@@ -656,8 +677,8 @@ int connredir_sock_release(struct bpf_sock *sk)
 {
 	struct connredir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
 
-	if (st && (st->flags & CONNREDIR_SK_PUBLISHED))
-		bpf_map_delete_elem(&handoff, &st->handoff);
+	if (st)
+		handoff_retire(st);
 	return ALLOW;
 }
 

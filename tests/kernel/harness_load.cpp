@@ -32,9 +32,7 @@ int64_t ms_since(Clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
 }
 
-long sys_bpf(int cmd, bpf_attr& attr) {
-  return syscall(__NR_bpf, cmd, &attr, sizeof attr);
-}
+long sys_bpf(int cmd, bpf_attr& attr) { return syscall(__NR_bpf, cmd, &attr, sizeof attr); }
 
 // Opens a pinned map; returns its fd and key/value sizes.
 int open_map(const std::string& pin_dir, const std::string& name, bpf_map_info* info) {
@@ -380,8 +378,8 @@ std::string hold_many(const std::string& dst, int n, size_t payload, int connect
   while (verified + failed < n && ms_since(t0) < timeout_ms) {
     while (next < n && in_flight < connecting) {
       C& c = cs[static_cast<size_t>(next)];
-      c.out = header_and_payload(static_cast<uint32_t>(next) + 1, static_cast<uint32_t>(payload),
-                                 0);
+      c.out =
+          header_and_payload(static_cast<uint32_t>(next) + 1, static_cast<uint32_t>(payload), 0);
       c.fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       if (c.fd < 0) {
         fail(c, errno, "socket");
