@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
-      clang-format clang-tidy)
+      clang-format clang-tidy nftables socat haproxy linux-perf valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

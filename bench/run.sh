@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# connredir benchmark suite (issue 5). See bench/README.md.
+#
+#   bench/run.sh                 every part, both placements (~15 min)
+#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory
+#   bench/run.sh --smoke         seconds-long version of every part (CI)
+# Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
+#          --placements "1cpu free", --rounds N.
+#
+# (Programs enter a namespace with nsenter --net, not `ip netns exec`, which
+# remounts /sys and would hide the cgroup2 mount.)
+# Everything runs inside network namespaces and cgroups this script creates,
+# as root; traffic stays on their loopback. All of it (namespaces, cgroups,
+# pinned BPF objects, processes) is removed on exit, also on errors/Ctrl-C.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BUILD=$ROOT/build-bench
+OUT=$HERE/out
+SMOKE=0
+PARTS=()
+PLACEMENTS=""
+ROUNDS=""
+while (($#)); do
+  case $1 in
+    --smoke) SMOKE=1 ;;
+    --build-dir) BUILD=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --placements) PLACEMENTS=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    connect|classifier|relay|chain|sockopt|memory) PARTS+=("$1") ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "run.sh: needs root (namespaces, cgroups, BPF); skipped" >&2
+  exit 77
+fi
+for tool in nft socat haproxy python3 taskset ip nsenter; do
+  command -v "$tool" >/dev/null || { echo "run.sh: $tool missing: run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+CLI=$BUILD/src/cli/connredir
+PROXY=$BUILD/src/proxy/connredir-proxy
+LOAD=$BUILD/bench/connload
+SOCKOPT=$BUILD/bench/sockopt_bench
+SOMARK=$BUILD/bench/somark_preload.so
+for b in "$CLI" "$PROXY" "$LOAD" "$SOMARK"; do
+  [[ -x $b || -f $b ]] || { echo "run.sh: $b not built (cmake --build $BUILD)" >&2; exit 1; }
+done
+
+# ---- sizes ------------------------------------------------------------------
+if ((SMOKE)); then
+  : "${PLACEMENTS:=free}"; : "${ROUNDS:=1}"
+  T=0.25 RR_T=0.25 BULK=$((16 << 20)) SHORT=200 CHAIN_T=0.2 SIZES="1 1000"
+  HOLD=200 CHURN_S=2 SOCKOPT_ARGS="--benchmark_min_time=0.01 --benchmark_repetitions=1"
+  NFT_LINEAR_MAX=1000
+else
+  : "${PLACEMENTS:=1cpu free}"; : "${ROUNDS:=5}"
+  T=2 RR_T=2 BULK=$((1 << 30)) SHORT=10000 CHAIN_T=1.5 SIZES="1 1000 10000 100000"
+  HOLD=10000 CHURN_S=60 SOCKOPT_ARGS="--benchmark_min_time=0.3 --benchmark_repetitions=9"
+  NFT_LINEAR_MAX=100000
+fi
+HEAVY_ROUNDS=$(( ROUNDS > 3 ? 3 : ROUNDS ))   # bulk, short connections, chain
+
+ID=cbench-$$
+CG2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+[[ -n $CG2 ]] || { echo "run.sh: no cgroup2 mount" >&2; exit 1; }
+CG=$CG2/$ID
+CG_ON=$CG/on     # connredir is attached here
+CG_OFF=$CG/off   # no hooks: baselines, socat, haproxy, the nftables proxy
+PIN=/sys/fs/bpf/$ID
+NS=$ID-plain     # connredir configurations
+NS_NAT=$ID-nat   # nftables REDIRECT + SO_MARK
+APP_UID=4100
+MARK=0x539
+mkdir -p "$OUT/logs"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+PIDS=()
+NSLIST=()
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for cg in $(find "$CG" -depth -type d 2>/dev/null); do
+    [[ -e $cg/cgroup.kill ]] && echo 1 >"$cg/cgroup.kill" 2>/dev/null
+  done
+  sleep 0.2
+  [[ -d $PIN ]] && "$CLI" --pin-dir "$PIN" down >/dev/null 2>&1
+  rm -rf "$PIN" 2>/dev/null
+  for cg in $(find "$CG" -depth -type d 2>/dev/null); do rmdir "$cg" 2>/dev/null; done
+  for n in "${NSLIST[@]}"; do ip netns del "$n" 2>/dev/null; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkns() {
+  ip netns add "$1"
+  NSLIST+=("$1")
+  ip netns exec "$1" ip link set lo up
+  ip netns exec "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
+}
+
+# bg NAME NS CGROUP UID CMD...: a long-running process; its pid in PIDS.
+bg() {
+  local name=$1 ns=$2 cg=$3 uid=$4
+  shift 4
+  nsenter --net="/run/netns/$ns" "$CLI" exec --cgroup "$cg" --uid "$uid" -- "$@" \
+    >"$OUT/logs/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+}
+
+wait_port() {  # NS PORT
+  for _ in $(seq 200); do
+    ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
+    sleep 0.05
+  done
+  echo "run.sh: nothing listens on port $2 in $1 (see $OUT/logs)" >&2
+  exit 1
+}
+
+# Placement of the long-running processes: all on CPU 0, or anywhere.
+place() {
+  local cpus=0
+  [[ $1 == free ]] && cpus=0-$(($(nproc) - 1))
+  for p in "${PIDS[@]}"; do
+    taskset -a -p -c "$cpus" "$p" >/dev/null 2>&1 || true
+    for c in $(pgrep -P "$p" 2>/dev/null); do taskset -a -p -c "$cpus" "$c" >/dev/null 2>&1 || true; done
+  done
+}
+
+# run_client PLACEMENT NS CGROUP CMD...: a measurement; prints its JSON line.
+run_client() {
+  local placement=$1 ns=$2 cg=$3
+  shift 3
+  local pin=()
+  [[ $placement == 1cpu ]] && pin=(taskset -c 0)
+  nsenter --net="/run/netns/$ns" "${pin[@]}" "$CLI" exec --cgroup "$cg" --uid "${CLIENT_UID:-$APP_UID}" -- "$@"
+}
+
+# record PART PLACEMENT ROUND CONFIG JSON
+record() {
+  printf '{"part":"%s","placement":"%s","round":%s,"config":"%s","result":%s}\n' \
+    "$1" "$2" "$3" "$4" "$5" >>"$RESULTS"
+}
+
+# rounds PART PLACEMENT NROUNDS CONFIG...: calls measure_<PART> PLACEMENT CONFIG
+# for every config in every round, order rotated each round.
+rounds() {
+  local part=$1 placement=$2 n=$3
+  shift 3
+  local configs=("$@") k=${#configs[@]}
+  place "$placement"
+  for ((r = 0; r < n; r++)); do
+    for ((i = 0; i < k; i++)); do
+      local c=${configs[$(((i + r) % k))]}
+      local j
+      if ! j=$("measure_$part" "$placement" "$c"); then
+        log "  $part/$c failed (round $r): ${j:-no output}"
+        continue
+      fi
+      record "$part" "$placement" "$r" "$c" "$j"
+      log "  $part $placement r$r $c: $j"
+    done
+  done
+}
+
+# ---- environment ------------------------------------------------------------
+log "setting up $ID (cgroups under $CG, pins $PIN, namespaces $NS $NS_NAT)"
+mkdir -p "$CG_ON/app" "$CG_ON/sockopt" "$CG_OFF"
+for i in 1 2 3 4 5 6 7 8 9 10; do mkdir -p "$CG_ON/proxy$i"; done
+mkns "$NS"
+mkns "$NS_NAT"
+ulimit -n "$(ulimit -Hn)"
+# Concurrent connections for part 6: the proxy holds 6 descriptors per relayed
+# flow (two sockets, two splice pipes), so the descriptor limit caps it.
+FD_CAP=$(( ($(ulimit -n) - 200) / 6 ))
+((HOLD > FD_CAP)) && HOLD=$FD_CAP
+"$CLI" --pin-dir "$PIN" up --cgroup "$CG_ON" >/dev/null
+for i in 1 2 3 4 5 6 7 8; do
+  "$CLI" --pin-dir "$PIN" callout add "v$i" --proxy "127.0.0.1:$((15000 + i))" --proxy-uid $((4000 + i)) >/dev/null
+done
+"$CLI" --pin-dir "$PIN" callout add sockopt --proxy 127.0.0.1:7103 --proxy-uid 4009 >/dev/null
+OFFLOAD=0
+if "$PROXY" --help 2>&1 | grep -q -- --inspect-bytes; then
+  OFFLOAD=1
+  "$CLI" --pin-dir "$PIN" callout add offload --proxy 127.0.0.1:15010 --proxy-uid 4010 >/dev/null
+fi
+BASE=$OUT/base-filters.txt
+{
+  echo "# part 1c, 3, 6: 127.0.0.1:7002 through vendor v1"
+  echo "callout=v1 dst=127.0.0.1/32 port=7002 weight=1000"
+  echo "# part 4: port 7010+k passes vendors v1..vk"
+  for i in 1 2 3 4 5 6 7 8; do echo "callout=v$i dst=127.0.0.1/32 port=$((7010 + i))-7018 weight=$((900 - i))"; done
+  echo "# part 5: the socket-option benchmark's redirected connection"
+  echo "callout=sockopt dst=127.0.0.1/32 port=7102 weight=1000"
+  ((OFFLOAD)) && echo "callout=offload dst=127.0.0.1/32 port=7003 weight=1000"
+} >"$BASE"
+"$CLI" --pin-dir "$PIN" filter load --replace "$BASE" >/dev/null
+
+# Destination servers (no hooks), proxies (one per vendor, each its own
+# principal), the nftables side.
+srv_ports=(--listen 127.0.0.2:7001 --listen 127.0.0.1:7002 --listen 127.0.0.1:7003 --listen 127.0.0.1:7020)
+for k in 0 1 2 3 4 5 6 7 8; do srv_ports+=(--listen "127.0.0.1:$((7010 + k))"); done
+bg server "$NS" "$CG_OFF" 0 "$LOAD" server "${srv_ports[@]}"
+for i in 1 2 3 4 5 6 7 8; do
+  bg "proxy$i" "$NS" "$CG_ON/proxy$i" $((4000 + i)) "$PROXY" --listen "127.0.0.1:$((15000 + i))" \
+    --name "v$i" --max-conns 30000 ${PROXY_ARGS:-}
+done
+if ((OFFLOAD)); then
+  bg proxy_offload "$NS" "$CG_ON/proxy10" 4010 "$PROXY" --listen 127.0.0.1:15010 --name offload \
+    --max-conns 30000 --inspect-bytes "${INSPECT_BYTES:-4096}"
+fi
+bg socat "$NS" "$CG_OFF" 0 socat -b 65536 \
+  TCP4-LISTEN:7021,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP4:127.0.0.1:7020
+cat >"$OUT/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen relay
+  bind 127.0.0.1:7022
+  maxconn 9000
+  server dst 127.0.0.1:7020
+EOF
+bg haproxy "$NS" "$CG_OFF" 0 haproxy -db -f "$OUT/haproxy.cfg"
+
+cat >"$OUT/nat.nft" <<EOF
+table ip cbnat {
+  chain out {
+    type nat hook output priority -100; policy accept;
+    meta mark $MARK return
+    tcp dport 7004 redirect to :7005
+    tcp dport 7100 redirect to :7101
+  }
+}
+EOF
+ip netns exec "$NS_NAT" nft -f "$OUT/nat.nft"
+bg server_nat "$NS_NAT" "$CG_OFF" 0 "$LOAD" server --listen 127.0.0.1:7004
+# The same proxy, driven by nftables: SO_ORIGINAL_DST (its fallback when a
+# connection carries no records) and SO_MARK on its outgoing sockets.
+bg proxy_nat "$NS_NAT" "$CG_OFF" 0 env LD_PRELOAD="$SOMARK" CONNREDIR_BENCH_MARK=$MARK \
+  "$PROXY" --listen 127.0.0.1:7005 --name nft --max-conns 30000 ${PROXY_ARGS:-}
+for p in 7001 7002 7020 7021 7022 15001 15008; do wait_port "$NS" $p; done
+wait_port "$NS_NAT" 7004
+wait_port "$NS_NAT" 7005
+
+{
+  echo "{\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc),\"cpu\":\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\","
+  echo "\"mem_kib\":$(awk '/MemTotal/ {print $2}' /proc/meminfo),\"smoke\":$SMOKE,\"rounds\":$ROUNDS,"
+  echo "\"placements\":\"$PLACEMENTS\",\"haproxy\":\"$(haproxy -v | head -1 | awk '{print $3}')\","
+  echo "\"socat\":\"$(socat -V | awk '/socat version/ {print $3}')\",\"offload\":$OFFLOAD,"
+  echo "\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)\"}"
+} | tr -d '\n' >"$OUT/machine.json"
+
+# ---- part 1: connect path -------------------------------------------------------
+measure_connect() {
+  local pl=$1
+  case $2 in
+    a-no-hooks) run_client "$pl" "$NS" "$CG_OFF" "$LOAD" connect --to 127.0.0.2:7001 --seconds $T ;;
+    b-loaded-no-match) run_client "$pl" "$NS" "$CG_ON/app" "$LOAD" connect --to 127.0.0.2:7001 --seconds $T ;;
+    c-connredir-proxy) run_client "$pl" "$NS" "$CG_ON/app" "$LOAD" connect --to 127.0.0.1:7002 --seconds $T ;;
+    d-nft-proxy) run_client "$pl" "$NS_NAT" "$CG_OFF" "$LOAD" connect --to 127.0.0.1:7004 --seconds $T ;;
+  esac
+}
+part_connect() {
+  for pl in $PLACEMENTS; do
+    log "part 1 (connect path), $pl"
+    rounds connect "$pl" "$ROUNDS" a-no-hooks b-loaded-no-match c-connredir-proxy d-nft-proxy
+  done
+}
+
+# ---- part 2: classifier scale -----------------------------------------------------
+CUR_SET=""
+use_filters() {  # N: the generated set of N filters (replaces all filters)
+  [[ $CUR_SET == "$1" ]] && return 0
+  local t0=$EPOCHREALTIME
+  "$CLI" --pin-dir "$PIN" filter load --replace "$OUT/gen/filters-$1.txt" >/dev/null
+  local t1=$EPOCHREALTIME
+  CUR_SET=$1
+  sleep 0.2
+  echo "{\"filters\":$1,\"load_seconds\":$(python3 -c "print(round($t1-$t0,3))")}" >>"$OUT/filter-load-times.jsonl"
+}
+measure_classifier() {
+  local pl=$1 c=$2
+  case $c in
+    none) run_client "$pl" "$NS" "$CG_OFF" "$LOAD" connect --to 127.0.0.2:7001 --seconds $T ;;
+    connredir-*) use_filters "${c#connredir-}" >&2
+      run_client "$pl" "$NS" "$CG_ON/app" "$LOAD" connect --to 127.0.0.2:7001 --seconds $T ;;
+    nft-*) run_client "$pl" "$ID-$c" "$CG_OFF" "$LOAD" connect --to 127.0.0.2:7001 --seconds $T ;;
+  esac
+}
+part_classifier() {
+  log "part 2 (classifier scale): generating filter sets $SIZES"
+  mkdir -p "$OUT/gen"
+  : >"$OUT/filter-load-times.jsonl"
+  local configs=(none) nft_configs=()
+  for n in $SIZES; do
+    python3 "$HERE/gen_filters.py" "$n" "$OUT/gen" --callouts v1,v2,v3,v4 --app-cgroup "$CG_OFF"
+    configs+=("connredir-$n")
+    if ((n > 1 && n <= NFT_LINEAR_MAX)); then nft_configs+=("nft-linear-$n"); fi
+    if ((n > 1)); then nft_configs+=("nft-set-$n"); fi
+  done
+  for c in "${nft_configs[@]}"; do
+    mkns "$ID-$c"
+    local t0=$EPOCHREALTIME
+    ip netns exec "$ID-$c" nft -f "$OUT/gen/$c.nft"
+    log "  $c loaded in $(python3 -c "print(round($EPOCHREALTIME-$t0,1))") s"
+    bg "server_$c" "$ID-$c" "$CG_OFF" 0 "$LOAD" server --listen 127.0.0.2:7001
+    wait_port "$ID-$c" 7001
+  done
+  for pl in $PLACEMENTS; do
+    log "part 2 (classifier scale), $pl"
+    rounds classifier "$pl" "$ROUNDS" "${configs[@]}" "${nft_configs[@]}"
+  done
+  "$CLI" --pin-dir "$PIN" filter load --replace "$BASE" >/dev/null
+  CUR_SET=""
+}
+
+# ---- part 3: relay ---------------------------------------------------------------
+relay_target() {  # CONFIG -> "NS CGROUP ADDR"
+  case $1 in
+    direct) echo "$NS $CG_OFF 127.0.0.1:7020" ;;
+    connredir-proxy) echo "$NS $CG_ON/app 127.0.0.1:7002" ;;
+    connredir-proxy-offload) echo "$NS $CG_ON/app 127.0.0.1:7003" ;;
+    socat) echo "$NS $CG_OFF 127.0.0.1:7021" ;;
+    haproxy) echo "$NS $CG_OFF 127.0.0.1:7022" ;;
+  esac
+}
+measure_bulk() {
+  read -r ns cg to < <(relay_target "$2")
+  run_client "$1" "$ns" "$cg" "$LOAD" bulk --to "$to" --bytes $BULK
+}
+measure_rr() {
+  read -r ns cg to < <(relay_target "$2")
+  run_client "$1" "$ns" "$cg" "$LOAD" rr --to "$to" --seconds $RR_T --size 64
+}
+measure_short() {
+  read -r ns cg to < <(relay_target "$2")
+  run_client "$1" "$ns" "$cg" "$LOAD" connect --to "$to" --count $SHORT --warmup 0.1
+}
+part_relay() {
+  local configs=(direct connredir-proxy socat haproxy)
+  ((OFFLOAD)) && configs+=(connredir-proxy-offload)
+  for pl in $PLACEMENTS; do
+    log "part 3 (relay), $pl"
+    rounds bulk "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
+    rounds rr "$pl" "$ROUNDS" "${configs[@]}"
+    rounds short "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
+  done
+}
+
+# ---- part 4: chain length ------------------------------------------------------------
+measure_chain() {
+  local k=${2#hops-}
+  run_client "$1" "$NS" "$CG_ON/app" "$LOAD" connect --to "127.0.0.1:$((7010 + k))" --seconds $CHAIN_T
+}
+part_chain() {
+  local configs=()
+  for k in 0 1 2 3 4 5 6 7 8; do configs+=("hops-$k"); done
+  for pl in $PLACEMENTS; do
+    log "part 4 (chain length), $pl"
+    rounds chain "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
+  done
+}
+
+# ---- part 5: socket options -------------------------------------------------------------
+part_sockopt() {
+  if [[ ! -x $SOCKOPT ]]; then
+    log "part 5 skipped: $SOCKOPT not built (libbenchmark-dev missing)"
+    return 0
+  fi
+  for pl in $PLACEMENTS; do
+    log "part 5 (socket options), $pl"
+    local pin=()
+    [[ $pl == 1cpu ]] && pin=(taskset -c 0)
+    nsenter --net="/run/netns/$NS_NAT" "${pin[@]}" "$SOCKOPT" --cg-off "$CG_OFF" --cg-on "$CG_ON/sockopt" \
+      --nat-dst 127.0.0.1:7100 --nat-listen 127.0.0.1:7101 \
+      --redirect-dst 127.0.0.1:7102 --proxy-listen 127.0.0.1:7103 \
+      $SOCKOPT_ARGS --benchmark_format=json --benchmark_out="$OUT/sockopt-$pl.json" \
+      --benchmark_out_format=json >/dev/null 2>"$OUT/logs/sockopt-$pl.log"
+    record sockopt "$pl" 0 gbench "$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$OUT/sockopt-$pl.json")"
+  done
+}
+
+# ---- part 6: memory --------------------------------------------------------------------
+part_memory() {
+  log "part 6 (memory): $HOLD connections through connredir-proxy, ${CHURN_S} s of churn"
+  place free
+  local j
+  local CLIENT_UID=0  # reads /proc/slabinfo
+  cp /proc/slabinfo "$OUT/slab-before.txt"
+  j=$(run_client free "$NS" "$CG_ON/app" "$LOAD" hold --to 127.0.0.1:7002 --conns $HOLD \
+    --seconds $CHURN_S --churn-per-s 200 --watch-pid "$PID_proxy1" --slab-dump "$OUT/slab-connredir")
+  record memory free 0 connredir-proxy "$j"
+  log "  connredir-proxy: $j"
+  j=$(run_client free "$NS_NAT" "$CG_OFF" "$LOAD" hold --to 127.0.0.1:7004 --conns $HOLD \
+    --seconds 2 --churn-per-s 0 --watch-pid "$PID_proxy_nat" --slab-dump "$OUT/slab-nft")
+  record memory free 0 nft-proxy "$j"
+  log "  nft-proxy: $j"
+  j=$(run_client free "$NS" "$CG_OFF" "$LOAD" hold --to 127.0.0.1:7020 --conns $HOLD \
+    --seconds 2 --churn-per-s 0 --watch-pid "$PID_server" --slab-dump "$OUT/slab-direct")
+  record memory free 0 direct "$j"
+  log "  direct: $j"
+  bpftool -j map show >"$OUT/bpftool-maps.json" 2>/dev/null || true
+}
+
+START=$EPOCHREALTIME
+for p in "${PARTS[@]}"; do "part_$p"; done
+python3 "$HERE/report.py" "$OUT" >"$OUT/summary.md"
+log "done in $(python3 -c "print(round(($EPOCHREALTIME-$START)/60,1))") min: $OUT/summary.md"
+cat "$OUT/summary.md"
