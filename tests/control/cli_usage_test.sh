@@ -38,6 +38,14 @@ expect 2 filter add --callout x --dst nonsense
 expect 2 filter add --callout x --port 0
 expect 2 filter add --callout x --port 90-80
 expect 2 filter add --callout x --port 70000
+expect 2 filter load
+expect 2 filter load /nonexistent/connredir-filters.txt
+BADF=$(mktemp)
+printf 'callout=x dst=10.0.0.0/8\ncallout=x dst=10.1.2.3/8\n' >"$BADF"
+expect 2 filter load "$BADF"
+printf '{"callout":"x","colour":"red"}\n' >"$BADF"
+expect 2 filter load "$BADF"
+rm -f "$BADF"
 expect 2 filter add --callout x --proto udp
 expect 2 filter add --callout x --weight x
 expect 2 filter add --callout x --app-uid 4294967295
