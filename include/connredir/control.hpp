@@ -461,4 +461,16 @@ Result<UpResult> up(const UpOptions& opts);
 // false if nothing was pinned.
 Result<bool> down(const std::string& pin_dir);
 
+// One socket with connredir state, as the sk_state iterator saw it.
+struct FlowDump {
+  uint64_t cookie = 0;
+  Address local;
+  Address remote;
+  connredir_sk_state state{};
+};
+// Every socket that currently carries connredir state (redirected app
+// sockets, sockets accepted by proxies, proxies' outgoing sockets with
+// records), read with a BPF iterator over the pinned sk_state map.
+Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir);
+
 }  // namespace connredir::control

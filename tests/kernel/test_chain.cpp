@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "connredir/address.hpp"
 #include "harness.hpp"
@@ -187,6 +189,64 @@ TEST_F(Chain, FiltersChangeWhileConnectionsFlow) {
   for (auto& f : list)
     if (f.value("weight", 0) < 100) cli({"filter", "del", std::to_string(f.value("id", 0))});
   EXPECT_EQ(client->wait(60000), "0");
+}
+
+TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(0, dst, 200, "127.0.0.1/32");
+  add_vendor(1, dst, 100, "127.0.0.1/32");
+  std::string addr = dst.addr();
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  // The app holds one connection open until told to close it.
+  auto app = fork_in(cg("app"), kAppUid, [&]() -> std::string {
+    close(go[1]);
+    int fd = connect_to(addr);
+    if (fd < 0) return "connect failed";
+    char buf[5];
+    if (write(fd, "hello", 5) != 5 || read(fd, buf, 5) != 5) return "echo failed";
+    char b;
+    (void)!read(go[0], &b, 1);
+    close(fd);
+    return "ok";
+  });
+  close(go[0]);
+  nlohmann::json flows;
+  for (int i = 0; i < 200; i++) {
+    flows = cli_json({"flows"});
+    size_t accepted = 0;
+    for (auto& f : flows) accepted += f.value("role", "") == "proxy-accepted";
+    if (accepted == 2) break;
+    usleep(10000);
+  }
+  std::map<std::string, int> roles;
+  std::set<uint64_t> flow_ids;
+  for (auto& f : flows) {
+    roles[f.value("role", "")]++;
+    flow_ids.insert(f.value("flow_id", 0ull));
+    if (f.value("role", "") == "proxy-accepted") {
+      EXPECT_EQ(f.value("orig_dst", ""), addr) << f.dump();
+      size_t hop = f.value("hop", 0u);
+      ASSERT_EQ(f["chain"].size(), hop) << f.dump();
+      EXPECT_EQ(f["chain"][hop - 1].value("callout", ""), hop == 1 ? "vendor-a" : "vendor-b");
+      EXPECT_EQ(f["app"].value("uid", 0u), static_cast<unsigned>(kAppUid));
+    }
+  }
+  // app socket + vendor-a's outgoing (both redirected), two accepted, and
+  // vendor-b's outgoing socket carrying the records it set.
+  EXPECT_EQ(roles["redirected"], 2) << flows.dump();
+  EXPECT_EQ(roles["proxy-accepted"], 2) << flows.dump();
+  EXPECT_EQ(roles["records-set"], 1) << flows.dump();
+  EXPECT_EQ(flow_ids.size(), 1u) << flows.dump();
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  close(go[1]);
+  EXPECT_EQ(app->wait(), "ok");
+  size_t left = 99;
+  for (int i = 0; i < 300 && left != 0; i++) {
+    left = cli_json({"flows"}).size();
+    if (left) usleep(10000);
+  }
+  EXPECT_EQ(left, 0u) << "per-socket state must die with the sockets";
 }
 
 TEST_F(Chain, ProxyDownBypassGoesToTheNextVendor) {

@@ -1,0 +1,104 @@
+#include "flows_cmd.hpp"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "connredir/control.hpp"
+
+namespace connredir::cli {
+namespace {
+
+namespace ctl = connredir::control;
+using json = nlohmann::json;
+
+// What the socket is to connredir: the app's redirected socket, the socket
+// a proxy accepted, or a proxy's outgoing socket carrying records.
+const char* role(uint32_t flags) {
+  if (flags & CONNREDIR_SK_ACCEPTED) return "proxy-accepted";
+  if (flags & CONNREDIR_SK_REDIRECTED) return "redirected";
+  if (flags & CONNREDIR_SK_RECORDS_SET) return "records-set";
+  return "other";
+}
+
+std::string chain_text(const connredir_records& r, const std::map<uint32_t, std::string>& names) {
+  std::string s;
+  for (unsigned i = 0; i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
+    uint32_t id = r.hops[i].callout_id;
+    auto it = names.find(id);
+    if (!s.empty()) s += " > ";
+    s += it != names.end() ? it->second : std::to_string(id);
+  }
+  return s.empty() ? "-" : s;
+}
+
+int fail_with(const Error& e) {
+  fmt::print(stderr, "connredir: {}\n", e.message);
+  return 1;
+}
+
+}  // namespace
+
+int cmd_flows(const std::string& pin_dir, bool as_json) {
+  if (auto r = ctl::require_root(); !r) return fail_with(r.error());
+  auto lock = ctl::CliLock::acquire(false);
+  if (!lock) return fail_with(lock.error());
+  auto store = ctl::KernelMapStore::open(pin_dir);
+  if (!store) return fail_with(store.error());
+  ctl::Control control(**store);
+  std::map<uint32_t, std::string> names;
+  if (auto list = control.list_callouts())
+    for (const auto& c : *list) names[c.id] = c.name;
+  auto flows = ctl::dump_flows(pin_dir);
+  if (!flows) return fail_with(flows.error());
+
+  if (as_json) {
+    json arr = json::array();
+    for (const auto& f : *flows) {
+      const auto& r = f.state.records;
+      json chain = json::array();
+      for (unsigned i = 0; i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
+        auto it = names.find(r.hops[i].callout_id);
+        chain.push_back({{"callout_id", r.hops[i].callout_id},
+                         {"callout", it != names.end() ? json(it->second) : json(nullptr)},
+                         {"filter_id", r.hops[i].filter_id},
+                         {"dst", Address::from_abi(r.hops[i].dst).to_string()}});
+      }
+      json j = {{"cookie", f.cookie},           {"role", role(f.state.flags)},
+                {"local", f.local.to_string()}, {"remote", f.remote.to_string()},
+                {"flow_id", r.flow_id},         {"chain", chain}};
+      if (f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)) {
+        const auto& c = f.state.context;
+        j["orig_dst"] = Address::from_abi(c.orig_dst).to_string();
+        j["hop"] = c.hop;
+      }
+      j["app"] = {{"pid", r.origin.pid},
+                  {"uid", r.origin.uid},
+                  {"comm", std::string(r.origin.comm, strnlen(r.origin.comm, 16))}};
+      arr.push_back(j);
+    }
+    fmt::print("{}\n", arr.dump(2));
+    return 0;
+  }
+  if (flows->empty()) {
+    fmt::print("no sockets carry connredir state at {}\n", pin_dir);
+    return 0;
+  }
+  fmt::print("{:<15} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", "ROLE", "LOCAL", "REMOTE", "FLOW",
+             "ORIG-DST", "APP", "CHAIN");
+  for (const auto& f : *flows) {
+    const auto& r = f.state.records;
+    std::string app =
+        fmt::format("{}/{}", std::string(r.origin.comm, strnlen(r.origin.comm, 16)), r.origin.pid);
+    std::string dst = f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)
+                          ? Address::from_abi(f.state.context.orig_dst).to_string()
+                          : "-";
+    fmt::print("{:<15} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", role(f.state.flags),
+               f.local.to_string(), f.remote.to_string(), r.flow_id, dst, app,
+               chain_text(r, names));
+  }
+  return 0;
+}
+
+}  // namespace connredir::cli
