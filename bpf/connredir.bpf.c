@@ -100,14 +100,8 @@ struct {
 	__type(value, struct connredir_sk_state);
 } handoff SEC(".maps");
 
-/* Per-socket state: records set by a proxy, the redirect of a client socket,
- * or the flow adopted by an accepted socket. Freed with the socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct connredir_sk_state);
-} sk_state SEC(".maps");
+/* sk_state: per-socket state, shared with the helper objects. */
+#include "sk_state.bpf.h"
 
 /* MAC key for the records blob, drawn by `connredir up` from getrandom().
  * Pinned root-only; never readable by the processes we police. */

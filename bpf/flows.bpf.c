@@ -15,14 +15,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The hooks' per-socket state (bpf/connredir.bpf.c). Not created here: the
- * loader points this at the pinned map before load. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct connredir_sk_state);
-} sk_state SEC(".maps");
+/* sk_state: the per-socket state map (see sk_state.bpf.h). Not created
+ * here: the loader points it at the pinned map before load. */
+#include "sk_state.bpf.h"
 
 static __always_inline void endpoint(struct connredir_addr *a, const void *ip6, __u32 ip4,
 				     __u16 port_be, __u16 family)

@@ -20,6 +20,9 @@
 
 namespace connredir::test {
 
+// Brings `lo` up in the calling thread's network namespace.
+bool lo_up();
+
 // Root of the cgroup v2 hierarchy, from /proc/mounts ("" if none).
 std::string cgroup2_root();
 

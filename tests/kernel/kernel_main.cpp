@@ -13,22 +13,6 @@
 
 #include "harness.hpp"
 
-namespace {
-
-bool loopback_up() {
-  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  ifreq ifr{};
-  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  bool ok = ioctl(fd, SIOCGIFFLAGS, &ifr) == 0;
-  ifr.ifr_flags |= IFF_UP;
-  ok = ok && ioctl(fd, SIOCSIFFLAGS, &ifr) == 0;
-  close(fd);
-  return ok;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   if (geteuid() != 0) {
@@ -45,7 +29,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "unshare(CLONE_NEWNET): %s\n", std::strerror(errno));
     return 1;
   }
-  if (!loopback_up()) {
+  if (!connredir::test::lo_up()) {
     std::fprintf(stderr, "cannot bring lo up in the test namespace: %s\n", std::strerror(errno));
     return 1;
   }

@@ -31,17 +31,6 @@ std::string find_tool(const std::string& name) {
   return name;
 }
 
-bool lo_up() {
-  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ifreq ifr{};
-  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  bool ok = ioctl(fd, SIOCGIFFLAGS, &ifr) == 0;
-  ifr.ifr_flags |= IFF_UP;
-  ok = ok && ioctl(fd, SIOCSIFFLAGS, &ifr) == 0;
-  close(fd);
-  return ok;
-}
-
 class Netns : public KernelTest {};
 
 TEST_F(Netns, ProxyInAnotherNamespaceOverVeth) {

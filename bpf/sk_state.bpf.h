@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The per-socket state map, shared by every BPF object of connredir: the
+ * hooks (connredir.bpf.c) create and fill it; helper objects (flows.bpf.c,
+ * ...) declare the same map and the loader points it at the pinned one
+ * (bpf_map__reuse_fd) before load, so all of them see one map.
+ *
+ * Value: struct connredir_sk_state — records set by a proxy, the redirect of
+ * a client socket, or the flow adopted by an accepted socket. Freed with the
+ * socket.
+ */
+#ifndef CONNREDIR_SK_STATE_BPF_H
+#define CONNREDIR_SK_STATE_BPF_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct connredir_sk_state);
+} sk_state SEC(".maps");
+
+#endif /* CONNREDIR_SK_STATE_BPF_H */
