@@ -85,8 +85,13 @@ std::string read_file(const std::string& path) {
 bool raise_nofile(uint64_t n) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return false;
-  if (rl.rlim_cur >= n && rl.rlim_max >= n) return true;
+  if (rl.rlim_cur >= n) return true;
+  // The hard limit can only be raised with CAP_SYS_RESOURCE; without it
+  // (some sandboxes) settle for the hard limit if that is enough.
   rlimit want{std::max<rlim_t>(rl.rlim_cur, n), std::max<rlim_t>(rl.rlim_max, n)};
+  if (setrlimit(RLIMIT_NOFILE, &want) == 0) return true;
+  if (rl.rlim_max < n) return false;
+  want = {n, rl.rlim_max};
   return setrlimit(RLIMIT_NOFILE, &want) == 0;
 }
 
@@ -346,11 +351,12 @@ std::string header_and_payload(uint32_t seed, uint32_t len, uint32_t flags) {
 
 }  // namespace
 
-std::string hold_many(const std::string& dst, int n, size_t payload, int connecting,
+std::string hold_many(const std::vector<std::string>& dsts, int n, size_t payload, int connecting,
                       int timeout_ms) {
-  sockaddr_storage ss{};
-  socklen_t sl = 0;
-  if (!parse_dst(dst, ss, sl)) return "error=bad-address";
+  std::vector<sockaddr_storage> sss(dsts.size());
+  std::vector<socklen_t> sls(dsts.size());
+  for (size_t i = 0; i < dsts.size(); i++)
+    if (!parse_dst(dsts[i], sss[i], sls[i])) return "error=bad-address";
   struct C {
     int fd = -1;
     int state = 0;  // 0 connecting, 1 sending, 2 reading, 3 verified, 4 failed
@@ -380,6 +386,8 @@ std::string hold_many(const std::string& dst, int n, size_t payload, int connect
       C& c = cs[static_cast<size_t>(next)];
       c.out =
           header_and_payload(static_cast<uint32_t>(next) + 1, static_cast<uint32_t>(payload), 0);
+      const sockaddr_storage& ss = sss[static_cast<size_t>(next) % sss.size()];
+      const socklen_t sl = sls[static_cast<size_t>(next) % sss.size()];
       c.fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       if (c.fd < 0) {
         fail(c, errno, "socket");
@@ -387,7 +395,7 @@ std::string hold_many(const std::string& dst, int n, size_t payload, int connect
         continue;
       }
       st.conns++;
-      if (connect(c.fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0 && errno != EINPROGRESS) {
+      if (connect(c.fd, reinterpret_cast<const sockaddr*>(&ss), sl) != 0 && errno != EINPROGRESS) {
         fail(c, errno, "connect");
         next++;
         continue;

@@ -17,8 +17,8 @@
 
 namespace connredir::test {
 
-// Raises RLIMIT_NOFILE (soft and hard) of this process to at least `n`;
-// children inherit it. Needs root to raise the hard limit. False on failure.
+// Raises RLIMIT_NOFILE of this process to at least `n` (the hard limit too if
+// allowed: CAP_SYS_RESOURCE); children inherit it. False if it cannot.
 bool raise_nofile(uint64_t n);
 
 // ---- Pinned maps ------------------------------------------------------------
@@ -91,12 +91,13 @@ class LoadEchoServer {
 
 // ---- Clients (run them inside fork_in in the app cgroup) -------------------
 
-// Opens `n` connections to `dst` (at most `connecting` handshakes in flight),
-// sends each a header + `payload` bytes (kept open: no close-after-echo),
-// verifies the echo byte by byte, and only when all `n` are verified (or
-// `timeout_ms` passed) closes them all. Result as "key=value ..." text:
-// opened, verified, corrupt, resets, errors, bytes, first_error.
-std::string hold_many(const std::string& dst, int n, size_t payload, int connecting,
+// Opens `n` connections, the i-th to dsts[i % dsts.size()] (at most
+// `connecting` handshakes in flight), sends each a header + `payload` bytes
+// (kept open: no close-after-echo), verifies the echo byte by byte, and only
+// when all `n` are verified (or `timeout_ms` passed) closes them all. Result
+// as "key=value ..." text: opened, verified, held (verified and open at the
+// end, i.e. at once), corrupt, resets, errors, unfinished, bytes, first_error.
+std::string hold_many(const std::vector<std::string>& dsts, int n, size_t payload, int connecting,
                       int timeout_ms);
 
 // `workers` threads, each for `seconds` seconds (or, if `count` > 0, for
