@@ -5,7 +5,9 @@
 #   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory
 #   bench/run.sh --smoke         seconds-long version of every part (CI)
 # Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
-#          --placements "1cpu free", --rounds N.
+#          --placements "1cpu free", --rounds N,
+#          --profile (connect part: syscalls per connection of each proxy and a
+#          system-wide perf profile of (c) and (d) on 1cpu, in OUT/profile-*).
 #
 # (Programs enter a namespace with nsenter --net, not `ip netns exec`, which
 # remounts /sys and would hide the cgroup2 mount.)
@@ -22,6 +24,7 @@ SMOKE=0
 PARTS=()
 PLACEMENTS=""
 ROUNDS=""
+PROFILE=0
 while (($#)); do
   case $1 in
     --smoke) SMOKE=1 ;;
@@ -29,6 +32,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --placements) PLACEMENTS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
+    --profile) PROFILE=1 ;;
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     connect|classifier|relay|chain|sockopt|memory) PARTS+=("$1") ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -282,6 +286,41 @@ part_connect() {
   for pl in $PLACEMENTS; do
     log "part 1 (connect path), $pl"
     rounds connect "$pl" "$ROUNDS" a-no-hooks b-loaded-no-match c-connredir-proxy d-nft-proxy
+  done
+  ((PROFILE)) && profile_connect
+  return 0
+}
+
+# Where the time of (c) and (d) goes: syscalls per connection of the proxy
+# (perf stat on raw_syscalls), and a call-graph profile of CPU 0 on 1cpu.
+profile_connect() {
+  command -v perf >/dev/null || { log "profile: perf missing (linux-perf)"; return 0; }
+  place 1cpu
+  local c pid j
+  for c in c-connredir-proxy d-nft-proxy; do
+    pid=$PID_proxy1
+    [[ $c == d-nft-proxy ]] && pid=$PID_proxy_nat
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$OUT/profile-$c-syscalls.csv" -- sleep 2.5 &
+    local ps=$!
+    sleep 0.2
+    j=$(measure_connect 1cpu "$c")
+    wait $ps || true
+    local n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conns"])' "$j")
+    local s=$(awk -F, '/raw_syscalls/ {print $1}' "$OUT/profile-$c-syscalls.csv")
+    log "  profile $c: $s proxy syscalls for $n connections (+warmup): $(python3 -c "print(round($s/$n,1))") per connection"
+    echo "{\"config\":\"$c\",\"proxy_syscalls\":$s,\"conns\":$n}" >>"$OUT/profile-syscalls.jsonl"
+    perf record -q -C 0 -g -o "$OUT/profile-$c.data" -- sleep 2.2 >/dev/null 2>&1 &
+    ps=$!
+    sleep 0.1
+    measure_connect 1cpu "$c" >/dev/null
+    wait $ps || true
+    # Only the benchmark's processes (the machine may be shared).
+    perf report -q -i "$OUT/profile-$c.data" --comms connredir-proxy,connload,ksoftirqd/0 \
+      --no-children --sort comm,dso,sym --percent-limit 0.7 \
+      -g none 2>/dev/null | head -60 >"$OUT/profile-$c.txt"
+    perf report -q -i "$OUT/profile-$c.data" --no-children --sort comm --percent-limit 1 -g none \
+      2>/dev/null | head -20 >"$OUT/profile-$c-comm.txt"
+    rm -f "$OUT/profile-$c.data"
   done
 }
 
