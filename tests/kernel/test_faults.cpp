@@ -278,7 +278,8 @@ TEST_F(Faults, UpRerunAndKilledCliDuringChangesWhileConnectionsFlow) {
   if (check.status != 0) {
     auto rep = cli({"filter", "check", "--repair"}, -1);
     std::printf("[ fault ] after the kills: filter check %d, repair %d: %s\n", check.status,
-                rep.status, rep.out.substr(0, 300).c_str());
+                rep.status,
+                rep.out.substr(rep.out.size() > 400 ? rep.out.size() - 400 : 0).c_str());
     if (rep.status != 0) cli({"filter", "load", "--replace", file});
   }
   cli({"filter", "check"});
