@@ -18,7 +18,7 @@ uint64_t mac_of_len(size_t len) {
   std::vector<uint8_t> bytes(len);
   for (size_t i = 0; i < len; i++) bytes[i] = static_cast<uint8_t>(i);
   std::vector<__u64> words(len / 8);
-  std::memcpy(words.data(), bytes.data(), len);
+  if (len) std::memcpy(words.data(), bytes.data(), len);  // data() may be null when empty
   return connredir_siphash_words(0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL, words.data(),
                                  static_cast<uint32_t>(words.size()));
 }
