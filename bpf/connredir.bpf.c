@@ -14,6 +14,7 @@
  *   setsockopt      SOL_CONNREDIR records set (MAC-verified).
  *   getpeername4/6  the client sees its original destination.
  *   sock_release    drop an unconsumed hand-off.
+ *   bind4/6         only principals may listen at a callout's proxy address.
  *
  * Principles: entry points are thin; they never fail a connection they were
  * not asked to touch (every hook returns "allow", errors only on our own
@@ -184,6 +185,17 @@ static __always_inline __u32 addr_word(const struct connredir_addr *a, int i)
 
 	__builtin_memcpy(&w, &a->addr[i * 4], 4);
 	return w;
+}
+
+static __always_inline int same_ip(const __u8 *a, const __u8 *b)
+{
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	return a0 == b0 && a1 == b1;
 }
 
 static __always_inline int addr_is_loopback(const struct connredir_addr *a)
@@ -491,6 +503,11 @@ static __always_inline const struct connredir_addr *classify_connect(
 				       : chosen_f->user_len;
 	st->context.size = CONNREDIR_CONTEXT_HDR_SIZE + st->context.user_len;
 	__builtin_memcpy(st->context.user, chosen_f->user, CONNREDIR_USER_CONTEXT_MAX);
+	/* Remember where we sent it: TCP_CONNECT_CB publishes only if the socket
+	 * really connects there (a later re-connect of this socket elsewhere must
+	 * not inherit the flow). */
+	__builtin_memcpy(st->handoff.proxy_ip, proxy->addr, 16);
+	st->handoff.proxy_port = proxy->port;
 	st->flags |= CONNREDIR_SK_REDIRECTED;
 	stat_inc(CONNREDIR_STAT_REDIRECTED);
 	return proxy;
@@ -611,6 +628,13 @@ static __always_inline void publish_flow(struct bpf_sock_ops *skops)
 	if (!k)
 		return;
 	skops_ends(skops, &local, &remote);
+	if (!same_ip(remote.addr, st->handoff.proxy_ip) || remote.port != st->handoff.proxy_port) {
+		/* Redirected by an earlier connect attempt, now connecting to a
+		 * destination no filter covers: not a proxied flow any more. */
+		handoff_retire(st);
+		st->flags &= ~CONNREDIR_SK_REDIRECTED;
+		return;
+	}
 	if (st->records.hop_count == 1)
 		st->records.origin.src = local;
 	st->context.orig_src = st->records.origin.src;
@@ -847,6 +871,106 @@ int connredir_setsockopt(struct bpf_sockopt *ctx)
 	if (ctx->optname != CONNREDIR_RECORDS)
 		return set_fail(ENOPROTOOPT);
 	return set_records(ctx);
+}
+
+/* ---- Proxy listeners (bind4/6) ------------------------------------------ */
+
+static __always_inline int addr_is_wildcard(const struct connredir_addr *a)
+{
+	if (a->family == CONNREDIR_AF_INET)
+		return addr_word(a, 3) == 0;
+	return addr_word(a, 0) == 0 && addr_word(a, 1) == 0 && addr_word(a, 2) == 0 &&
+	       addr_word(a, 3) == 0;
+}
+
+static __always_inline int same_endpoint(const struct connredir_addr *a,
+					 const struct connredir_addr *b)
+{
+	return a->port == b->port && same_ip(a->addr, b->addr);
+}
+
+/* Would a listener bound at `a` receive flows redirected to callout c? */
+static __always_inline int bind_takes_proxy(const struct connredir_addr *a,
+					    const struct connredir_callout *c)
+{
+	int v6_any = a->family == CONNREDIR_AF_INET6 && addr_is_wildcard(a);
+
+	if (c->flags & CONNREDIR_CALLOUT_F_PROXY4 && a->port == c->proxy4.port &&
+	    (same_endpoint(a, &c->proxy4) || v6_any ||
+	     (a->family == CONNREDIR_AF_INET && addr_is_wildcard(a))))
+		return 1;
+	if (c->flags & CONNREDIR_CALLOUT_F_PROXY6 && a->port == c->proxy6.port &&
+	    (same_endpoint(a, &c->proxy6) || v6_any))
+		return 1;
+	return 0;
+}
+
+/*
+ * A redirected flow carries the application's bytes and its original
+ * destination to whoever listens at the proxy address. So only root and
+ * principals may bind a callout's proxy address (or the wildcard on its
+ * port); anyone else gets EACCES instead of receiving other vendors' flows.
+ * Runs only on explicit bind(), never on the connect path.
+ */
+struct bind_scan {
+	struct connredir_addr addr;
+	int hit;
+};
+
+/* bpf_loop callback: does callout `id` own the address being bound? */
+static long bind_scan_one(__u32 id, void *data)
+{
+	struct bind_scan *scan = data;
+	const struct connredir_callout *c;
+
+	if (id == 0)
+		return 0;
+	c = bpf_map_lookup_elem(&callouts, &id);
+	if (c && (c->flags & CONNREDIR_CALLOUT_F_USED) && bind_takes_proxy(&scan->addr, c)) {
+		scan->hit = 1;
+		return 1; /* stop */
+	}
+	return 0;
+}
+
+static __always_inline int guard_proxy_bind(struct bind_scan *scan)
+{
+	if (scan->addr.port == 0)
+		return ALLOW;
+	bpf_loop(CONNREDIR_MAX_CALLOUTS, bind_scan_one, scan, 0);
+	if (!scan->hit || caller_authorized())
+		return ALLOW;
+	stat_inc(CONNREDIR_STAT_DENIED);
+	bpf_set_retval(-EACCES);
+	return 0;
+}
+
+SEC("cgroup/bind4")
+int connredir_bind4(struct bpf_sock_addr *ctx)
+{
+	struct bind_scan scan __attribute__((aligned(8))) = {};
+	__u32 ip = ctx->user_ip4;
+
+	if (ctx->type != SOCK_STREAM)
+		return ALLOW;
+	addr_set_v4(&scan.addr, ip, (__u16)ctx->user_port);
+	return guard_proxy_bind(&scan);
+}
+
+SEC("cgroup/bind6")
+int connredir_bind6(struct bpf_sock_addr *ctx)
+{
+	struct bind_scan scan __attribute__((aligned(8))) = {};
+	__u32 w0, w1, w2, w3;
+
+	if (ctx->type != SOCK_STREAM)
+		return ALLOW;
+	w0 = ctx->user_ip6[0];
+	w1 = ctx->user_ip6[1];
+	w2 = ctx->user_ip6[2];
+	w3 = ctx->user_ip6[3];
+	addr_set_v6(&scan.addr, w0, w1, w2, w3, (__u16)ctx->user_port);
+	return guard_proxy_bind(&scan);
 }
 
 /* ---- Transparency (getpeername) ----------------------------------------- */

@@ -175,7 +175,11 @@ TEST_F(Contract, NotRedirectedSocketIsENOENT) {
 TEST_F(Contract, UnprivilegedProcessIsRefused) {
   EchoServer dst("127.0.0.1:0");
   setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
-  std::string r = probe("127.0.0.1:15001", kStrangerUid, dst.addr(), [&](int c) {
+  // A stranger cannot even listen at the proxy address (bind guard), so the
+  // listener is made as root and the process then becomes the stranger
+  // before it accepts: it holds a genuinely redirected socket, and is refused.
+  std::string r = probe("127.0.0.1:15001", -1, dst.addr(), [&](int c) {
+    if (setgid(kStrangerUid) != 0 || setuid(kStrangerUid) != 0) return std::string("setuid");
     std::vector<uint8_t> out;
     std::vector<uint8_t> blob(sizeof(connredir_records), 0);
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -199,6 +203,67 @@ TEST_F(Contract, AuthorizedCgroupMayQuery) {
     return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX);
   });
   EXPECT_EQ(r, "OK");
+}
+
+TEST_F(Contract, OnlyPrincipalsMayListenAtAProxyAddress) {
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--proxy", "[::1]:15001",
+       "--proxy-uid", std::to_string(kProxyUid)});
+  auto try_bind = [](const std::string& where) {
+    auto a = Address::parse(where);
+    sockaddr_storage ss{};
+    socklen_t len = a->to_sockaddr(ss);
+    int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // earlier tests' TIME_WAIT
+    int rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    std::string r = rc == 0 ? "OK" : strerrorname_np(errno);
+    close(fd);
+    return r;
+  };
+  auto attempts = [&] {
+    return try_bind("127.0.0.1:15001") + " " + try_bind("0.0.0.0:15001") + " " +
+           try_bind("[::1]:15001") + " " + try_bind("[::]:15001") + " " +
+           try_bind("127.0.0.1:15002");
+  };
+  // A stranger in the policed cgroup cannot take the proxy's place...
+  EXPECT_EQ(run_in(cg("app"), kStrangerUid, attempts), "EACCES EACCES EACCES EACCES OK");
+  // ...the callout's principal (and root) can.
+  EXPECT_EQ(run_in(cg("vendor-a"), kProxyUid, attempts), "OK OK OK OK OK");
+  EXPECT_EQ(run_in(cg("app"), -1, attempts), "OK OK OK OK OK");
+  EXPECT_GE(stats()["denied"], 4u);
+}
+
+TEST_F(Contract, ReconnectElsewhereAfterAFailedRedirectIsNotAProxiedFlow) {
+  EchoServer dst("127.0.0.1:0");
+  EchoServer other("127.0.0.1:0");
+  // The proxy is down: the redirected connect fails; the app then connects
+  // the same socket to a destination no filter covers.
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
+       std::to_string(dst.port())});
+  std::string d = dst.addr(), o = other.addr();
+  std::string r = run_in(cg("app"), kAppUid, [&]() -> std::string {
+    auto a = Address::parse(d), b = Address::parse(o);
+    sockaddr_storage sa{}, sb{};
+    socklen_t la = a->to_sockaddr(sa), lb = b->to_sockaddr(sb);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    std::string first = connect(fd, reinterpret_cast<sockaddr*>(&sa), la) == 0
+                            ? "connected?!"
+                            : strerrorname_np(errno);
+    std::string second =
+        connect(fd, reinterpret_cast<sockaddr*>(&sb), lb) == 0 ? "OK" : strerrorname_np(errno);
+    sockaddr_storage p{};
+    socklen_t pl = sizeof p;
+    getpeername(fd, reinterpret_cast<sockaddr*>(&p), &pl);
+    auto peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&p), pl);
+    std::string out = first + " " + second + " " + (peer ? peer->to_string() : "?");
+    close(fd);
+    return out;
+  });
+  EXPECT_EQ(r, "ECONNREFUSED OK " + o);
+  auto s = stats();
+  EXPECT_EQ(s["redirected"], 1u);
+  EXPECT_EQ(s["published"], 1u);  // the first attempt only
 }
 
 TEST_F(Contract, NotLoadedGivesTheKernelsOwnErrors) {

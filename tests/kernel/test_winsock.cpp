@@ -112,7 +112,10 @@ TEST_F(Winsock, SynchronousIoctlsOnARealRedirectedSocket) {
 TEST_F(Winsock, UnauthorizedCallerGetsWSAEACCES) {
   EchoServer dst("127.0.0.1:0");
   setup_vendor(dst);
-  std::string r = probe("127.0.0.1:15001", 4999, dst.addr(), [&](int c) {
+  // Listen as root (a stranger may not bind a proxy address), then become
+  // the stranger before touching the accepted socket.
+  std::string r = probe("127.0.0.1:15001", -1, dst.addr(), [&](int c) {
+    if (setgid(4999) != 0 || setuid(4999) != 0) return std::string("setuid");
     std::vector<uint8_t> rec(CONNREDIR_WS_RECORDS_MAX);
     return ioctl_str(static_cast<SOCKET>(c), SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nullptr, 0,
                      rec.data(), static_cast<DWORD>(rec.size()));
