@@ -468,7 +468,9 @@ int run_hold(const Args& a) {
     if (el >= next_sample) {
       long r = rss_kib(pid);
       rss_max = std::max(rss_max, r);
-      samples += (samples.empty() ? "" : ",") + std::to_string(r);
+      // Two appends: GCC 12 -O3 flags `(cond ? "" : ",") + str` with a bogus -Wrestrict.
+      if (!samples.empty()) samples += ',';
+      samples += std::to_string(r);
       ++next_sample;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
