@@ -28,7 +28,6 @@ struct Completion {
   pid_t thread = 0;
 };
 thread_local Completion* t_sink = nullptr;
-Completion g_cross;  // for routines run on another thread
 
 void CALLBACK record_routine(DWORD err, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags) {
   // hEvent is free for the caller's context when a routine is used.
