@@ -26,7 +26,7 @@ namespace {
 // epoll_data.u64 = pointer | tag (Listener and Conn are 8-byte aligned).
 enum Tag : uint64_t { kTagSignal = 0, kTagListener = 1, kTagClient = 2, kTagServer = 3 };
 constexpr uint64_t kTagMask = 3;
-constexpr uint32_t kConnEvents = EPOLLIN | EPOLLOUT | EPOLLET;
+constexpr uint32_t kConnEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
 std::string errtext(int err) {
   const char* d = strerrordesc_np(err);

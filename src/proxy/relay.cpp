@@ -45,9 +45,13 @@ Relay::Relay(UniqueFd client, UniqueFd server, const Options& options) : options
   dirs_[kDown].from = 1;
   dirs_[kDown].to = 0;
   if (options_.copy_buffer == 0) options_.copy_buffer = 64 * 1024;
+  if (options_.small_buffer == 0) options_.small_buffer = 16 * 1024;
   if (options_.budget == 0) options_.budget = 1;
   if (!options_.splice_fn) options_.splice_fn = &::splice;
-  for (auto& d : dirs_) d.copy = !options_.splice;
+  for (auto& d : dirs_) {
+    d.upgrade = options_.splice && options_.splice_after > 0;
+    d.copy = !options_.splice || d.upgrade;
+  }
 }
 
 Relay::State Relay::on_event(Side side, uint32_t events) {
@@ -70,6 +74,7 @@ Relay::State Relay::on_event(Side side, uint32_t events) {
   }
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
     rd.src_empty = false;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) rd.hup_seen = true;
     pump(s == 0 ? kUp : kDown);
   }
   if (state_ == State::Running && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
@@ -96,6 +101,13 @@ void Relay::pump(int dir) {
     if (round == options_.budget) {
       resume_mask_ |= 1u << dir;  // fairness: let other connections run
       return;
+    }
+    if (d.upgrade && d.bytes > options_.splice_after && d.pending() == 0) {
+      // Past the small-flow phase with nothing buffered: splice from now on.
+      d.upgrade = false;
+      d.copy = false;
+      d.buf.reset();
+      d.buf_cap = d.buf_off = d.buf_len = 0;
     }
     bool moved = false;
     const bool room = !d.copy || d.buf_len < d.buf_cap || !d.buf;
@@ -153,13 +165,20 @@ ssize_t Relay::fill(Direction& d) {
   const int from = socks_[d.from].get();
   if (d.copy) {
     if (!d.buf) {
-      d.buf_cap = options_.copy_buffer;
+      d.buf_cap =
+          d.upgrade ? std::min(options_.small_buffer, options_.copy_buffer) : options_.copy_buffer;
       d.buf.reset(new char[d.buf_cap]);
     }
     if (d.buf_off == d.buf_len) d.buf_off = d.buf_len = 0;
-    const ssize_t n = ::recv(from, d.buf.get() + d.buf_len, d.buf_cap - d.buf_len, 0);
+    const size_t want = d.buf_cap - d.buf_len;
+    const ssize_t n = ::recv(from, d.buf.get() + d.buf_len, want, 0);
     if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     d.buf_len += static_cast<size_t>(n);
+    // A short read emptied the socket: the next data (or an EOF, reported
+    // with EPOLLRDHUP) brings a new edge. Saves the recv that returns EAGAIN.
+    if (n > 0 && static_cast<size_t>(n) < want && options_.short_read_empties && !d.hup_seen) {
+      d.src_empty = true;
+    }
     return n;
   }
   if (!d.pipe_w) {
@@ -196,6 +215,7 @@ ssize_t Relay::drain(Direction& d) {
 
 bool Relay::to_copy_mode(Direction& d) {
   d.copy = true;
+  d.upgrade = false;
   d.buf_cap = std::max(options_.copy_buffer, d.in_pipe);
   d.buf.reset(new char[d.buf_cap]);
   d.buf_off = d.buf_len = 0;

@@ -2,16 +2,20 @@
 // sockets (the accepted client socket and the proxy's outgoing socket).
 //
 // Driving it: register both sockets once with an epoll instance in
-// edge-triggered mode (EPOLLIN | EPOLLOUT | EPOLLET) and pass every event to
-// on_event(). The relay never calls epoll_ctl itself: with edge triggering
+// edge-triggered mode (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) and pass
+// every event to on_event(). The relay never calls epoll_ctl itself: with edge triggering
 // the interest set never has to change, backpressure is expressed by simply
 // not reading a side whose data cannot be delivered yet, and the EPOLLOUT
 // edge of the blocked destination resumes the direction.
 //
-// Per direction the bytes go socket -> pipe -> socket with splice(2)
-// (zero-copy). The pipe is created on first use; if pipe creation or splice
-// fails with EINVAL/ENOSYS (a socket type without splice support, or a
-// forced copy mode) the direction falls back to recv/send through a buffer.
+// Per direction the first Options::splice_after bytes go recv -> small
+// buffer -> send: a short flow (a request and a reply) then never pays for
+// a splice pipe (pipe2 + two closes per direction, and splice's extra
+// round trip through the pipe). Once a direction has delivered more than
+// that and its buffer is empty it switches to socket -> pipe -> socket
+// with splice(2) (zero-copy) for the rest of the flow. If pipe creation or
+// splice fails with EINVAL/ENOSYS (a socket type without splice support) or
+// splice is off, the direction uses recv/send through a buffer throughout.
 //
 // Half-close: EOF from one side is delivered as shutdown(SHUT_WR) on the
 // other side once everything read before it has been written. The relay is
@@ -47,6 +51,17 @@ class Relay {
     SpliceFn splice_fn = nullptr;    // nullptr: ::splice
     size_t copy_buffer = 64 * 1024;  // buffer per direction in copy mode
     unsigned budget = 64;            // fill/drain rounds per call before yielding
+    // With splice: a direction moves its first splice_after bytes by
+    // recv/send through a buffer of min(small_buffer, copy_buffer) bytes,
+    // then switches to splice. 0: splice from the first byte.
+    size_t splice_after = 64 * 1024;
+    size_t small_buffer = 16 * 1024;
+    // recv/send: a recv that returns less than it asked for emptied the
+    // socket, so the direction waits for the next EPOLLIN edge instead of
+    // calling recv again for EAGAIN. Needs EPOLLRDHUP in the interest set:
+    // once an event reports EPOLLRDHUP/HUP/ERR for a socket (an EOF may have
+    // arrived with the data) it is read until EAGAIN or EOF again.
+    bool short_read_empties = true;
   };
   enum class State : uint8_t { Running, Done, Failed };
 
@@ -75,6 +90,9 @@ class Relay {
   size_t buffered(Side from) const { return dirs_[static_cast<int>(from)].pending(); }
   // True while the direction reading from `from` uses splice.
   bool splicing(Side from) const { return !dirs_[static_cast<int>(from)].copy; }
+  // True while the direction reading from `from` is in its small-flow phase
+  // (recv/send, switching to splice after Options::splice_after bytes).
+  bool small_phase(Side from) const { return dirs_[static_cast<int>(from)].upgrade; }
 
  private:
   static constexpr int kUp = 0;    // reads the client, writes the server
@@ -84,9 +102,11 @@ class Relay {
     int from = 0;  // index into socks_
     int to = 0;
     bool copy = false;         // recv/send mode instead of splice
+    bool upgrade = false;      // copy for now: small-flow phase, splice later
     bool eof = false;          // `from` returned EOF
     bool done = false;         // shutdown(to, SHUT_WR) issued
-    bool src_empty = false;    // `from` returned EAGAIN with nothing buffered
+    bool src_empty = false;    // `from` returned EAGAIN with nothing buffered (or a short read)
+    bool hup_seen = false;     // an event reported EPOLLRDHUP/HUP/ERR for `from`
     bool dst_blocked = false;  // `to` returned EAGAIN
     UniqueFd pipe_r, pipe_w;
     size_t in_pipe = 0;

@@ -105,14 +105,14 @@ bool read_all(int fd, Bytes& out, size_t chunk = 65536, int* err = nullptr) {
 }
 
 // The test's event loop: one epoll instance, both relay sockets registered
-// once, edge-triggered, as connredir-proxy does.
+// once, edge-triggered with EPOLLRDHUP, as connredir-proxy does.
 class Driver {
  public:
   explicit Driver(Relay& r) : relay_(r), ep_(epoll_create1(EPOLL_CLOEXEC)) {
     EXPECT_TRUE(ep_);
     for (Side s : {Side::Client, Side::Server}) {
       epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
+      ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
       ev.data.u32 = static_cast<uint32_t>(s);
       EXPECT_EQ(epoll_ctl(ep_.get(), EPOLL_CTL_ADD, r.fd(s), &ev), 0);
     }
@@ -225,11 +225,24 @@ INSTANTIATE_TEST_SUITE_P(Modes, RelayPayload,
                                          Param{Kind::Unix, true, 64}, Param{Kind::Unix, false, 64}),
                          param_name);
 
-class RelayModes : public testing::TestWithParam<bool> {};
+// Splice: splice from the first byte. Small: the default, recv/send for the
+// first Options::splice_after bytes of each direction, then splice. Copy:
+// recv/send throughout.
+// CopyReadToEagain: Copy without Options::short_read_empties.
+enum class Mode { Splice, Small, Copy, CopyReadToEagain };
+
+Relay::Options mode_options(Mode m) {
+  Relay::Options opt;
+  opt.splice = m == Mode::Splice || m == Mode::Small;
+  if (m == Mode::Splice) opt.splice_after = 0;
+  if (m == Mode::CopyReadToEagain) opt.short_read_empties = false;
+  return opt;
+}
+
+class RelayModes : public testing::TestWithParam<Mode> {};
 
 TEST_P(RelayModes, HalfCloseIsForwardedInOrderAndOtherDirectionKeepsFlowing) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   std::string server_saw, app_saw;
   std::thread peers([&] {
@@ -257,8 +270,7 @@ TEST_P(RelayModes, HalfCloseIsForwardedInOrderAndOtherDirectionKeepsFlowing) {
 }
 
 TEST_P(RelayModes, ServerHalfCloseFirstKeepsUpstreamOpen) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   std::string app_saw, server_saw;
   std::thread peers([&] {
@@ -293,8 +305,7 @@ void reset(UniqueFd& fd) {
 }
 
 TEST_P(RelayModes, ServerResetIsPropagatedToTheClient) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   Driver d(*s.relay);
   ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("ping"), 4));
@@ -311,8 +322,7 @@ TEST_P(RelayModes, ServerResetIsPropagatedToTheClient) {
 }
 
 TEST_P(RelayModes, ClientResetIsPropagatedToTheServer) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   Driver d(*s.relay);
   ASSERT_TRUE(write_all(s.server.get(), reinterpret_cast<const uint8_t*>("pong"), 4));
@@ -329,8 +339,7 @@ TEST_P(RelayModes, ClientResetIsPropagatedToTheServer) {
 }
 
 TEST_P(RelayModes, ResetAfterHalfCloseStillFails) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   Driver d(*s.relay);
   ASSERT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
@@ -346,8 +355,7 @@ TEST_P(RelayModes, ResetAfterHalfCloseStillFails) {
 }
 
 TEST_P(RelayModes, SlowReaderBackpressureBoundsBufferingAndLosesNothing) {
-  Relay::Options opt;
-  opt.splice = GetParam();
+  const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
   const Bytes down = random_bytes(32 * 1024 * 1024, 3);
   std::atomic<bool> server_wrote_all{false};
@@ -378,9 +386,21 @@ TEST_P(RelayModes, SlowReaderBackpressureBoundsBufferingAndLosesNothing) {
   EXPECT_EQ(s.relay->bytes_down(), down.size());
 }
 
-INSTANTIATE_TEST_SUITE_P(SpliceAndCopy, RelayModes, testing::Bool(),
-                         [](const testing::TestParamInfo<bool>& i) {
-                           return i.param ? "Splice" : "Copy";
+INSTANTIATE_TEST_SUITE_P(SpliceSmallAndCopy, RelayModes,
+                         testing::Values(Mode::Splice, Mode::Small, Mode::Copy,
+                                         Mode::CopyReadToEagain),
+                         [](const testing::TestParamInfo<Mode>& i) {
+                           switch (i.param) {
+                             case Mode::Splice:
+                               return "Splice";
+                             case Mode::Small:
+                               return "SmallThenSplice";
+                             case Mode::Copy:
+                               return "Copy";
+                             case Mode::CopyReadToEagain:
+                               return "CopyReadToEagain";
+                           }
+                           return "?";
                          });
 
 std::atomic<int> g_splice_calls{0};
@@ -398,6 +418,7 @@ TEST(Relay, FallsBackToCopyWhenSpliceFailsWithEinvalWithoutLosingPipedBytes) {
   g_splice_calls = 0;
   Relay::Options opt;
   opt.splice_fn = &flaky_splice;
+  opt.splice_after = 0;  // splice from the first byte
   Rig s = make(Kind::Tcp, opt);
   const Bytes up = random_bytes(3 * 1024 * 1024 + 1, 4);
   const Bytes down = random_bytes(1024 * 1024 + 3, 5);
@@ -430,6 +451,130 @@ TEST(Relay, FallsBackToCopyWhenSpliceFailsWithEinvalWithoutLosingPipedBytes) {
   EXPECT_EQ(checksum(got_up), checksum(up));
   EXPECT_EQ(checksum(got_down), checksum(down));
 }
+
+std::atomic<int> g_counted_splices{0};
+ssize_t counting_splice(int in, loff_t* ioff, int out, loff_t* ooff, size_t len, unsigned flags) {
+  ++g_counted_splices;
+  return splice(in, ioff, out, ooff, len, flags);
+}
+
+// One exchange of `up_n` bytes client -> server and `down_n` bytes back, with
+// the half-closes in the given order; returns what each end received.
+struct Exchange {
+  Bytes got_up, got_down;
+};
+Exchange exchange(Rig& s, const Bytes& up, const Bytes& down, bool client_closes_first) {
+  Exchange x;
+  std::thread peers([&] {
+    if (client_closes_first) {
+      EXPECT_TRUE(write_all(s.app.get(), up.data(), up.size(), 3000));
+      EXPECT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+      EXPECT_TRUE(read_all(s.server.get(), x.got_up, 5000));
+      EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size(), 7000));
+      EXPECT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+      EXPECT_TRUE(read_all(s.app.get(), x.got_down, 1000));
+    } else {
+      EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size(), 7000));
+      EXPECT_EQ(shutdown(s.server.get(), SHUT_WR), 0);
+      EXPECT_TRUE(read_all(s.app.get(), x.got_down, 1000));
+      EXPECT_TRUE(write_all(s.app.get(), up.data(), up.size(), 3000));
+      EXPECT_EQ(shutdown(s.app.get(), SHUT_WR), 0);
+      EXPECT_TRUE(read_all(s.server.get(), x.got_up, 5000));
+    }
+  });
+  Driver d(*s.relay);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  peers.join();
+  return x;
+}
+
+class RelaySmallFlow : public testing::TestWithParam<bool> {};  // client half-closes first?
+
+TEST_P(RelaySmallFlow, UnderTheThresholdNeverSplicesAndIsByteExact) {
+  g_counted_splices = 0;
+  Relay::Options opt;
+  opt.splice_fn = &counting_splice;
+  Rig s = make(Kind::Tcp, opt);
+  // Up to the threshold exactly, in both directions: still no pipe.
+  const Bytes up = random_bytes(opt.splice_after - 1, 11);
+  const Bytes down = random_bytes(opt.splice_after, 12);
+  const Exchange x = exchange(s, up, down, GetParam());
+  ASSERT_EQ(x.got_up.size(), up.size());
+  ASSERT_EQ(x.got_down.size(), down.size());
+  EXPECT_EQ(x.got_up, up);
+  EXPECT_EQ(x.got_down, down);
+  EXPECT_EQ(s.relay->bytes_up(), up.size());
+  EXPECT_EQ(s.relay->bytes_down(), down.size());
+  EXPECT_EQ(g_counted_splices.load(), 0) << "a small flow must not use splice";
+  EXPECT_FALSE(s.relay->splicing(Side::Client));
+  EXPECT_FALSE(s.relay->splicing(Side::Server));
+}
+
+TEST_P(RelaySmallFlow, CrossingTheThresholdMidStreamSwitchesToSpliceAndIsByteExact) {
+  g_counted_splices = 0;
+  Relay::Options opt;
+  opt.splice_fn = &counting_splice;
+  opt.splice_after = 10000;  // not a multiple of any chunk size below
+  opt.small_buffer = 4096;
+  Rig s = make(Kind::Tcp, opt);
+  const Bytes up = random_bytes(300 * 1024 + 5, 13);
+  const Bytes down = random_bytes(200 * 1024 + 9, 14);
+  const Exchange x = exchange(s, up, down, GetParam());
+  ASSERT_EQ(x.got_up.size(), up.size());
+  ASSERT_EQ(x.got_down.size(), down.size());
+  EXPECT_EQ(x.got_up, up);
+  EXPECT_EQ(x.got_down, down);
+  EXPECT_EQ(s.relay->bytes_up(), up.size());
+  EXPECT_EQ(s.relay->bytes_down(), down.size());
+  EXPECT_GT(g_counted_splices.load(), 0);
+  EXPECT_TRUE(s.relay->splicing(Side::Client));
+  EXPECT_TRUE(s.relay->splicing(Side::Server));
+  EXPECT_FALSE(s.relay->small_phase(Side::Client));
+}
+
+TEST_P(RelaySmallFlow, OnlyTheDirectionThatCrossesSwitches) {
+  g_counted_splices = 0;
+  Relay::Options opt;
+  opt.splice_fn = &counting_splice;
+  Rig s = make(Kind::Tcp, opt);
+  const Bytes up = random_bytes(100, 15);                // a request
+  const Bytes down = random_bytes(1024 * 1024 + 1, 16);  // a large answer
+  const Exchange x = exchange(s, up, down, GetParam());
+  EXPECT_EQ(x.got_up, up);
+  ASSERT_EQ(x.got_down.size(), down.size());
+  EXPECT_EQ(checksum(x.got_down), checksum(down));
+  EXPECT_FALSE(s.relay->splicing(Side::Client));
+  EXPECT_TRUE(s.relay->small_phase(Side::Client));
+  EXPECT_TRUE(s.relay->splicing(Side::Server));
+}
+
+// Data and FIN queued together before the relay reads, then data and a
+// later FIN: a short read must not make the relay miss the EOF.
+TEST_P(RelaySmallFlow, EofArrivingWithOrAfterShortReadIsForwarded) {
+  Relay::Options opt;
+  Rig s = make(Kind::Tcp, opt);
+  UniqueFd& first = GetParam() ? s.app : s.server;
+  UniqueFd& second = GetParam() ? s.server : s.app;
+  ASSERT_TRUE(write_all(first.get(), reinterpret_cast<const uint8_t*>("abc"), 3));
+  ASSERT_EQ(shutdown(first.get(), SHUT_WR), 0);
+  Driver d(*s.relay);
+  relay_until_readable(d, second.get());
+  Bytes got;
+  EXPECT_TRUE(read_all(second.get(), got));
+  EXPECT_EQ(std::string(got.begin(), got.end()), "abc");
+  ASSERT_TRUE(write_all(second.get(), reinterpret_cast<const uint8_t*>("de"), 2));
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(d.run(10), Relay::State::Running);
+  ASSERT_EQ(shutdown(second.get(), SHUT_WR), 0);
+  EXPECT_EQ(d.run(), Relay::State::Done) << s.relay->error();
+  Bytes back;
+  EXPECT_TRUE(read_all(first.get(), back));
+  EXPECT_EQ(std::string(back.begin(), back.end()), "de");
+}
+
+INSTANTIATE_TEST_SUITE_P(HalfCloseOrder, RelaySmallFlow, testing::Bool(),
+                         [](const testing::TestParamInfo<bool>& i) {
+                           return i.param ? "ClientClosesFirst" : "ServerClosesFirst";
+                         });
 
 TEST(Relay, AbortResetsBothSides) {
   Rig s = make(Kind::Tcp, Relay::Options{});
