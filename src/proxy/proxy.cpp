@@ -69,6 +69,7 @@ struct Listener {
   Address addr;
   std::string text;
   bool pending = false;  // connections may wait in the backlog
+  bool armed = true;     // EPOLLIN in the interest set (off while accepts pause)
 };
 
 struct Conn;
@@ -143,6 +144,7 @@ struct Proxy::Impl {
   int run();
   int compute_timeout() const;
   void accept_from(Listener& l);
+  void arm(Listener& l, bool on);
   void resume_accepting();
   void handle_accepted(Listener& l, UniqueFd fd, const sockaddr_storage& peer, socklen_t plen);
   void conn_event(Conn* c, Side side, uint32_t events);
@@ -244,8 +246,9 @@ std::string Proxy::Impl::start() {
       if (auto b = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), blen)) l->addr = *b;
     }
     l->text = l->addr.to_string();
+    // Level-triggered, one accept per wakeup (see accept_from).
     epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLET;
+    ev.events = EPOLLIN;
     ev.data.u64 = reinterpret_cast<uint64_t>(l.get()) | kTagListener;
     if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, l->fd.get(), &ev) != 0)
       return what + "epoll_ctl: " + errtext(errno);
@@ -338,20 +341,42 @@ void Proxy::Impl::resume_accepting() {
   }
 }
 
+void Proxy::Impl::arm(Listener& l, bool on) {
+  if (l.armed == on) return;
+  epoll_event ev{};
+  ev.events = on ? static_cast<uint32_t>(EPOLLIN) : 0u;
+  ev.data.u64 = reinterpret_cast<uint64_t>(&l) | kTagListener;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_MOD, l.fd.get(), &ev) != 0) {
+    // Cannot happen for a registered descriptor short of ENOMEM; disarmed
+    // it would only spin while accepts pause, armed it would stall accepts.
+    std::fprintf(stderr, "%sepoll_ctl(listener %s) failed: %s\n", prefix().c_str(), l.text.c_str(),
+                 errtext(errno).c_str());
+    return;
+  }
+  l.armed = on;
+}
+
+// The listener is level-triggered and this accepts one connection per
+// wakeup: a sequential client then costs one accept4 instead of two (the
+// second returning EAGAIN); a backlog of several is served one per
+// epoll_wait round, together with the other events. While accepts pause
+// (--max-conns, out of descriptors) the listener is disarmed.
 void Proxy::Impl::accept_from(Listener& l) {
   for (;;) {
     if (stopping) return;
     if (active >= opt.max_conns) {
-      // Stay edge-triggered: remember that the backlog may hold connections
-      // and come back when a connection closes.
+      // Come back when a connection closes.
       l.pending = true;
       accept_blocked = true;
+      arm(l, false);
       return;
     }
     if (accept_paused_until) {
       l.pending = true;
+      arm(l, false);
       return;
     }
+    arm(l, true);
     sockaddr_storage peer{};
     socklen_t plen = sizeof peer;
     const int fd = accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen,
@@ -384,6 +409,7 @@ void Proxy::Impl::accept_from(Listener& l) {
               std::min<uint64_t>(std::max<uint64_t>(accept_backoff_ms * 2, 50), 1000);
           accept_paused_until = now_ms() + accept_backoff_ms;
           l.pending = true;
+          arm(l, false);
           if (first) {
             std::fprintf(stderr,
                          "%saccept on %s failed: %s; pausing accepts (up to 1 s at a time) until "
@@ -396,7 +422,9 @@ void Proxy::Impl::accept_from(Listener& l) {
       }
     }
     accept_backoff_ms = 0;
+    l.pending = false;
     handle_accepted(l, UniqueFd(fd), peer, plen);
+    return;
   }
 }
 
