@@ -246,30 +246,7 @@ Result<FilterLoadResult> Control::load_filters(std::span<const FilterSpec> specs
       return bad(ENOENT,
                  fmt::format("no callout named '{}' (see `connredir callout list`)", spec.callout));
     const connredir_callout& co = *cit->second;
-    connredir_filter f;
-    std::memset(&f, 0, sizeof f);
-    f.id = next_id++;
-    f.callout_id = co.id;
-    f.weight = spec.weight;
-    f.seq = next_seq++;
-    f.family = spec.dst.family;
-    f.prefixlen = spec.dst.family ? spec.dst.len : 0;
-    if (spec.dst.family) std::memcpy(f.addr, spec.dst.addr.data(), 16);
-    f.proto = spec.proto;
-    f.port_lo = spec.ports.lo;
-    f.port_hi = spec.ports.hi;
-    f.app_uid = CONNREDIR_UID_NONE;
-    if (spec.app_uid) {
-      f.flags |= CONNREDIR_FILTER_F_APP_UID;
-      f.app_uid = *spec.app_uid;
-    }
-    if (spec.app_cgroup) {
-      f.flags |= CONNREDIR_FILTER_F_APP_CGROUP;
-      f.app_cgroup = spec.app_cgroup->id;
-      f.app_cgroup_level = spec.app_cgroup->level;
-    }
-    f.user_len = static_cast<uint16_t>(spec.context.size());
-    std::memcpy(f.user, spec.context.data(), spec.context.size());
+    connredir_filter f = make_filter(spec, next_id++, co.id, next_seq++);
     bool v4 = f.family == 0 || f.family == CONNREDIR_AF_INET;
     bool v6 = f.family == 0 || f.family == CONNREDIR_AF_INET6;
     for (auto [need, flag, fam] : {std::tuple{v4, CONNREDIR_CALLOUT_F_PROXY4, "IPv4"},

@@ -98,6 +98,35 @@ CalloutInfo callout_info(const connredir_callout& c) {
   return i;
 }
 
+connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callout_id,
+                             uint64_t seq) {
+  connredir_filter f;
+  std::memset(&f, 0, sizeof f);
+  f.id = id;
+  f.callout_id = callout_id;
+  f.weight = spec.weight;
+  f.seq = seq;
+  f.family = spec.dst.family;
+  f.prefixlen = spec.dst.family ? spec.dst.len : 0;
+  if (spec.dst.family) std::memcpy(f.addr, spec.dst.addr.data(), 16);
+  f.proto = spec.proto;
+  f.port_lo = spec.ports.lo;
+  f.port_hi = spec.ports.hi;
+  f.app_uid = CONNREDIR_UID_NONE;
+  if (spec.app_uid) {
+    f.flags |= CONNREDIR_FILTER_F_APP_UID;
+    f.app_uid = *spec.app_uid;
+  }
+  if (spec.app_cgroup) {
+    f.flags |= CONNREDIR_FILTER_F_APP_CGROUP;
+    f.app_cgroup = spec.app_cgroup->id;
+    f.app_cgroup_level = spec.app_cgroup->level;
+  }
+  f.user_len = static_cast<uint16_t>(spec.context.size());
+  std::memcpy(f.user, spec.context.data(), spec.context.size());
+  return f;
+}
+
 FilterInfo filter_info(const connredir_filter& f, std::string_view callout) {
   FilterInfo i;
   i.id = f.id;
@@ -338,30 +367,7 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   }
   if (id == 0) return fail(ENOSPC, "filter ids exhausted");
 
-  connredir_filter f;
-  std::memset(&f, 0, sizeof f);
-  f.id = id;
-  f.callout_id = cit->id;
-  f.weight = spec.weight;
-  f.seq = seq;
-  f.family = spec.dst.family;
-  f.prefixlen = spec.dst.family ? spec.dst.len : 0;
-  if (spec.dst.family) std::memcpy(f.addr, spec.dst.addr.data(), 16);
-  f.proto = spec.proto;
-  f.port_lo = spec.ports.lo;
-  f.port_hi = spec.ports.hi;
-  f.app_uid = CONNREDIR_UID_NONE;
-  if (spec.app_uid) {
-    f.flags |= CONNREDIR_FILTER_F_APP_UID;
-    f.app_uid = *spec.app_uid;
-  }
-  if (spec.app_cgroup) {
-    f.flags |= CONNREDIR_FILTER_F_APP_CGROUP;
-    f.app_cgroup = spec.app_cgroup->id;
-    f.app_cgroup_level = spec.app_cgroup->level;
-  }
-  f.user_len = static_cast<uint16_t>(spec.context.size());
-  std::memcpy(f.user, spec.context.data(), spec.context.size());
+  connredir_filter f = make_filter(spec, id, cit->id, seq);
 
   auto ifs = index_filters(*filters);
   IndexPlanner planner(ifs);
