@@ -246,7 +246,7 @@ std::string Proxy::Impl::start() {
       if (auto b = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), blen)) l->addr = *b;
     }
     l->text = l->addr.to_string();
-    // Level-triggered, one accept per wakeup (see accept_from).
+    // Level-triggered, accepts in bounded batches (see accept_from).
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = reinterpret_cast<uint64_t>(l.get()) | kTagListener;
@@ -356,12 +356,16 @@ void Proxy::Impl::arm(Listener& l, bool on) {
   l.armed = on;
 }
 
-// The listener is level-triggered and this accepts one connection per
-// wakeup: a sequential client then costs one accept4 instead of two (the
-// second returning EAGAIN); a backlog of several is served one per
-// epoll_wait round, together with the other events. While accepts pause
-// (--max-conns, out of descriptors) the listener is disarmed.
+// The listener is level-triggered; each wakeup accepts until the backlog is
+// empty (EAGAIN) or kAcceptBatch connections, so a burst of thousands of
+// connects drains fast enough that the kernel's SYN and accept queues do not
+// overflow (one accept per wakeup lost 22 of 10 000 connects to resets in the
+// load test under ASan), while the cap keeps a flood from starving flows that
+// are already relaying. While accepts pause (--max-conns, out of descriptors)
+// the listener is disarmed.
 void Proxy::Impl::accept_from(Listener& l) {
+  constexpr int kAcceptBatch = 64;
+  int accepted = 0;
   for (;;) {
     if (stopping) return;
     if (active >= opt.max_conns) {
@@ -424,7 +428,7 @@ void Proxy::Impl::accept_from(Listener& l) {
     accept_backoff_ms = 0;
     l.pending = false;
     handle_accepted(l, UniqueFd(fd), peer, plen);
-    return;
+    if (++accepted >= kAcceptBatch) return;  // level-triggered: the rest comes next round
   }
 }
 
