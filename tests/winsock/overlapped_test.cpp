@@ -210,6 +210,19 @@ TEST_F(Overlapped, RoutineGivenMeansEventIsNotSignaled) {
   EXPECT_FALSE(signaled(ev));
 }
 
+// When a completion routine is given, hEvent belongs to the caller and need
+// not be an event, so WSAGetOverlappedResult(fWait=TRUE) is not allowed (it
+// would wait on hEvent): poll with fWait=FALSE until the operation is done.
+bool poll_result(SOCKET s, WSAOVERLAPPED& ov, DWORD& n) {
+  DWORD flags = 0;
+  for (int i = 0; i < 5000; i++) {
+    if (WSAGetOverlappedResult(s, &ov, &n, FALSE, &flags)) return true;
+    if (WSAGetLastError() != WSA_IO_INCOMPLETE) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
 TEST_F(Overlapped, RoutineOfAnotherThreadDoesNotRunHere) {
   SOCKET s = tcp_socket();
   fake.records = blob(12);
@@ -221,8 +234,7 @@ TEST_F(Overlapped, RoutineOfAnotherThreadDoesNotRunHere) {
     DWORD n;
     ASSERT_EQ(WSAIoctl(s, kRecords, nullptr, 0, buf.data(), 64, &n, &ov, record_routine),
               SOCKET_ERROR);
-    DWORD flags;
-    ASSERT_TRUE(WSAGetOverlappedResult(s, &ov, &n, TRUE, &flags));
+    ASSERT_TRUE(poll_result(s, ov, n));
     EXPECT_EQ(SleepEx(5000, TRUE), WAIT_IO_COMPLETION);
   });
   other.join();
@@ -246,18 +258,8 @@ TEST_F(Overlapped, RoutineOfAnExitedThreadIsDropped) {
   });
   other.join();
   fake.open_gate();
-  // hEvent is not an event here (it belongs to the caller when a routine is
-  // given), so fWait=TRUE would be invalid: poll until the operation is done.
-  DWORD n = 0, flags = 0;
-  bool done = false;
-  for (int i = 0; i < 5000 && !done; i++) {
-    done = WSAGetOverlappedResult(s, &ov, &n, FALSE, &flags);
-    if (!done) {
-      ASSERT_EQ(WSAGetLastError(), WSA_IO_INCOMPLETE);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-  ASSERT_TRUE(done);
+  DWORD n = 0;
+  ASSERT_TRUE(poll_result(s, ov, n));
   EXPECT_EQ(n, 12u);
   EXPECT_EQ(SleepEx(10, TRUE), 0u);
   EXPECT_EQ(c.calls, 0);
