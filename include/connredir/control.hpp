@@ -388,6 +388,8 @@ class Control {
 };
 
 FilterInfo filter_info(const connredir_filter& f, std::string_view callout_name);
+// The classifier's view of a filter map value.
+IndexFilter index_filter(const connredir_filter& f);
 // The map value for a checked filter spec (both `filter add` and `filter load`).
 connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callout_id,
                              uint64_t seq);

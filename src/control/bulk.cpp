@@ -89,18 +89,6 @@ Result<FilterLine> parse_text_line(const std::string& text) {
   return l;
 }
 
-IndexFilter to_index_filter(const connredir_filter& f) {
-  IndexFilter x;
-  x.id = f.id;
-  x.weight = f.weight;
-  x.seq = f.seq;
-  x.dst.family = f.family;
-  x.dst.len = f.prefixlen;
-  std::memcpy(x.dst.addr.data(), f.addr, 16);
-  if (f.family == 0) x.dst = Prefix::any();
-  return x;
-}
-
 std::string name_of(const connredir_callout& c) {
   return std::string(c.name, strnlen(c.name, sizeof c.name));
 }
@@ -263,8 +251,8 @@ Result<FilterLoadResult> Control::load_filters(std::span<const FilterSpec> specs
   std::vector<IndexFilter> want;
   want.reserve(kept + fresh.size());
   if (!replace)
-    for (const auto& f : *existing) want.push_back(to_index_filter(f));
-  for (const auto& f : fresh) want.push_back(to_index_filter(f));
+    for (const auto& f : *existing) want.push_back(index_filter(f));
+  for (const auto& f : fresh) want.push_back(index_filter(f));
   auto target = build_index(want);
   if (!target) return tl::unexpected(target.error());
   auto before = read_index();

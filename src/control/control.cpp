@@ -18,18 +18,6 @@ T from_bytes(const std::vector<uint8_t>& b) {
   return v;
 }
 
-IndexFilter index_filter(const connredir_filter& f) {
-  IndexFilter x;
-  x.id = f.id;
-  x.weight = f.weight;
-  x.seq = f.seq;
-  x.dst.family = f.family;
-  x.dst.len = f.prefixlen;
-  std::memcpy(x.dst.addr.data(), f.addr, 16);
-  if (f.family == 0) x.dst = Prefix::any();
-  return x;
-}
-
 std::vector<IndexFilter> index_filters(const std::vector<connredir_filter>& all) {
   std::vector<IndexFilter> out;
   out.reserve(all.size());
@@ -96,6 +84,18 @@ CalloutInfo callout_info(const connredir_callout& c) {
   if (c.flags & CONNREDIR_CALLOUT_F_DOWN_REFUSE) i.on_proxy_down = ProxyDown::Refuse;
   if (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) i.on_proxy_down = ProxyDown::Bypass;
   return i;
+}
+
+IndexFilter index_filter(const connredir_filter& f) {
+  IndexFilter x;
+  x.id = f.id;
+  x.weight = f.weight;
+  x.seq = f.seq;
+  x.dst.family = f.family;
+  x.dst.len = f.prefixlen;
+  std::memcpy(x.dst.addr.data(), f.addr, 16);
+  if (f.family == 0) x.dst = Prefix::any();
+  return x;
 }
 
 connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callout_id,
