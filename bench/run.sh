@@ -191,7 +191,11 @@ ulimit -n "$(ulimit -Hn)"
 # flow (two sockets, two splice pipes), so the descriptor limit caps it.
 FD_CAP=$(( ($(ulimit -n) - 200) / 6 ))
 ((HOLD > FD_CAP)) && HOLD=$FD_CAP
-"$CLI" --pin-dir "$PIN" up --cgroup "$CG_ON" >/dev/null
+# The recommended layout (README): the proxies' socket-option hooks only in
+# the proxies' cgroups, so applications (config b) pay nothing on setsockopt.
+PROXIES_IN=(--proxies-in "$CG_ON/sockopt")
+for i in 1 2 3 4 5 6 7 8 9 10; do PROXIES_IN+=(--proxies-in "$CG_ON/proxy$i"); done
+"$CLI" --pin-dir "$PIN" up --cgroup "$CG_ON" "${PROXIES_IN[@]}" >/dev/null
 for i in 1 2 3 4 5 6 7 8; do
   "$CLI" --pin-dir "$PIN" callout add "v$i" --proxy "127.0.0.1:$((15000 + i))" --proxy-uid $((4000 + i)) >/dev/null
 done

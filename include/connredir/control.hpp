@@ -451,10 +451,19 @@ std::string lock_path();
 struct UpOptions {
   std::string pin_dir = kDefaultPinDir;
   std::string cgroup;  // empty: the cgroup2 root
+  // Where the proxies run (`up --proxies-in`): the proxy-facing socket-option
+  // programs (records/context queries, set records, SO_ORIGINAL_DST) attach
+  // only to these cgroups, each `cgroup` or inside it, instead of to
+  // `cgroup`. Applications elsewhere then pay nothing on get/setsockopt.
+  // Empty: everything attaches to `cgroup`.
+  std::vector<std::string> proxies_in;
 };
+// Programs that only proxies need: attached to UpOptions::proxies_in when given.
+bool proxy_scoped_program(std::string_view name);
 struct UpResult {
   bool already_up = false;
   CgroupRef cgroup;
+  std::vector<CgroupRef> proxies_in;
   std::vector<std::string> attached;  // programs attached by this call
   bool secret_initialised = false;
 };

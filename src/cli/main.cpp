@@ -110,13 +110,15 @@ Result<Session> open_session(const std::string& pin_dir, bool exclusive) {
 
 // ---- commands ----------------------------------------------------------------
 
-int cmd_up(const std::string& pin_dir, const std::string& cgroup) {
+int cmd_up(const std::string& pin_dir, const std::string& cgroup,
+           const std::vector<std::string>& proxies_in) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
   auto lock = ctl::CliLock::acquire(true);
   if (!lock) return report(lock.error());
   ctl::UpOptions o;
   o.pin_dir = pin_dir;
   o.cgroup = cgroup;
+  o.proxies_in = proxies_in;
   auto r = ctl::up(o);
   if (!r) return report(r.error());
   if (r->already_up) {
@@ -127,6 +129,10 @@ int cmd_up(const std::string& pin_dir, const std::string& cgroup) {
   fmt::print("connredir is up at {}: {} program{} attached to cgroup {} (id {}){}\n", pin_dir,
              r->attached.size(), r->attached.size() == 1 ? "" : "s", r->cgroup.path, r->cgroup.id,
              r->secret_initialised ? "; new records MAC key" : "; existing records MAC key kept");
+  for (const auto& p : r->proxies_in)
+    fmt::print(
+        "proxy socket options (records, context, SO_ORIGINAL_DST) only in cgroup {} (id {})\n",
+        p.path, p.id);
   return 0;
 }
 
@@ -155,6 +161,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
   json j = {{"pin_dir", pin_dir}, {"up", state->up() && state->maps_pinned}};
   std::vector<std::string> problems;
   uint64_t cg = 0;
+  std::vector<uint64_t> proxy_cgs;
   json links = json::array();
   for (const auto& l : state->links) {
     links.push_back({{"name", l.name},
@@ -162,11 +169,23 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
                      {"prog_id", l.prog_id},
                      {"cgroup_id", l.cgroup_id}});
     if (l.cgroup_id == 0) problems.push_back(fmt::format("link {}: its cgroup is gone", l.name));
-    if (cg == 0) cg = l.cgroup_id;
+    // PROG@ID links are the proxy-scoped programs of `up --proxies-in`.
+    if (l.name.find('@') != std::string::npos) {
+      if (std::find(proxy_cgs.begin(), proxy_cgs.end(), l.cgroup_id) == proxy_cgs.end())
+        proxy_cgs.push_back(l.cgroup_id);
+    } else if (cg == 0) {
+      cg = l.cgroup_id;
+    }
   }
   j["links"] = links;
   j["cgroup"] = cgroup_json(cg, 0);
   if (cg) j["cgroup"].erase("level");
+  json pj = json::array();
+  for (uint64_t id : proxy_cgs) {
+    pj.push_back(cgroup_json(id, 0));
+    pj.back().erase("level");
+  }
+  j["proxies_in"] = pj;
   if (state->up() && !state->maps_pinned) problems.push_back("links pinned but maps missing");
 
   std::optional<ctl::Counts> counts;
@@ -209,6 +228,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
   fmt::print("state:      {}\n", j["up"].get<bool>() ? "up" : "partially up");
   fmt::print("pin dir:    {}\n", pin_dir);
   fmt::print("cgroup:     {}\n", cgroup_text(cg));
+  for (uint64_t id : proxy_cgs) fmt::print("proxies in: {}\n", cgroup_text(id));
   std::string names;
   for (const auto& l : state->links) names += (names.empty() ? "" : " ") + l.name;
   fmt::print("links:      {} ({})\n", state->links.size(), names);
@@ -672,8 +692,14 @@ int main(int argc, char** argv) {
   app.add_flag("--json", as_json, "JSON output (status, list commands, decode)");
 
   std::string up_cgroup;
+  std::vector<std::string> up_proxies_in;
   auto* up = app.add_subcommand("up", "load, pin and attach the BPF programs (idempotent)");
   up->add_option("--cgroup", up_cgroup, "cgroup v2 directory to attach to (default: the root)");
+  up->add_option("--proxies-in", up_proxies_in,
+                 "cgroup (inside --cgroup) the proxies run in; repeatable. The proxies' "
+                 "socket-option hooks attach only there, so applications elsewhere pay nothing "
+                 "on getsockopt/setsockopt")
+      ->allow_extra_args(false);
 
   auto* down = app.add_subcommand("down", "detach and unpin everything");
   auto* status = app.add_subcommand("status", "is connredir up, counts, statistics");
@@ -776,7 +802,7 @@ int main(int argc, char** argv) {
   if (pin_dir.empty() || pin_dir.front() != '/') return usage("--pin-dir must be an absolute path");
   while (pin_dir.size() > 1 && pin_dir.back() == '/') pin_dir.pop_back();
 
-  if (*up) return cmd_up(pin_dir, up_cgroup);
+  if (*up) return cmd_up(pin_dir, up_cgroup, up_proxies_in);
   if (*down) return cmd_down(pin_dir);
   if (*status) return cmd_status(pin_dir, as_json);
   if (*flows) return connredir::cli::cmd_flows(pin_dir, as_json);

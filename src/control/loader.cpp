@@ -1,5 +1,6 @@
 // `connredir up` / `down`: load the BPF object with pinned maps, attach every
-// program to a cgroup with pinned links, and undo it.
+// program to a cgroup with pinned links (the proxy-facing socket-option
+// programs optionally only to the proxies' cgroups), and undo it.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <cstdarg>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <set>
 
 #include <fmt/format.h>
@@ -92,11 +94,50 @@ std::vector<std::string> program_names(struct bpf_object* obj) {
 
 }  // namespace
 
+bool proxy_scoped_program(std::string_view name) {
+  return name == "connredir_getsockopt" || name == "connredir_setsockopt";
+}
+
+namespace {
+
+// Is `inner` the cgroup `outer` or below it? (Paths as resolve_cgroup gives them.)
+bool cgroup_within(const std::string& inner, const std::string& outer) {
+  std::error_code ec;
+  auto i = std::filesystem::weakly_canonical(inner, ec);
+  auto o = std::filesystem::weakly_canonical(outer, ec);
+  auto [oi, ii] = std::mismatch(o.begin(), o.end(), i.begin(), i.end());
+  return oi == o.end();
+}
+
+// One link `connredir up` wants: pin name, program, cgroup.
+struct WantedLink {
+  std::string pin;
+  std::string prog;
+  CgroupRef cgroup;
+};
+
+}  // namespace
+
 Result<UpResult> up(const UpOptions& opts) {
   if (auto r = require_root(); !r) return tl::unexpected(r.error());
   if (auto r = check_kernel(); !r) return tl::unexpected(r.error());
   auto cg = resolve_cgroup(opts.cgroup);
   if (!cg) return tl::unexpected(cg.error());
+  std::vector<CgroupRef> pcgs;
+  for (const auto& dir : opts.proxies_in) {
+    auto p = resolve_cgroup(dir);
+    if (!p) return tl::unexpected(p.error());
+    // Proxies outside the policed cgroup would connect onward unclassified:
+    // the next vendor of a chain would never see the flow.
+    if (!cgroup_within(p->path, cg->path))
+      return fail(EINVAL, fmt::format("--proxies-in {} is not inside --cgroup {}: proxies must run "
+                                      "where connredir classifies connections, so that their "
+                                      "onward connections reach the next vendor of a chain",
+                                      p->path, cg->path));
+    bool dup = false;
+    for (const auto& q : pcgs) dup = dup || q.id == p->id;
+    if (!dup) pcgs.push_back(*p);
+  }
   if (auto r = ensure_bpffs(opts.pin_dir); !r) return tl::unexpected(r.error());
 
   libbpf_set_print(libbpf_print);
@@ -107,28 +148,42 @@ Result<UpResult> up(const UpOptions& opts) {
     int e = errno;
     return fail(e, fmt::format("cannot open the BPF object: {}{}", errmsg(e), libbpf_tail()));
   }
-  auto progs = program_names(obj);
+
+  // The links this layout needs. With --proxies-in, a proxy-scoped program
+  // has one link per proxy cgroup, pinned as PROG@CGROUP-ID.
+  std::vector<WantedLink> wanted;
+  for (const auto& p : program_names(obj)) {
+    if (proxy_scoped_program(p) && !pcgs.empty()) {
+      for (const auto& q : pcgs) wanted.push_back({fmt::format("{}@{}", p, q.id), p, q});
+    } else {
+      wanted.push_back({p, p, *cg});
+    }
+  }
 
   UpResult res;
   res.cgroup = *cg;
+  res.proxies_in = pcgs;
   auto state = read_up_state(opts.pin_dir);
   if (!state) return tl::unexpected(state.error());
   std::set<std::string> pinned;
   for (const auto& l : state->links) {
-    if (l.cgroup_id != cg->id) {
+    const WantedLink* w = nullptr;
+    for (const auto& x : wanted)
+      if (x.pin == l.name) w = &x;
+    if (!w || l.cgroup_id != w->cgroup.id) {
       std::string where =
           l.cgroup_id == 0
               ? std::string("a cgroup that no longer exists")
               : cgroup_path_by_id(l.cgroup_id).value_or(fmt::format("cgroup id {}", l.cgroup_id));
-      return fail(EEXIST, fmt::format("connredir is already up at {} for {} (link {}): run "
-                                      "`connredir --pin-dir {} down` first, or use another "
-                                      "--pin-dir",
-                                      opts.pin_dir, where, l.name, opts.pin_dir));
+      return fail(EEXIST, fmt::format("connredir is already up at {} with another layout (link {} "
+                                      "on {}): run `connredir --pin-dir {} down` first, or use "
+                                      "another --pin-dir",
+                                      opts.pin_dir, l.name, where, opts.pin_dir));
     }
     pinned.insert(l.name);
   }
-  bool all = !progs.empty();
-  for (const auto& p : progs) all = all && pinned.count(p);
+  bool all = !wanted.empty();
+  for (const auto& w : wanted) all = all && pinned.count(w.pin);
   if (all && state->maps_pinned) {
     res.already_up = true;
     return res;
@@ -168,35 +223,38 @@ Result<UpResult> up(const UpOptions& opts) {
   // Principals from callouts that survived in pinned maps stay valid.
   if (auto r = ctl.sync_principals(); !r) return tl::unexpected(r.error());
 
-  int cgfd = ::open(cg->path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (cgfd < 0) {
-    int e = errno;
-    return fail(e, fmt::format("cannot open cgroup {}: {}", cg->path, errmsg(e)));
-  }
   std::vector<std::string> created;
-  struct bpf_program* prog;
   Result<void> err;
-  bpf_object__for_each_program(prog, obj) {
-    if (!bpf_program__autoload(prog)) continue;
-    std::string name = bpf_program__name(prog);
-    if (pinned.count(name)) continue;
-    struct bpf_link* link = bpf_program__attach_cgroup(prog, cgfd);
-    if (!link) {
+  for (const auto& w : wanted) {
+    if (pinned.count(w.pin)) continue;
+    struct bpf_program* prog = bpf_object__find_program_by_name(obj, w.prog.c_str());
+    if (!prog) {
+      err = fail(ENOENT, fmt::format("program {} missing from the BPF object", w.prog));
+      break;
+    }
+    int cgfd = ::open(w.cgroup.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cgfd < 0) {
       int e = errno;
-      err = fail(e, fmt::format("attaching {} to cgroup {}: {}{}", name, cg->path, errmsg(e),
+      err = fail(e, fmt::format("cannot open cgroup {}: {}", w.cgroup.path, errmsg(e)));
+      break;
+    }
+    struct bpf_link* link = bpf_program__attach_cgroup(prog, cgfd);
+    int e = errno;
+    ::close(cgfd);
+    if (!link) {
+      err = fail(e, fmt::format("attaching {} to cgroup {}: {}{}", w.prog, w.cgroup.path, errmsg(e),
                                 libbpf_tail()));
       break;
     }
-    std::string path = fmt::format("{}/links/{}", opts.pin_dir, name);
+    std::string path = fmt::format("{}/links/{}", opts.pin_dir, w.pin);
     int rc = bpf_link__pin(link, path.c_str());
     bpf_link__destroy(link);  // the pin keeps it attached
     if (rc != 0) {
       err = fail(-rc, fmt::format("pinning link {}: {}", path, errmsg(-rc)));
       break;
     }
-    created.push_back(name);
+    created.push_back(w.pin);
   }
-  ::close(cgfd);
   if (!err) {
     for (const auto& n : created) unlink(fmt::format("{}/links/{}", opts.pin_dir, n).c_str());
     return tl::unexpected(err.error());

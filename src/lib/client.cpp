@@ -33,7 +33,8 @@ const char* op_name(SockOp op) {
 namespace {
 constexpr const char* kNotLoaded =
     "connredir is not loaded for this process's cgroup (run `connredir up --cgroup DIR` and start "
-    "the proxy inside that cgroup)";
+    "the proxy inside that cgroup; if it was started with `--proxies-in`, start the proxy inside "
+    "one of those cgroups)";
 }  // namespace
 
 // Turn a failed socket-option call into an error that says what to do. The

@@ -6,10 +6,15 @@
 
 #include <cstring>
 #include <map>
+#include <vector>
 #include <set>
 
 #include "connredir/address.hpp"
 #include "harness.hpp"
+
+extern "C" {
+#include "connredir_abi.h"
+}
 
 namespace connredir::test {
 namespace {
@@ -277,6 +282,58 @@ TEST_F(Chain, ProxyDownRefuseFailsTheConnectAtOnce) {
   start_proxy("vendor-a", -1, "127.0.0.1:15001");
   EXPECT_TRUE(roundtrip(dst, 1000, 13));
   EXPECT_EQ(stats()["redirected"], 1u);
+}
+
+// `up --proxies-in`: the socket-option programs attach only to the proxies'
+// cgroups. Chains work unchanged; an application's get/setsockopt meets the
+// kernel's own answer (no connredir program runs), and the layout is checked.
+TEST_F(Chain, ProxiesInKeepsSocketOptionHooksOffApplications) {
+  cli({"down"});
+  const std::string pa = cg("vendor-a"), pb = cg("vendor-b");
+  auto bad = cli({"up", "--cgroup", cgroup_, "--proxies-in", cgroup2_root()}, -1);
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("is not inside --cgroup"), std::string::npos) << bad.out;
+  EXPECT_NE(::access(pin_dir_.c_str(), F_OK), 0) << "a refused up left " << pin_dir_;
+
+  cli({"up", "--cgroup", cgroup_, "--proxies-in", pa, "--proxies-in", pb});
+  auto again = cli({"up", "--cgroup", cgroup_, "--proxies-in", pa, "--proxies-in", pb});
+  EXPECT_NE(again.out.find("already up"), std::string::npos) << again.out;
+  auto other = cli({"up", "--cgroup", cgroup_}, -1);
+  EXPECT_NE(other.status, 0);
+  EXPECT_NE(other.out.find("another layout"), std::string::npos) << other.out;
+  auto st = cli_json({"status"});
+  EXPECT_TRUE(st.value("up", false)) << st.dump();
+  ASSERT_EQ(st["proxies_in"].size(), 2u) << st.dump();
+  size_t scoped = 0;
+  for (auto& l : st["links"]) scoped += l.value("name", "").find('@') != std::string::npos;
+  EXPECT_EQ(scoped, 4u) << st.dump();  // get/setsockopt x 2 proxy cgroups
+
+  EchoServer dst("127.0.0.1:0");
+  add_vendor(1, dst, 100, "127.0.0.0/8");
+  add_vendor(0, dst, 200, "127.0.0.1/32");
+  EXPECT_TRUE(roundtrip(dst, 100000, 7));
+  expect_chain(0, {"vendor-a"}, dst.addr(), 100000);
+  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 100000);
+
+  // The application (root, so the principal check would pass) sets a forged
+  // blob: with a hook that is EINVAL and counted; without one it is the
+  // kernel's unknown-level answer and nothing is counted.
+  auto before = stats();
+  std::string got = run_in(cg("app"), 0, [] {
+    std::vector<uint8_t> blob(sizeof(connredir_records), 0xab);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    int rc = setsockopt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, blob.data(), blob.size());
+    std::string r = rc == 0 ? "OK" : strerrorname_np(errno);
+    socklen_t len = blob.size();
+    rc = getsockopt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, blob.data(), &len);
+    r += std::string(" ") + (rc == 0 ? "OK" : strerrorname_np(errno));
+    close(s);
+    return r;
+  });
+  EXPECT_EQ(got, "ENOPROTOOPT EOPNOTSUPP");
+  auto after = stats();
+  EXPECT_EQ(after["records_rejected"], before["records_rejected"]);
+  EXPECT_EQ(after["denied"], before["denied"]);
 }
 
 }  // namespace

@@ -200,7 +200,9 @@ TEST(ClientErrors, EveryErrnoSaysWhatToDo) {
     for (int err : {EOPNOTSUPP, ENOPROTOOPT}) {
       EXPECT_TRUE(contains(msg(op, err),
                            "connredir is not loaded for this process's cgroup (run `connredir up "
-                           "--cgroup DIR` and start the proxy inside that cgroup)"));
+                           "--cgroup DIR` and start the proxy inside that cgroup; if it was "
+                           "started with `--proxies-in`, start the proxy inside one of those "
+                           "cgroups)"));
     }
   }
   EXPECT_TRUE(contains(msg(SockOp::SetRecords, ENOPROTOOPT), "connredir up --cgroup"));
