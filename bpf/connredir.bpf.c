@@ -249,10 +249,44 @@ static __always_inline const struct connredir_secret *mac_key(void)
 	return k;
 }
 
+/* Words of the blob the MAC covers: the header, the origin and the hop_count
+ * hops in use. The unused hops are not hashed (a one-hop flow hashes 16
+ * words instead of 58, on every publish and every set) but must be zero, so
+ * every byte of a blob is still either authenticated or fixed. */
+#define RECORDS_HOPS_WORD (__builtin_offsetof(struct connredir_records, hops) / 8)
+#define RECORDS_HOP_WORDS (sizeof(struct connredir_hop) / 8)
+_Static_assert(__builtin_offsetof(struct connredir_records, hops) % 8 == 0, "hops word-aligned");
+_Static_assert(sizeof(struct connredir_hop) % 8 == 0, "hop is whole words");
+_Static_assert(__builtin_offsetof(struct connredir_records, mac) == RECORDS_MAC_WORDS * 8,
+	       "mac follows the hops");
+
+static __always_inline __u32 records_used_words(const struct connredir_records *r)
+{
+	__u32 n = r->hop_count;
+
+	if (n > CONNREDIR_MAX_HOPS)
+		n = CONNREDIR_MAX_HOPS;
+	return RECORDS_HOPS_WORD + n * RECORDS_HOP_WORDS;
+}
+
 static __always_inline __u64 records_mac(const struct connredir_secret *k,
 					 const struct connredir_records *r)
 {
-	return connredir_siphash_words(k->k0, k->k1, (const __u64 *)r, RECORDS_MAC_WORDS);
+	return connredir_siphash_words(k->k0, k->k1, (const __u64 *)r, records_used_words(r));
+}
+
+/* Are the hop slots past hop_count all zero (as connredir issues them)? */
+static __always_inline int records_tail_zero(const struct connredir_records *r)
+{
+	const __u64 *w = (const __u64 *)r;
+	__u32 from = records_used_words(r), i;
+	__u64 acc = 0;
+
+	for (i = RECORDS_HOPS_WORD; i < RECORDS_MAC_WORDS; i++) {
+		if (i >= from)
+			acc |= w[i];
+	}
+	return acc == 0;
 }
 
 /* Delete the hand-off this socket published, if the entry is still its own.
@@ -844,7 +878,7 @@ static __always_inline int set_records(struct bpf_sockopt *ctx)
 	if (r->magic != CONNREDIR_RECORDS_MAGIC || r->version != CONNREDIR_ABI_VERSION ||
 	    r->size != sizeof(*r) || r->hop_count == 0 || r->hop_count > CONNREDIR_MAX_HOPS)
 		goto reject;
-	if (records_mac(k, r) != r->mac)
+	if (!records_tail_zero(r) || records_mac(k, r) != r->mac)
 		goto reject;
 
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
