@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> listen;
   bool no_propagate = false;
   bool no_splice = false;
+  bool splice = false;
 
   CLI::App app{
       "connredir-proxy: reference proxy for connredir. Accepts connections that connredir "
@@ -38,11 +39,23 @@ int main(int argc, char** argv) {
   app.add_option("--idle-timeout-ms", opt.idle_timeout_ms,
                  "reset a flow that moved no data for this long (0 = never)")
       ->capture_default_str();
-  app.add_flag("--no-splice", no_splice, "relay with recv/send instead of splice");
+  app.add_flag("--splice", splice,
+               "relay bulk flows (past 64 KiB per direction) with splice(2) instead of "
+               "recv/send; on loopback recv/send is faster (bench/RESULTS.md)");
+  app.add_flag("--no-splice", no_splice, "relay with recv/send (the default)");
+  app.add_option("--buffer-size", opt.buffer_size,
+                 "bytes of relay buffer per direction for flows past their first 64 KiB "
+                 "(recv/send mode)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{4096}, size_t{16} << 20));
   CLI11_PARSE(app, argc, argv);
 
   opt.propagate = !no_propagate;
-  opt.splice = !no_splice;
+  if (splice && no_splice) {
+    std::fprintf(stderr, "connredir-proxy: give --splice or --no-splice, not both\n");
+    return 2;
+  }
+  opt.splice = splice;
   for (const auto& text : listen) {
     auto a = connredir::Address::parse(text);
     if (!a) {

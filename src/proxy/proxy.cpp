@@ -610,8 +610,9 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
 }
 
 void Proxy::Impl::established(Conn* c, uint32_t events) {
-  c->relay.emplace(std::move(c->client), std::move(c->server),
-                   Relay::Options{.splice = opt.splice, .copy_buffer = 64 * 1024, .budget = 64});
+  c->relay.emplace(
+      std::move(c->client), std::move(c->server),
+      Relay::Options{.splice = opt.splice, .copy_buffer = opt.buffer_size, .budget = 64});
   c->phase = Conn::Phase::Relaying;
   list_append(&idle, c, now);  // relaying connections always sit in `idle`
   // Client readiness seen while connecting (edges are not repeated).

@@ -24,7 +24,12 @@ struct ProxyOptions {
   unsigned max_conns = 1024;
   unsigned connect_timeout_ms = 10000;
   unsigned idle_timeout_ms = 300000;  // 0: never
-  bool splice = true;
+  // Bulk mode past a flow's first 64 KiB per direction: recv/send through
+  // buffer_size bytes (default, faster on loopback), or splice.
+  bool splice = false;
+  // Per-direction relay buffer once a flow is past its first 64 KiB (copy
+  // mode); small flows use 16 KiB.
+  size_t buffer_size = 64 * 1024;
 };
 
 class Proxy {

@@ -49,7 +49,8 @@ Relay::Relay(UniqueFd client, UniqueFd server, const Options& options) : options
   if (options_.budget == 0) options_.budget = 1;
   if (!options_.splice_fn) options_.splice_fn = &::splice;
   for (auto& d : dirs_) {
-    d.upgrade = options_.splice && options_.splice_after > 0;
+    d.upgrade = options_.splice_after > 0 &&
+                (options_.splice || options_.copy_buffer > options_.small_buffer);
     d.copy = !options_.splice || d.upgrade;
   }
 }
@@ -103,9 +104,10 @@ void Relay::pump(int dir) {
       return;
     }
     if (d.upgrade && d.bytes > options_.splice_after && d.pending() == 0) {
-      // Past the small-flow phase with nothing buffered: splice from now on.
+      // Past the small-flow phase with nothing buffered: bulk mode from now
+      // on (splice, or recv/send through the large buffer fill() allocates).
       d.upgrade = false;
-      d.copy = false;
+      d.copy = !options_.splice;
       d.buf.reset();
       d.buf_cap = d.buf_off = d.buf_len = 0;
     }

@@ -10,12 +10,16 @@
 //
 // Per direction the first Options::splice_after bytes go recv -> small
 // buffer -> send: a short flow (a request and a reply) then never pays for
-// a splice pipe (pipe2 + two closes per direction, and splice's extra
-// round trip through the pipe). Once a direction has delivered more than
-// that and its buffer is empty it switches to socket -> pipe -> socket
-// with splice(2) (zero-copy) for the rest of the flow. If pipe creation or
-// splice fails with EINVAL/ENOSYS (a socket type without splice support) or
-// splice is off, the direction uses recv/send through a buffer throughout.
+// a large buffer or a splice pipe (pipe2 + two closes per direction, and
+// splice's extra round trip through the pipe). Once a direction has
+// delivered more than that and its buffer is empty it switches to its bulk
+// mode: recv/send through a buffer of Options::copy_buffer bytes (the
+// default), or with Options::splice socket -> pipe -> socket with splice(2).
+// On loopback recv/send is the faster of the two (bench/RESULTS.md: 1.5 vs
+// 1.3 GB/s through the proxy); splice avoids the copies but moves at most a
+// pipe's worth per call. If pipe creation or splice fails with
+// EINVAL/ENOSYS (a socket type without splice support) the direction falls
+// back to recv/send.
 //
 // Half-close: EOF from one side is delivered as shutdown(SHUT_WR) on the
 // other side once everything read before it has been written. The relay is
@@ -51,9 +55,10 @@ class Relay {
     SpliceFn splice_fn = nullptr;    // nullptr: ::splice
     size_t copy_buffer = 64 * 1024;  // buffer per direction in copy mode
     unsigned budget = 64;            // fill/drain rounds per call before yielding
-    // With splice: a direction moves its first splice_after bytes by
-    // recv/send through a buffer of min(small_buffer, copy_buffer) bytes,
-    // then switches to splice. 0: splice from the first byte.
+    // A direction moves its first splice_after bytes by recv/send through
+    // a buffer of min(small_buffer, copy_buffer) bytes, then switches to its
+    // bulk mode (splice, or the copy_buffer). 0: bulk mode from the first
+    // byte.
     size_t splice_after = 64 * 1024;
     size_t small_buffer = 16 * 1024;
     // recv/send: a recv that returns less than it asked for emptied the
@@ -91,7 +96,8 @@ class Relay {
   // True while the direction reading from `from` uses splice.
   bool splicing(Side from) const { return !dirs_[static_cast<int>(from)].copy; }
   // True while the direction reading from `from` is in its small-flow phase
-  // (recv/send, switching to splice after Options::splice_after bytes).
+  // (small buffer, switching to the bulk mode after Options::splice_after
+  // bytes).
   bool small_phase(Side from) const { return dirs_[static_cast<int>(from)].upgrade; }
 
  private:
@@ -102,7 +108,7 @@ class Relay {
     int from = 0;  // index into socks_
     int to = 0;
     bool copy = false;         // recv/send mode instead of splice
-    bool upgrade = false;      // copy for now: small-flow phase, splice later
+    bool upgrade = false;      // small-flow phase: small buffer, bulk mode later
     bool eof = false;          // `from` returned EOF
     bool done = false;         // shutdown(to, SHUT_WR) issued
     bool src_empty = false;    // `from` returned EAGAIN with nothing buffered (or a short read)

@@ -532,6 +532,31 @@ TEST_P(RelaySmallFlow, CrossingTheThresholdMidStreamSwitchesToSpliceAndIsByteExa
   EXPECT_FALSE(s.relay->small_phase(Side::Client));
 }
 
+// The default proxy mode: no splice, the small buffer grows to copy_buffer
+// once a direction crosses the threshold; a direction that stays small keeps
+// its small buffer.
+TEST_P(RelaySmallFlow, CopyModeCrossingTheThresholdGrowsTheBufferAndIsByteExact) {
+  g_counted_splices = 0;
+  Relay::Options opt;
+  opt.splice = false;
+  opt.splice_fn = &counting_splice;
+  opt.splice_after = 10000;
+  opt.small_buffer = 4096;
+  opt.copy_buffer = 256 * 1024;
+  Rig s = make(Kind::Tcp, opt);
+  EXPECT_TRUE(s.relay->small_phase(Side::Client));
+  const Bytes up = random_bytes(100, 17);
+  const Bytes down = random_bytes(700 * 1024 + 3, 18);
+  const Exchange x = exchange(s, up, down, GetParam());
+  EXPECT_EQ(x.got_up, up);
+  ASSERT_EQ(x.got_down.size(), down.size());
+  EXPECT_EQ(x.got_down, down);
+  EXPECT_EQ(g_counted_splices.load(), 0) << "copy mode must never splice";
+  EXPECT_FALSE(s.relay->splicing(Side::Server));
+  EXPECT_FALSE(s.relay->small_phase(Side::Server));
+  EXPECT_TRUE(s.relay->small_phase(Side::Client));
+}
+
 TEST_P(RelaySmallFlow, OnlyTheDirectionThatCrossesSwitches) {
   g_counted_splices = 0;
   Relay::Options opt;
