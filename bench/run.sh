@@ -187,9 +187,11 @@ for i in 1 2 3 4 5 6 7 8 9 10; do mkdir -p "$CG_ON/proxy$i"; done
 mkns "$NS"
 mkns "$NS_NAT"
 ulimit -n "$(ulimit -Hn)"
-# Concurrent connections for part 6: the proxy holds 6 descriptors per relayed
-# flow (two sockets, two splice pipes), so the descriptor limit caps it.
-FD_CAP=$(( ($(ulimit -n) - 200) / 6 ))
+# Concurrent connections for part 6: the proxy holds 2 descriptors per relayed
+# flow (6 with --splice: two splice pipes), so the descriptor limit caps it.
+FD_PER_FLOW=2
+[[ " ${PROXY_ARGS:-} " == *" --splice "* ]] && FD_PER_FLOW=6
+FD_CAP=$(( ($(ulimit -n) - 200) / FD_PER_FLOW ))
 ((HOLD > FD_CAP)) && HOLD=$FD_CAP
 # The recommended layout (README): the proxies' socket-option hooks only in
 # the proxies' cgroups, so applications (config b) pay nothing on setsockopt.
