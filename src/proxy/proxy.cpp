@@ -121,6 +121,8 @@ void list_append(TimerList* l, Conn* c, uint64_t stamp) {
 }  // namespace
 
 struct Proxy::Impl {
+  // First member, so it outlives every relay that could hand a buffer back.
+  BufferPool pool;
   ProxyOptions opt;
   FlowLog log;
   UniqueFd ep, sigfd;
@@ -612,7 +614,8 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
 void Proxy::Impl::established(Conn* c, uint32_t events) {
   c->relay.emplace(
       std::move(c->client), std::move(c->server),
-      Relay::Options{.splice = opt.splice, .copy_buffer = opt.buffer_size, .budget = 64});
+      Relay::Options{
+          .splice = opt.splice, .copy_buffer = opt.buffer_size, .budget = 64, .pool = &pool});
   c->phase = Conn::Phase::Relaying;
   list_append(&idle, c, now);  // relaying connections always sit in `idle`
   // Client readiness seen while connecting (edges are not repeated).

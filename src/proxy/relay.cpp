@@ -108,8 +108,7 @@ void Relay::pump(int dir) {
       // on (splice, or recv/send through the large buffer fill() allocates).
       d.upgrade = false;
       d.copy = !options_.splice;
-      d.buf.reset();
-      d.buf_cap = d.buf_off = d.buf_len = 0;
+      drop_buffer(d, true);  // the next fill takes one of the bulk size
     }
     bool moved = false;
     const bool room = !d.copy || d.buf_len < d.buf_cap || !d.buf;
@@ -155,7 +154,7 @@ void Relay::pump(int dir) {
       d.done = true;
       d.pipe_r.reset();
       d.pipe_w.reset();
-      d.buf.reset();
+      drop_buffer(d, false);
       if (dirs_[kUp].done && dirs_[kDown].done) finish(State::Done);
       return;
     }
@@ -169,7 +168,9 @@ ssize_t Relay::fill(Direction& d) {
     if (!d.buf) {
       d.buf_cap =
           d.upgrade ? std::min(options_.small_buffer, options_.copy_buffer) : options_.copy_buffer;
-      d.buf.reset(new char[d.buf_cap]);
+      d.buf = options_.pool ? options_.pool->acquire(d.buf_cap)
+                            : std::unique_ptr<char[]>(new char[d.buf_cap]);
+      d.buf_off = d.buf_len = 0;
     }
     if (d.buf_off == d.buf_len) d.buf_off = d.buf_len = 0;
     const size_t want = d.buf_cap - d.buf_len;
@@ -205,7 +206,7 @@ ssize_t Relay::drain(Direction& d) {
     const ssize_t n = ::send(to, d.buf.get() + d.buf_off, d.buf_len - d.buf_off, MSG_NOSIGNAL);
     if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     d.buf_off += static_cast<size_t>(n);
-    if (d.buf_off == d.buf_len) d.buf_off = d.buf_len = 0;
+    if (d.buf_off == d.buf_len) drop_buffer(d, false);  // all delivered
     return n;
   }
   const ssize_t n =
@@ -273,8 +274,21 @@ void Relay::finish(State s) {
   for (auto& d : dirs_) {
     d.pipe_r.reset();
     d.pipe_w.reset();
-    d.buf.reset();
+    drop_buffer(d, false);
   }
+}
+
+void Relay::drop_buffer(Direction& d, bool always) {
+  d.buf_off = d.buf_len = 0;
+  if (!d.buf) return;
+  if (options_.pool) {
+    options_.pool->release(std::move(d.buf), d.buf_cap);
+  } else if (always) {
+    d.buf.reset();
+  } else {
+    return;  // no pool: keep it for the flow's next bytes
+  }
+  d.buf.reset();
 }
 
 }  // namespace connredir::proxy

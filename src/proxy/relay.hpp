@@ -38,6 +38,7 @@
 #include <fcntl.h>
 #include <sys/types.h>
 
+#include "buffer_pool.hpp"
 #include "unique_fd.hpp"
 
 namespace connredir::proxy {
@@ -67,6 +68,10 @@ class Relay {
     // once an event reports EPOLLRDHUP/HUP/ERR for a socket (an EOF may have
     // arrived with the data) it is read until EAGAIN or EOF again.
     bool short_read_empties = true;
+    // Where recv/send buffers come from and go back to once empty (an idle
+    // direction then holds none). nullptr: each direction keeps its own
+    // buffer for the flow's life.
+    BufferPool* pool = nullptr;
   };
   enum class State : uint8_t { Running, Done, Failed };
 
@@ -99,6 +104,8 @@ class Relay {
   // (small buffer, switching to the bulk mode after Options::splice_after
   // bytes).
   bool small_phase(Side from) const { return dirs_[static_cast<int>(from)].upgrade; }
+  // True while the direction reading from `from` holds a recv/send buffer.
+  bool holds_buffer(Side from) const { return dirs_[static_cast<int>(from)].buf != nullptr; }
 
  private:
   static constexpr int kUp = 0;    // reads the client, writes the server
@@ -127,6 +134,8 @@ class Relay {
   ssize_t fill(Direction& d);
   ssize_t drain(Direction& d);
   bool to_copy_mode(Direction& d);
+  // Returns d's (empty) buffer to the pool, or frees it when `always`.
+  void drop_buffer(Direction& d, bool always);
   void fail(Direction& d, bool reading, int err);
   void finish(State s);
 

@@ -298,6 +298,34 @@ void relay_until_readable(Driver& d, int fd) {
   while (poll(&p, 1, 0) == 0) ASSERT_EQ(d.run(50), Relay::State::Running);
 }
 
+// Mid-flow: once a request was delivered the direction holds no buffer
+// while the flow stays open and idle.
+TEST(RelayPool, AnIdleOpenFlowHoldsNoBuffer) {
+  BufferPool pool;
+  Relay::Options opt;
+  opt.splice = false;
+  opt.pool = &pool;
+  Rig s = make(Kind::Tcp, opt);
+  ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("hello"), 5));
+  Driver d(*s.relay);
+  relay_until_readable(d, s.server.get());
+  char got[5];
+  ASSERT_EQ(recv(s.server.get(), got, sizeof got, 0), 5);
+  EXPECT_EQ(std::string(got, 5), "hello");
+  EXPECT_EQ(s.relay->state(), Relay::State::Running);
+  EXPECT_FALSE(s.relay->holds_buffer(Side::Client));
+  EXPECT_FALSE(s.relay->holds_buffer(Side::Server));
+  EXPECT_EQ(pool.idle(), 1u);
+  // Without a pool the buffer stays with the direction.
+  Relay::Options own;
+  own.splice = false;
+  Rig t = make(Kind::Tcp, own);
+  ASSERT_TRUE(write_all(t.app.get(), reinterpret_cast<const uint8_t*>("hello"), 5));
+  Driver e(*t.relay);
+  relay_until_readable(e, t.server.get());
+  EXPECT_TRUE(t.relay->holds_buffer(Side::Client));
+}
+
 void reset(UniqueFd& fd) {
   linger l{1, 0};
   ASSERT_EQ(setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l), 0);
@@ -557,6 +585,26 @@ TEST_P(RelaySmallFlow, CopyModeCrossingTheThresholdGrowsTheBufferAndIsByteExact)
   EXPECT_TRUE(s.relay->small_phase(Side::Client));
 }
 
+// With a pool, a direction gives its buffer back once everything it read
+// was delivered: an idle flow holds none, and the next bytes reuse it.
+TEST_P(RelaySmallFlow, PooledBuffersAreReturnedWhenEmptyAndReused) {
+  BufferPool pool;
+  Relay::Options opt;
+  opt.splice = false;
+  opt.pool = &pool;
+  Rig s = make(Kind::Tcp, opt);
+  const Bytes up = random_bytes(3000, 19);
+  const Bytes down = random_bytes(200 * 1024 + 1, 20);  // crosses into the bulk size
+  const Exchange x = exchange(s, up, down, GetParam());
+  EXPECT_EQ(x.got_up, up);
+  ASSERT_EQ(x.got_down.size(), down.size());
+  EXPECT_EQ(x.got_down, down);
+  // One small and one bulk buffer at most per direction came back, not one
+  // per recv: returned buffers were reused.
+  EXPECT_GE(pool.idle(), 2u);
+  EXPECT_LE(pool.idle(), 4u);
+}
+
 TEST_P(RelaySmallFlow, OnlyTheDirectionThatCrossesSwitches) {
   g_counted_splices = 0;
   Relay::Options opt;
@@ -617,6 +665,27 @@ TEST(Relay, AbortResetsBothSides) {
     EXPECT_FALSE(read_all(fd, b, 16, &err));
     EXPECT_EQ(err, ECONNRESET);
   }
+}
+
+TEST(BufferPool, ReusesBuffersBySizeAndKeepsAtMostKeep) {
+  BufferPool pool(2);
+  auto a = pool.acquire(100);
+  char* pa = a.get();
+  pool.release(std::move(a), 100);
+  EXPECT_EQ(pool.idle(), 1u);
+  auto b = pool.acquire(100);
+  EXPECT_EQ(b.get(), pa) << "a released buffer of that size is handed out again";
+  auto c = pool.acquire(200);  // another size: a new buffer
+  EXPECT_NE(c.get(), nullptr);
+  EXPECT_EQ(pool.idle(), 0u);
+  pool.release(std::move(b), 100);
+  pool.release(pool.acquire(100), 100);
+  pool.release(std::unique_ptr<char[]>(new char[100]), 100);
+  pool.release(std::unique_ptr<char[]>(new char[100]), 100);  // over keep: freed
+  pool.release(std::move(c), 200);
+  EXPECT_EQ(pool.idle(), 3u);
+  pool.release(nullptr, 100);
+  EXPECT_EQ(pool.idle(), 3u);
 }
 
 }  // namespace
