@@ -572,6 +572,16 @@ uint32_t KernelTest::callout_id(const std::string& name) {
   return 0;
 }
 
+void KernelTest::add_redirect(const std::string& name, const std::string& proxy, int proxy_uid,
+                              const std::string& cidr, uint16_t port,
+                              const std::vector<std::string>& filter_extra) {
+  cli({"callout", "add", name, "--proxy", proxy, "--proxy-uid", std::to_string(proxy_uid)});
+  std::vector<std::string> f{"filter", "add", "--callout", name,
+                             "--dst",  cidr,  "--port",    std::to_string(port)};
+  f.insert(f.end(), filter_extra.begin(), filter_extra.end());
+  cli(f);
+}
+
 std::map<std::string, uint64_t> KernelTest::stats() {
   std::map<std::string, uint64_t> out;
   auto j = cli_json({"status"});

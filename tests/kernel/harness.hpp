@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 #include <sys/types.h>
 
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -106,6 +109,20 @@ std::vector<std::string> sweep_leftovers(bool stale_only);
 int listen_on(const std::string& addr_port);
 int connect_to(const std::string& addr_port);
 
+// Polls `pred` every `poll_ms` until it holds or `timeout_ms` passed;
+// returns its last value. For state that settles asynchronously (logs
+// written, sockets closed), never as a timing assertion.
+template <class F>
+bool eventually(F pred, int timeout_ms, int poll_ms = 20) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(timeout_ms))
+      return pred();
+    usleep(static_cast<useconds_t>(poll_ms) * 1000);
+  }
+  return true;
+}
+
 // Per-test environment: cgroup tree + pin dir + `connredir up`.
 class KernelTest : public ::testing::Test {
  protected:
@@ -122,6 +139,11 @@ class KernelTest : public ::testing::Test {
                        const std::vector<std::string>& extra = {});
   std::string proxy_log(const std::string& name) const { return dir_ + "/" + name + ".jsonl"; }
   uint32_t callout_id(const std::string& name);
+  // Registers callout `name` (proxy at `proxy`, principal `proxy_uid`) and one
+  // filter sending `cidr` port `port` to it, plus `filter_extra` arguments.
+  void add_redirect(const std::string& name, const std::string& proxy, int proxy_uid,
+                    const std::string& cidr, uint16_t port,
+                    const std::vector<std::string>& filter_extra = {});
   // A probe "proxy": a process in cgroup vendor-a as `uid` accepts the one
   // connection of an app (cgroup app) that connects to `dst`, runs `fn` on
   // the accepted fd and returns its text. The app then sees EOF.

@@ -47,6 +47,16 @@ class Chain : public KernelTest {
     return got == payload;
   }
 
+  // Vendor B registered first, A with the higher weight; one round trip of
+  // n bytes must pass A, then B, each logging the chain so far.
+  void two_vendors_in_weight_order(const EchoServer& dst, size_t n, uint32_t seed) {
+    add_vendor(1, dst, 100, "127.0.0.0/8");
+    add_vendor(0, dst, 200, "127.0.0.1/32");
+    EXPECT_TRUE(roundtrip(dst, n, seed));
+    expect_chain(0, {"vendor-a"}, dst.addr(), n);
+    expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), n);
+  }
+
   // Asserts that vendor i's proxy logged exactly one ok flow whose chain is
   // `expect` (callout names, in order).
   void expect_chain(int i, const std::vector<std::string>& expect, const std::string& orig_dst,
@@ -77,12 +87,7 @@ TEST_F(Chain, OneProxyRelaysTheFlowOnce) {
 
 TEST_F(Chain, TwoVendorsInWeightOrderEachOnce) {
   EchoServer dst("127.0.0.1:0");
-  // B is registered first but A has the higher weight: A must come first.
-  add_vendor(1, dst, 100, "127.0.0.0/8");
-  add_vendor(0, dst, 200, "127.0.0.1/32");
-  EXPECT_TRUE(roundtrip(dst, 300000, 2));
-  expect_chain(0, {"vendor-a"}, dst.addr(), 300000);
-  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 300000);
+  two_vendors_in_weight_order(dst, 300000, 2);
   EXPECT_EQ(dst.peers().size(), 1u);
 }
 
@@ -309,11 +314,7 @@ TEST_F(Chain, ProxiesInKeepsSocketOptionHooksOffApplications) {
   EXPECT_EQ(scoped, 4u) << st.dump();  // get/setsockopt x 2 proxy cgroups
 
   EchoServer dst("127.0.0.1:0");
-  add_vendor(1, dst, 100, "127.0.0.0/8");
-  add_vendor(0, dst, 200, "127.0.0.1/32");
-  EXPECT_TRUE(roundtrip(dst, 100000, 7));
-  expect_chain(0, {"vendor-a"}, dst.addr(), 100000);
-  expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), 100000);
+  two_vendors_in_weight_order(dst, 100000, 7);
 
   // The application (root, so the principal check would pass) sets a forged
   // blob: with a hook that is EINVAL and counted; without one it is the

@@ -31,9 +31,7 @@ std::string errname(int rc, int err) { return rc == 0 ? "OK" : strerrorname_np(e
 class Contract : public KernelTest {
  protected:
   void setup_vendor(const EchoServer& dst, const std::string& proxy, const std::string& cidr) {
-    cli({"callout", "add", "vendor-a", "--proxy", proxy, "--proxy-uid", std::to_string(kProxyUid)});
-    cli({"filter", "add", "--callout", "vendor-a", "--dst", cidr, "--port",
-         std::to_string(dst.port()), "--context", "tenant=blue"});
+    add_redirect("vendor-a", proxy, kProxyUid, cidr, dst.port(), {"--context", "tenant=blue"});
   }
 };
 

@@ -124,16 +124,6 @@ std::string long_lived_flow(const std::string& dst, const std::string& ready,
 
 class Faults : public ChainFixture {
  protected:
-  template <class F>
-  bool eventually(F pred, int timeout_ms) {
-    auto t0 = Clock::now();
-    while (!pred()) {
-      if (Clock::now() - t0 > std::chrono::milliseconds(timeout_ms)) return pred();
-      usleep(20000);
-    }
-    return true;
-  }
-
   bool wait_file(const std::string& p, int timeout_ms = 30000) {
     return eventually([&] { return exists(p); }, timeout_ms);
   }

@@ -23,10 +23,7 @@ constexpr int kProxyUid = 4001;
 class Winsock : public KernelTest {
  protected:
   void setup_vendor(const EchoServer& dst) {
-    cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--proxy-uid",
-         std::to_string(kProxyUid)});
-    cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
-         std::to_string(dst.port())});
+    add_redirect("vendor-a", "127.0.0.1:15001", kProxyUid, "127.0.0.1/32", dst.port());
   }
 };
 
