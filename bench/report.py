@@ -245,6 +245,27 @@ if ("memory", "free") in by:
       "the per-cache breakdown.")
     p("")
 
+# Profile (--profile): connredir's BPF programs per connection
+bpf_path = os.path.join(out, "profile-bpf.jsonl")
+if os.path.exists(bpf_path):
+    p("## Kernel-side cost per connection (--profile, 1cpu, kernel.bpf_stats_enabled)")
+    p("")
+    p("| config | program | runs / conn | ns / run | ns / conn |")
+    p("|---|---|---|---|---|")
+    for l in open(bpf_path):
+        if not l.strip():
+            continue
+        r = json.loads(l)
+        n = max(1, r["conns"])
+        total = 0
+        for name, (runs, ns) in sorted(r["progs"].items(), key=lambda kv: -kv[1][1]):
+            total += ns
+            p(f"| {r['config']} | {name} | {runs / n:.2f} | {ns / max(1, runs):.0f} | {ns / n:.0f} |")
+        p(f"| {r['config']} | **all** | | | **{total / n:.0f}** |")
+    p("")
+    p("bpf_stats adds about 20 ns to every run; the run times include it.")
+    p("")
+
 if goals:
     p("## Goals")
     p("")

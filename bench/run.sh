@@ -299,9 +299,46 @@ part_connect() {
 
 # Where the time of (c) and (d) goes: syscalls per connection of the proxy
 # (perf stat on raw_syscalls), and a call-graph profile of CPU 0 on 1cpu.
+# Kernel-side cost of connredir per connection of (b) and (c): run count and
+# run time of each of its programs (kernel.bpf_stats_enabled, which itself
+# adds ~20 ns per run; restored afterwards).
+profile_bpf() {
+  local ids c j before after old
+  ids=$(for l in "$PIN"/links/*; do bpftool link show pinned "$l" -j; done |
+    python3 -c 'import json,sys; print(",".join(str(json.loads(l)["prog_id"]) for l in sys.stdin if l.strip()))')
+  old=$(sysctl -n kernel.bpf_stats_enabled)
+  for c in b-loaded-no-match c-connredir-proxy; do
+    sysctl -qw kernel.bpf_stats_enabled=1
+    before=$(bpftool prog show -j)
+    j=$(measure_connect 1cpu "$c")
+    after=$(bpftool prog show -j)
+    sysctl -qw kernel.bpf_stats_enabled="$old"
+    python3 - "$c" "$ids" "$before" "$after" "$j" >>"$OUT/profile-bpf.jsonl" <<'PY'
+import json, sys
+cfg, ids = sys.argv[1], {int(i) for i in sys.argv[2].split(",") if i}
+b = {p["id"]: p for p in json.loads(sys.argv[3])}
+n = json.loads(sys.argv[5])["conns"]
+progs = {}
+for p in json.loads(sys.argv[4]):
+    if p["id"] not in ids:
+        continue
+    q = b.get(p["id"], {})
+    runs = p.get("run_cnt", 0) - q.get("run_cnt", 0)
+    ns = p.get("run_time_ns", 0) - q.get("run_time_ns", 0)
+    if runs:
+        e = progs.setdefault(p["name"], [0, 0])
+        e[0] += runs
+        e[1] += ns
+print(json.dumps({"config": cfg, "conns": n, "progs": progs}))
+PY
+    log "  profile bpf $c: $(tail -1 "$OUT/profile-bpf.jsonl")"
+  done
+}
+
 profile_connect() {
-  command -v perf >/dev/null || { log "profile: perf missing (linux-perf)"; return 0; }
   place 1cpu
+  profile_bpf
+  command -v perf >/dev/null || { log "profile: perf missing (linux-perf)"; return 0; }
   local c pid j
   for c in c-connredir-proxy d-nft-proxy; do
     pid=$PID_proxy1
