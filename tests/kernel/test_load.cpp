@@ -41,7 +41,7 @@ class Load : public ChainFixture {
 // callout has an IPv4 and an IPv6 proxy address, served by two proxy
 // processes (vendor-a / vendor-a6, ...): CI sandboxes may cap RLIMIT_NOFILE
 // (here: 20 000, no CAP_SYS_RESOURCE to raise it) and a relayed flow costs a
-// proxy 2 descriptors (--no-splice; 6 with splice pipes), so 5 000 flows per
+// proxy 2 descriptors (6 with --splice: splice pipes), so 5 000 flows per
 // process fit where 10 000 would not.
 TEST_F(Load, TenThousandConcurrentConnectionsThroughTwoVendors) {
   constexpr int kConns = 10000;
@@ -61,7 +61,7 @@ TEST_F(Load, TenThousandConcurrentConnectionsThroughTwoVendors) {
          std::to_string(dst4.port()), "--weight", weight});
     cli({"filter", "add", "--callout", name, "--dst", "::1/128", "--port",
          std::to_string(dst6.port()), "--weight", weight});
-    const std::vector<std::string> flags{"--max-conns", "6000", "--no-splice"};
+    const std::vector<std::string> flags{"--max-conns", "6000"};
     start_proxy(name, std::stoi(uid), "127.0.0.1:" + port, flags);
     start_proxy(name + "6", std::stoi(uid), "[::1]:" + port, flags);
   }
