@@ -56,8 +56,8 @@ trap cleanup EXIT
 
 mkdir -p "$CG/app" "$CG/vendor-a" "$CG/vendor-b"
 
-echo "== connredir up on $CG"
-cr up --cgroup "$CG"
+echo "== connredir up on $CG (proxy socket options only in the vendors' cgroups)"
+cr up --cgroup "$CG" --proxies-in "$CG/vendor-a" --proxies-in "$CG/vendor-b"
 cr callout add vendor-a --proxy 127.0.0.1:15001 --proxy-uid 4001
 cr callout add vendor-b --proxy 127.0.0.1:15002 --proxy-uid 4002
 # Overlapping filters: A (weight 200) wants HTTP to 127.0.0.1, B (weight 100)

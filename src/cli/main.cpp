@@ -126,12 +126,18 @@ int cmd_up(const std::string& pin_dir, const std::string& cgroup,
                r->cgroup.id);
     return 0;
   }
-  fmt::print("connredir is up at {}: {} program{} attached to cgroup {} (id {}){}\n", pin_dir,
-             r->attached.size(), r->attached.size() == 1 ? "" : "s", r->cgroup.path, r->cgroup.id,
+  // PROG@ID links are attached to a proxy cgroup (--proxies-in).
+  const auto scoped = static_cast<size_t>(
+      std::count_if(r->attached.begin(), r->attached.end(),
+                    [](const std::string& n) { return n.find('@') != std::string::npos; }));
+  const size_t here = r->attached.size() - scoped;
+  fmt::print("connredir is up at {}: {} program{} attached to cgroup {} (id {}){}\n", pin_dir, here,
+             here == 1 ? "" : "s", r->cgroup.path, r->cgroup.id,
              r->secret_initialised ? "; new records MAC key" : "; existing records MAC key kept");
   for (const auto& p : r->proxies_in)
     fmt::print(
-        "proxy socket options (records, context, SO_ORIGINAL_DST) only in cgroup {} (id {})\n",
+        "proxy socket options (records, context, SO_ORIGINAL_DST) attached only to cgroup {} (id "
+        "{})\n",
         p.path, p.id);
   return 0;
 }
