@@ -293,6 +293,14 @@ TEST_P(RelayModes, ServerHalfCloseFirstKeepsUpstreamOpen) {
 }
 
 // Runs the relay until `fd` has something to read (data, EOF or an error).
+// connredir-proxy's configuration: recv/send, buffers from `pool`.
+Relay::Options pooled_copy_options(BufferPool& pool) {
+  Relay::Options opt;
+  opt.splice = false;
+  opt.pool = &pool;
+  return opt;
+}
+
 void relay_until_readable(Driver& d, int fd) {
   pollfd p{fd, POLLIN, 0};
   while (poll(&p, 1, 0) == 0) ASSERT_EQ(d.run(50), Relay::State::Running);
@@ -302,10 +310,7 @@ void relay_until_readable(Driver& d, int fd) {
 // while the flow stays open and idle.
 TEST(RelayPool, AnIdleOpenFlowHoldsNoBuffer) {
   BufferPool pool;
-  Relay::Options opt;
-  opt.splice = false;
-  opt.pool = &pool;
-  Rig s = make(Kind::Tcp, opt);
+  Rig s = make(Kind::Tcp, pooled_copy_options(pool));
   ASSERT_TRUE(write_all(s.app.get(), reinterpret_cast<const uint8_t*>("hello"), 5));
   Driver d(*s.relay);
   relay_until_readable(d, s.server.get());
@@ -589,10 +594,7 @@ TEST_P(RelaySmallFlow, CopyModeCrossingTheThresholdGrowsTheBufferAndIsByteExact)
 // was delivered: an idle flow holds none, and the next bytes reuse it.
 TEST_P(RelaySmallFlow, PooledBuffersAreReturnedWhenEmptyAndReused) {
   BufferPool pool;
-  Relay::Options opt;
-  opt.splice = false;
-  opt.pool = &pool;
-  Rig s = make(Kind::Tcp, opt);
+  Rig s = make(Kind::Tcp, pooled_copy_options(pool));
   const Bytes up = random_bytes(3000, 19);
   const Bytes down = random_bytes(200 * 1024 + 1, 20);  // crosses into the bulk size
   const Exchange x = exchange(s, up, down, GetParam());
