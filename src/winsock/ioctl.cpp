@@ -276,16 +276,24 @@ int ioctl_core(const Call& c) {
     set_last_error(WSAEFAULT, std::string(what) + " is not valid user memory");
     return WSAEFAULT;
   };
-  if (c.bytes != nullptr ? !probe_write(c.bytes, sizeof(DWORD)) : !overlapped)
-    return fault("lpcbBytesReturned");
-  if (!probe_read(c.in, c.cb_in)) return fault("lpvInBuffer");
-  if (!probe_write(c.out, c.cb_out)) return fault("lpvOutBuffer");
-  if (overlapped) {
-    if (!probe_write(c.ov, sizeof(WSAOVERLAPPED))) return fault("lpOverlapped");
-    if (c.cr != nullptr && !probe_read(reinterpret_cast<const void*>(c.cr), 1))
-      return fault("lpCompletionRoutine");
-    if (c.spi && c.cr != nullptr && !probe_read(c.tid, sizeof(WSATHREADID)))
-      return fault("lpThreadId");
+  {
+    // probe_write reads a byte per page and writes it back. The worker
+    // writes a pending operation's WSAOVERLAPPED and output buffer (which a
+    // caller may pass again) under this lock, so probing outside it could put
+    // a stale byte back over a completion (seen: Internal's low byte turning
+    // a finished status 0 into 3).
+    std::lock_guard lk(rt().mu);
+    if (c.bytes != nullptr ? !probe_write(c.bytes, sizeof(DWORD)) : !overlapped)
+      return fault("lpcbBytesReturned");
+    if (!probe_read(c.in, c.cb_in)) return fault("lpvInBuffer");
+    if (!probe_write(c.out, c.cb_out)) return fault("lpvOutBuffer");
+    if (overlapped) {
+      if (!probe_write(c.ov, sizeof(WSAOVERLAPPED))) return fault("lpOverlapped");
+      if (c.cr != nullptr && !probe_read(reinterpret_cast<const void*>(c.cr), 1))
+        return fault("lpCompletionRoutine");
+      if (c.spi && c.cr != nullptr && !probe_read(c.tid, sizeof(WSATHREADID)))
+        return fault("lpThreadId");
+    }
   }
   if (c.bytes) *c.bytes = 0;
 
@@ -437,7 +445,9 @@ BOOL WSAAPI WSAGetOverlappedResult(SOCKET s, LPWSAOVERLAPPED lpOverlapped, LPDWO
     set_last_error(WSAENOTSOCK, "descriptor is not an open socket");
     return FALSE;
   }
-  if (!probe_write(lpOverlapped, sizeof(*lpOverlapped)) ||
+  // lpOverlapped is only read here, and the worker may be completing it right
+  // now: probe it read-only (probe_write puts bytes back, see WSAIoctl).
+  if (!probe_read(lpOverlapped, sizeof(*lpOverlapped)) ||
       !probe_write(lpcbTransfer, sizeof(DWORD)) || !probe_write(lpdwFlags, sizeof(DWORD))) {
     set_last_error(WSAEFAULT, "a pointer argument is not valid user memory");
     return FALSE;
