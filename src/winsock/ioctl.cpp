@@ -280,8 +280,9 @@ int ioctl_core(const Call& c) {
     // probe_write reads a byte per page and writes it back. The worker
     // writes a pending operation's WSAOVERLAPPED and output buffer (which a
     // caller may pass again) under this lock, so probing outside it could put
-    // a stale byte back over a completion (seen: Internal's low byte turning
-    // a finished status 0 into 3).
+    // a stale byte back over a completion (Internal's low byte, 0x03 of
+    // STATUS_PENDING, over a finished status 0: the likely cause of one
+    // failed ASan run of Overlapped.RoutineOfAnExitedThreadIsDropped).
     std::lock_guard lk(rt().mu);
     if (c.bytes != nullptr ? !probe_write(c.bytes, sizeof(DWORD)) : !overlapped)
       return fault("lpcbBytesReturned");
