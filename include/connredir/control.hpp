@@ -460,6 +460,10 @@ struct UpOptions {
 };
 // Programs that only proxies need: attached to UpOptions::proxies_in when given.
 bool proxy_scoped_program(std::string_view name);
+// A pinned link of such a program attached to a proxy cgroup: "PROG@CGROUP-ID".
+inline bool proxy_scoped_link(std::string_view pin) {
+  return pin.find('@') != std::string_view::npos;
+}
 struct UpResult {
   bool already_up = false;
   CgroupRef cgroup;

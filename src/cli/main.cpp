@@ -126,10 +126,9 @@ int cmd_up(const std::string& pin_dir, const std::string& cgroup,
                r->cgroup.id);
     return 0;
   }
-  // PROG@ID links are attached to a proxy cgroup (--proxies-in).
   const auto scoped = static_cast<size_t>(
       std::count_if(r->attached.begin(), r->attached.end(),
-                    [](const std::string& n) { return n.find('@') != std::string::npos; }));
+                    [](const std::string& n) { return ctl::proxy_scoped_link(n); }));
   const size_t here = r->attached.size() - scoped;
   fmt::print("connredir is up at {}: {} program{} attached to cgroup {} (id {}){}\n", pin_dir, here,
              here == 1 ? "" : "s", r->cgroup.path, r->cgroup.id,
@@ -175,8 +174,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
                      {"prog_id", l.prog_id},
                      {"cgroup_id", l.cgroup_id}});
     if (l.cgroup_id == 0) problems.push_back(fmt::format("link {}: its cgroup is gone", l.name));
-    // PROG@ID links are the proxy-scoped programs of `up --proxies-in`.
-    if (l.name.find('@') != std::string::npos) {
+    if (ctl::proxy_scoped_link(l.name)) {
       if (std::find(proxy_cgs.begin(), proxy_cgs.end(), l.cgroup_id) == proxy_cgs.end())
         proxy_cgs.push_back(l.cgroup_id);
     } else if (cg == 0) {

@@ -14,8 +14,8 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
-#include <filesystem>
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include <fmt/format.h>

@@ -170,7 +170,6 @@ ssize_t Relay::fill(Direction& d) {
           d.upgrade ? std::min(options_.small_buffer, options_.copy_buffer) : options_.copy_buffer;
       d.buf = options_.pool ? options_.pool->acquire(d.buf_cap)
                             : std::unique_ptr<char[]>(new char[d.buf_cap]);
-      d.buf_off = d.buf_len = 0;
     }
     if (d.buf_off == d.buf_len) d.buf_off = d.buf_len = 0;
     const size_t want = d.buf_cap - d.buf_len;
@@ -280,15 +279,11 @@ void Relay::finish(State s) {
 
 void Relay::drop_buffer(Direction& d, bool always) {
   d.buf_off = d.buf_len = 0;
-  if (!d.buf) return;
   if (options_.pool) {
-    options_.pool->release(std::move(d.buf), d.buf_cap);
+    options_.pool->release(std::move(d.buf), d.buf_cap);  // leaves d.buf empty
   } else if (always) {
     d.buf.reset();
-  } else {
-    return;  // no pool: keep it for the flow's next bytes
-  }
-  d.buf.reset();
+  }  // else no pool: keep it for the flow's next bytes
 }
 
 }  // namespace connredir::proxy
