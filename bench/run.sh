@@ -7,7 +7,9 @@
 # Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
 #          --placements "1cpu free", --rounds N,
 #          --profile (connect part: syscalls per connection of each proxy and a
-#          system-wide perf profile of (c) and (d) on 1cpu, in OUT/profile-*).
+#          system-wide perf profile of (c) and (d) on 1cpu, and, when the free
+#          placement is measured, scheduler events per connection and wake-up
+#          latencies of (c) and (d) unpinned; in OUT/profile-*).
 #
 # (Programs enter a namespace with nsenter --net, not `ip netns exec`, which
 # remounts /sys and would hide the cgroup2 mount.)
@@ -293,7 +295,7 @@ part_connect() {
     log "part 1 (connect path), $pl"
     rounds connect "$pl" "$ROUNDS" a-no-hooks b-loaded-no-match c-connredir-proxy d-nft-proxy
   done
-  ((PROFILE)) && profile_connect
+  ((PROFILE)) && profile_connect && [[ $PLACEMENTS == *free* ]] && profile_sched
   return 0
 }
 
@@ -364,6 +366,54 @@ profile_connect() {
     perf report -q -i "$OUT/profile-$c.data" --no-children --sort comm --percent-limit 1 -g none \
       2>/dev/null | head -20 >"$OUT/profile-$c-comm.txt"
     rm -f "$OUT/profile-$c.data"
+  done
+}
+
+# Free placement: who wakes whom. (c) and (d) cost about the same CPU (1cpu
+# figures) yet differ unpinned; count, per connection, the scheduler events
+# system-wide (wake-ups, migrations, context switches) and the wake-up
+# latency each task saw (perf sched latency) for both paths.
+profile_sched() {
+  place free
+  command -v perf >/dev/null || return 0
+  local c j n ps
+  for c in c-connredir-proxy d-nft-proxy; do
+    perf stat -a -x, -o "$OUT/profile-$c-sched.csv" \
+      -e sched:sched_wakeup,sched:sched_migrate_task,context-switches,cpu-migrations \
+      -- sleep 2.5 &
+    ps=$!
+    sleep 0.2
+    j=$(measure_connect free "$c")
+    wait $ps || true
+    n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conns"])' "$j")
+    python3 - "$c" "$n" "$OUT/profile-$c-sched.csv" >>"$OUT/profile-sched.jsonl" <<'PY'
+import json, sys
+c, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {"config": c, "conns": n}
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0].replace(".", "").isdigit():
+        out[f[2].split(":")[-1] + "_per_conn"] = round(float(f[0]) / n, 2)
+print(json.dumps(out))
+PY
+    log "  profile sched $c: $(tail -1 "$OUT/profile-sched.jsonl")"
+    perf sched record -a -q -o "$OUT/profile-$c-sched.data" -- sleep 2.2 >/dev/null 2>&1 &
+    ps=$!
+    sleep 0.1
+    measure_connect free "$c" >/dev/null
+    wait $ps || true
+    perf sched latency -i "$OUT/profile-$c-sched.data" --sort max 2>/dev/null |
+      grep -E 'connload|connredir-pro|ksoftirqd|TOTAL|Task' >"$OUT/profile-$c-sched-latency.txt" || true
+    # Which tasks migrate, from which CPU to which, and who woke whom.
+    perf script -i "$OUT/profile-$c-sched.data" -F event,trace 2>/dev/null |
+      awk '/sched_migrate_task/ { for (i = 1; i <= NF; i++) if ($i ~ /^(comm|orig_cpu|dest_cpu)=/) k = k " " $i; m[k]++; k = "" }
+           END { for (k in m) print m[k], "migrate" k }' | sort -rn | head -12 \
+      >"$OUT/profile-$c-sched-migrations.txt" || true
+    perf script -i "$OUT/profile-$c-sched.data" -F comm,cpu,event,trace 2>/dev/null |
+      awk '/sched_waking:/ { w = ""; for (i = 1; i <= NF; i++) if ($i ~ /^(comm|target_cpu)=/) w = w " " $i; m[$1 " " $2 " wakes" w]++ }
+           END { for (k in m) print m[k], k }' | sort -rn | head -16 \
+      >"$OUT/profile-$c-sched-wakeups.txt" || true
+    rm -f "$OUT/profile-$c-sched.data"
   done
 }
 
