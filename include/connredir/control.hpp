@@ -359,8 +359,19 @@ class Control {
   // Compare the kernel index with a rebuild from the filters map; returns
   // the writes that would repair it (empty = consistent).
   Result<std::vector<IndexWrite>> check_index();
-  // Apply check_index()'s writes.
-  Result<size_t> repair_index();
+  // Make the index match the filters: the writes check_index() reports,
+  // with one exception. A filter that no index entry names was never active
+  // (an add or load was interrupted between writing the filter and writing
+  // the index); if indexing it would put more than CONNREDIR_CANDIDATES_MAX
+  // filters on one prefix, it is removed instead, newest first, and listed in
+  // the result. Active filters are never removed: E2BIG if they alone
+  // overflow an entry (only possible if the maps were edited by hand).
+  struct IndexRepair {
+    size_t writes = 0;                 // index entries written or erased
+    std::vector<FilterInfo> removed;   // never-active filters that could not be indexed
+    std::vector<std::string> crowded;  // the prefixes that were over the limit
+  };
+  Result<IndexRepair> repair_index();
 
   // Principals: the union of explicit authorizations and the callouts'
   // proxy principals.

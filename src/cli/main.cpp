@@ -501,7 +501,17 @@ int cmd_filter_check(const std::string& pin_dir, bool repair) {
   }
   auto n = c.repair_index();
   if (!n) return report(n.error());
-  fmt::print("repaired {} index entr{}\n", *n, *n == 1 ? "y" : "ies");
+  for (const auto& f : n->removed)
+    fmt::print(
+        "filter {} (callout {}, dst {}, ports {}) removed: no index entry named it, so an "
+        "interrupted `filter add` or `filter load` left it and it was never active\n",
+        f.id, f.callout, f.dst.to_string(), f.ports.to_string());
+  if (!n->removed.empty())
+    fmt::print(
+        "(indexing them would have put more than {} filters on {}; re-run the interrupted "
+        "command if you still want them)\n",
+        CONNREDIR_CANDIDATES_MAX, fmt::join(n->crowded, ", "));
+  fmt::print("repaired {} index entr{}\n", n->writes, n->writes == 1 ? "y" : "ies");
   return 0;
 }
 

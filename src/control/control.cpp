@@ -372,7 +372,25 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   auto ifs = index_filters(*filters);
   IndexPlanner planner(ifs);
   auto plan = planner.plan_add(index_filter(f));
-  if (!plan) return tl::unexpected(plan.error());
+  if (!plan) {
+    auto e = plan.error();
+    // Filters an interrupted command left behind count here although they
+    // were never active; say so, since the repair can clear them.
+    if (e.code == E2BIG) {
+      if (auto idx = read_index()) {
+        std::set<uint32_t> named;
+        for (const auto& [k, ids] : *idx) named.insert(ids.begin(), ids.end());
+        size_t orphans = 0;
+        for (const auto& x : *filters) orphans += named.count(x.id) == 0;
+        if (orphans > 0)
+          e.message += fmt::format(
+              " ({} of the filters were left by an interrupted command and were never active: "
+              "`connredir filter check --repair` removes those that cannot be indexed)",
+              orphans);
+      }
+    }
+    return tl::unexpected(e);
+  }
 
   // Filter entry first: index entries must never name a missing filter.
   if (auto r = store_.update(MapId::Filters, &id, &f); !r) {
@@ -451,14 +469,69 @@ Result<std::vector<IndexWrite>> Control::check_index() {
   return index_diff(*kernel, planner.build());
 }
 
-Result<size_t> Control::repair_index() {
-  auto writes = check_index();
-  if (!writes) return tl::unexpected(writes.error());
+Result<Control::IndexRepair> Control::repair_index() {
+  auto filters = read_filters();
+  if (!filters) return tl::unexpected(filters.error());
+  auto kernel = read_index();
+  if (!kernel) return tl::unexpected(kernel.error());
+  auto callouts = read_callouts();
+  if (!callouts) return tl::unexpected(callouts.error());
+  std::set<uint32_t> named;
+  for (const auto& [k, ids] : *kernel) named.insert(ids.begin(), ids.end());
+
+  IndexRepair out;
+  std::set<uint32_t> drop;
+  std::set<std::string> crowded;
+  Index want;
+  // Each pass drops, for every over-long entry, as many of its never-named
+  // filters as it is over (newest first); a dropped filter leaves the other
+  // entries it was in as well, so the next build can only be shorter.
+  for (;;) {
+    std::vector<connredir_filter> keep;
+    keep.reserve(filters->size());
+    for (const auto& f : *filters)
+      if (!drop.count(f.id)) keep.push_back(f);
+    want = IndexPlanner(index_filters(keep)).build();
+    bool over = false;
+    for (const auto& [k, ids] : want) {
+      if (ids.size() <= CONNREDIR_CANDIDATES_MAX) continue;
+      over = true;
+      crowded.insert(k.to_string());
+      std::vector<uint32_t> orphans;
+      for (uint32_t id : ids)
+        if (!named.count(id)) orphans.push_back(id);
+      size_t excess = ids.size() - CONNREDIR_CANDIDATES_MAX;
+      if (orphans.size() < excess)
+        return fail(E2BIG, fmt::format("index entry {} would name {} filters (at most {}) and "
+                                       "{} of them are active; delete filters covering {} "
+                                       "(`connredir filter list`, `connredir filter del ID`) "
+                                       "and run the repair again",
+                                       k.to_string(), ids.size(), CONNREDIR_CANDIDATES_MAX,
+                                       ids.size() - orphans.size(), k.to_string()));
+      std::sort(orphans.rbegin(), orphans.rend());
+      drop.insert(orphans.begin(), orphans.begin() + static_cast<std::ptrdiff_t>(excess));
+    }
+    if (!over) break;
+  }
+
+  auto writes = index_diff(*kernel, want);
   // Every entry is self-contained, so any order is consistent; writing
   // before erasing keeps each destination answered throughout.
-  std::stable_partition(writes->begin(), writes->end(), [](const auto& w) { return !w.erase(); });
-  if (auto r = apply_index(*writes); !r) return tl::unexpected(r.error());
-  return writes->size();
+  std::stable_partition(writes.begin(), writes.end(), [](const auto& w) { return !w.erase(); });
+  if (auto r = apply_index(writes); !r) return tl::unexpected(r.error());
+  out.writes = writes.size();
+  // Then the dropped filters: no entry names them (they were never named,
+  // and the new index was built without them).
+  for (const auto& f : *filters) {
+    if (!drop.count(f.id)) continue;
+    if (auto r = store_.erase(MapId::Filters, &f.id); !r) return tl::unexpected(r.error());
+    std::string name = "?";
+    for (const auto& c : *callouts)
+      if (c.id == f.callout_id) name = callout_name(c);
+    out.removed.push_back(filter_info(f, name));
+  }
+  out.crowded.assign(crowded.begin(), crowded.end());
+  return out;
 }
 
 // ---- principals --------------------------------------------------------------

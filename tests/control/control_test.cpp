@@ -364,8 +364,84 @@ TEST_F(ControlTest, RepairIndex) {
   EXPECT_EQ(ctl.check_index()->size(), 2u);
   auto n = ctl.repair_index();
   ASSERT_TRUE(n);
-  EXPECT_EQ(*n, 2u);
+  EXPECT_EQ(n->writes, 2u);
+  EXPECT_TRUE(n->removed.empty());
   EXPECT_TRUE(ctl.check_index()->empty());
+  EXPECT_EQ(store.size(MapId::Filters), 2u);  // the un-named /16 filter fits: completed
+}
+
+// What a killed `filter add` leaves: a filter entry that no index entry
+// names. The repair completes such filters while they fit and removes the
+// newest of them where they would overflow a prefix; active filters stay.
+TEST_F(ControlTest, RepairRemovesNeverActiveFiltersThatCannotBeIndexed) {
+  add_callout("a");
+  add_filter("a", "10.0.0.0/8");  // id 1: active, named
+  for (int i = 0; i < CONNREDIR_CANDIDATES_MAX - 3; ++i) add_filter("a", "10.1.0.0/16");
+  // A genuine 10.1.2.0/24 filter entry as the template, then gone again.
+  uint32_t next = add_filter("a", "10.1.2.0/24").filter.id;
+  connredir_filter tmpl = raw_filter(next);
+  ASSERT_TRUE(ctl.delete_filter(next));
+  auto active = kernel_index();
+  // Five interrupted adds of 10.1.2.0/24: filter entries written, index not.
+  std::vector<uint32_t> orphan_ids;
+  for (int i = 0; i < 5; ++i) {
+    connredir_filter f = tmpl;
+    f.id = next + static_cast<uint32_t>(i);
+    f.seq = tmpl.seq + static_cast<uint64_t>(i);
+    ASSERT_TRUE(store.update(MapId::Filters, &f.id, &f));
+    orphan_ids.push_back(f.id);
+  }
+  // 1 + 29 + 5 = 35 filters cover 10.1.2.0/24: 3 over the limit. A new add
+  // there is refused, and the message points at the repair.
+  EXPECT_FALSE(ctl.check_index()->empty());
+  FilterSpec more;
+  more.callout = "a";
+  more.dst = cidr("10.1.2.128/25");
+  auto refused = ctl.add_filter(more);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, E2BIG);
+  EXPECT_NE(refused.error().message.find("5 of the filters were left by an interrupted command"),
+            std::string::npos)
+      << refused.error().message;
+  auto n = ctl.repair_index();
+  ASSERT_TRUE(n) << n.error().message;
+  ASSERT_EQ(n->removed.size(), 3u);
+  EXPECT_EQ(n->removed[0].id, orphan_ids[2]);  // the newest three went
+  EXPECT_EQ(n->removed[2].id, orphan_ids[4]);
+  EXPECT_EQ(n->crowded, std::vector<std::string>{"10.1.2.0/24"});
+  EXPECT_TRUE(ctl.check_index()->empty());
+  EXPECT_EQ(store.size(MapId::Filters), size_t{CONNREDIR_CANDIDATES_MAX});
+  // Every entry that was there before still names the same filters.
+  auto now = kernel_index();
+  for (const auto& [k, ids] : active) EXPECT_EQ(now[k], ids) << k.to_string();
+  // The two older orphans were completed: the /24 entry names them.
+  auto slash24 = now[index_keys(cidr("10.1.2.0/24"))[0]];
+  EXPECT_EQ(slash24.size(), size_t{CONNREDIR_CANDIDATES_MAX});
+  EXPECT_NE(std::find(slash24.begin(), slash24.end(), orphan_ids[1]), slash24.end());
+}
+
+// Active filters are never removed: if they alone overflow an entry (maps
+// edited by hand), the repair refuses and says what to do.
+TEST_F(ControlTest, RepairNeverRemovesActiveFilters) {
+  add_callout("a");
+  for (int i = 0; i < CONNREDIR_CANDIDATES_MAX; ++i) add_filter("a", "10.0.0.0/8");
+  connredir_filter f = raw_filter(1);
+  f.id = 1000;
+  ASSERT_TRUE(store.update(MapId::Filters, &f.id, &f));
+  // An entry names the extra filter (as if it had been active): now all 33
+  // are active and the 10.0.0.0/8 entry cannot hold them.
+  auto key = to_lpm_key(index_keys(cidr("11.0.0.0/8"))[0]);
+  connredir_candidates c{};
+  c.count = 1;
+  c.ids[0] = 1000;
+  ASSERT_TRUE(store.update(MapId::FilterIndex, &key, &c));
+  auto before = kernel_index();
+  auto n = ctl.repair_index();
+  ASSERT_FALSE(n);
+  EXPECT_EQ(n.error().code, E2BIG);
+  EXPECT_NE(n.error().message.find("filter del"), std::string::npos) << n.error().message;
+  EXPECT_EQ(store.size(MapId::Filters), size_t{CONNREDIR_CANDIDATES_MAX} + 1);
+  EXPECT_EQ(kernel_index(), before);  // refused before writing anything
 }
 
 TEST_F(ControlTest, PrincipalsAreTheUnion) {

@@ -260,14 +260,13 @@ TEST_F(Faults, UpRerunAndKilledCliDuringChangesWhileConnectionsFlow) {
   EXPECT_EQ(kv(cr, "corrupt"), 0) << cr;
   EXPECT_EQ(lr, "ok");
   // A killed run may leave filters whose index entries were not written yet
-  // (inactive, harmless): `filter check` names them and `--repair` completes
-  // them. A killed `load --replace` may leave old and new filters side by
-  // side; if their union overflows a prefix's candidate limit, the repair
-  // says so and re-running the load (the documented recovery) fixes it.
+  // (never active): `filter check` names the entries, and `--repair`
+  // completes those filters, or removes the newest of them where indexing
+  // them would overflow a prefix's candidate list (the test's many
+  // 127.0.0.0/8 adds do that). Either way the repair itself must succeed.
   auto check = cli({"filter", "check"}, -1);
   if (check.status != 0) {
-    auto rep = cli({"filter", "check", "--repair"}, -1);
-    // The first lines say what the repair did; the rest lists entries.
+    auto rep = cli({"filter", "check", "--repair"});
     std::string head = rep.out.substr(0, 300), tail;
     if (rep.out.size() > 600)
       tail = " [...] " + rep.out.substr(rep.out.size() - 300);
@@ -275,7 +274,6 @@ TEST_F(Faults, UpRerunAndKilledCliDuringChangesWhileConnectionsFlow) {
       tail = rep.out.substr(300);
     std::printf("[ fault ] after the kills: filter check %d, repair %d: %s%s\n", check.status,
                 rep.status, head.c_str(), tail.c_str());
-    if (rep.status != 0) cli({"filter", "load", "--replace", file});
   }
   cli({"filter", "check"});
   // The chain still works for new flows.
