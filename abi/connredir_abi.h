@@ -162,6 +162,11 @@ struct connredir_context {
  * proxies only; a proxy in another namespace cannot be seen from here). */
 #define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u  /* no listener: fail the connect */
 #define CONNREDIR_CALLOUT_F_DOWN_BYPASS 0x10u /* no listener: skip this callout */
+/* --on-failure refuse: a connect that one of this callout's filters selects
+ * but that cannot be redirected to it (chain already CONNREDIR_MAX_HOPS long,
+ * no proxy for the family, no MAC key, sk_storage allocation failed) fails
+ * with ECONNREFUSED instead of going on uninspected (the default, bypass). */
+#define CONNREDIR_CALLOUT_F_FAIL_CLOSED 0x20u
 
 /* map `callouts` (ARRAY, index = callout id). */
 struct connredir_callout {
@@ -294,6 +299,7 @@ enum connredir_stat {
 	CONNREDIR_STAT_PREV_SKIP,	 /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
 	CONNREDIR_STAT_DOWN_BYPASS,	 /* proxy not listening: callout skipped */
 	CONNREDIR_STAT_DOWN_REFUSED,	 /* proxy not listening: connect refused */
+	CONNREDIR_STAT_FAILURE_REFUSED,	 /* --on-failure refuse: connect refused */
 	CONNREDIR_STAT_MAX,
 };
 

@@ -310,6 +310,21 @@ static __always_inline void handoff_retire(struct connredir_sk_state *st)
 
 /* ---- Classification (connect4/6) --------------------------------------- */
 
+/* A connect that callout `c` selected but cannot take (chain full, no proxy
+ * for the family, no MAC key, no memory for the socket's state). By default
+ * it goes on uninspected by `c` (the cause is counted by the caller); a
+ * callout added with --on-failure refuse fails it instead, so no flow its
+ * filters select ever passes without it. */
+static __always_inline const struct connredir_addr *cannot_redirect(
+	const struct connredir_callout *c, int *refuse)
+{
+	if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) {
+		stat_inc(CONNREDIR_STAT_FAILURE_REFUSED);
+		*refuse = 1;
+	}
+	return NULL;
+}
+
 /* Is anything listening at the proxy's address in this namespace? Used only
  * for callouts that asked (--on-proxy-down), and only for loopback proxies. */
 static __always_inline int proxy_listening(struct bpf_sock_addr *ctx,
@@ -471,6 +486,8 @@ static __always_inline const struct connredir_addr *classify_connect(
 			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
 		if (!proxy) {
 			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
+			if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED)
+				return cannot_redirect(c, refuse);
 			continue;
 		}
 		if ((c->flags &
@@ -494,16 +511,16 @@ static __always_inline const struct connredir_addr *classify_connect(
 		return NULL;
 	if (hops >= CONNREDIR_MAX_HOPS) {
 		stat_inc(CONNREDIR_STAT_HOP_CAP);
-		return NULL;
+		return cannot_redirect(chosen, refuse);
 	}
 	if (!mac_key())
-		return NULL; /* not initialised: records could not be issued */
+		return cannot_redirect(chosen, refuse); /* not initialised: no records */
 
 	if (!st) {
 		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
-			return NULL;
+			return cannot_redirect(chosen, refuse);
 		}
 	}
 	if (!(st->flags & CONNREDIR_SK_RECORDS_SET))

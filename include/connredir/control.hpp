@@ -233,6 +233,18 @@ enum class ProxyDown {
 const char* to_string(ProxyDown p);
 Result<ProxyDown> parse_proxy_down(std::string_view text);
 
+// What a connect meets when one of the callout's filters selects it but it
+// cannot be redirected to the callout: the chain is full
+// (CONNREDIR_MAX_HOPS), the callout has no proxy for the connect's family,
+// connredir has no MAC key, or the kernel could not allocate the socket's
+// state.
+enum class OnFailure {
+  Bypass,  // the connect goes on to the next vendor or the destination, counted
+  Refuse,  // the connect fails with ECONNREFUSED, counted: never uninspected
+};
+const char* to_string(OnFailure p);
+Result<OnFailure> parse_on_failure(std::string_view text);
+
 struct CalloutSpec {
   std::string name;
   std::optional<Address> proxy4;
@@ -240,6 +252,7 @@ struct CalloutSpec {
   std::optional<uint32_t> proxy_uid;
   std::optional<CgroupRef> proxy_cgroup;
   ProxyDown on_proxy_down = ProxyDown::Unchecked;
+  OnFailure on_failure = OnFailure::Bypass;
 };
 
 struct CalloutInfo {
@@ -251,6 +264,7 @@ struct CalloutInfo {
   uint64_t proxy_cgroup = 0;  // 0 = unset
   uint32_t proxy_cgroup_level = 0;
   ProxyDown on_proxy_down = ProxyDown::Unchecked;
+  OnFailure on_failure = OnFailure::Bypass;
   size_t filters = 0;  // filters referencing it
 };
 

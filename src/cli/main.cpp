@@ -251,7 +251,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
 struct CalloutArgs {
   std::string name, name_opt;
   std::vector<std::string> proxies;
-  std::string proxy_uid, proxy_cgroup, on_proxy_down;
+  std::string proxy_uid, proxy_cgroup, on_proxy_down, on_failure;
   bool force = false;
 };
 
@@ -283,6 +283,8 @@ int cmd_callout_add(const std::string& pin_dir, const CalloutArgs& a) {
     spec.proxy_cgroup = take(ctl::resolve_cgroup(a.proxy_cgroup), bad);
   if (!a.on_proxy_down.empty() && !bad)
     spec.on_proxy_down = take(ctl::parse_proxy_down(a.on_proxy_down), bad);
+  if (!a.on_failure.empty() && !bad)
+    spec.on_failure = take(ctl::parse_on_failure(a.on_failure), bad);
   if (bad) return usage(bad->message);
 
   auto s = open_session(pin_dir, true);
@@ -310,6 +312,7 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"proxy_uid", i.proxy_uid ? json(*i.proxy_uid) : json(nullptr)},
                      {"proxy_cgroup", cgroup_json(i.proxy_cgroup, i.proxy_cgroup_level)},
                      {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
+                     {"on_failure", ctl::to_string(i.on_failure)},
                      {"filters", i.filters}});
     fmt::print("{}\n", arr.dump(2));
     return 0;
@@ -318,12 +321,13 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no callouts (add one with `connredir callout add NAME --proxy ADDR:PORT`)\n");
     return 0;
   }
-  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {}\n", "ID", "NAME", "PROXY4", "PROXY6",
-             "PROXY-UID", "FILTERS", "PROXY-CGROUP");
+  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", "ID", "NAME", "PROXY4",
+             "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "PROXY-CGROUP");
   for (const auto& i : *list)
-    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {}\n", i.id, i.name,
+    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", i.id, i.name,
                i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
                i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
+               ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
                cgroup_text(i.proxy_cgroup));
   return 0;
 }
@@ -736,6 +740,10 @@ int main(int argc, char** argv) {
   c_add->add_option("--on-proxy-down", ca.on_proxy_down,
                     "refuse|bypass: when the (loopback) proxy is not listening, fail the "
                     "connect at once, or skip this callout");
+  c_add->add_option("--on-failure", ca.on_failure,
+                    "bypass|refuse: when a connect this callout's filters select cannot be "
+                    "redirected to it (chain full, no proxy for the family, no key, no memory), "
+                    "let it go on uninspected by this callout (default) or fail it");
   auto* c_list = callout->add_subcommand("list", "list callouts");
   c_list->add_flag("--json", as_json, "JSON output");
   auto* c_del = callout->add_subcommand("del", "delete a callout");

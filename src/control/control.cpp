@@ -44,9 +44,10 @@ std::string principal_text(uint32_t kind, uint64_t id) {
 
 const char* stat_name(size_t index) {
   static const char* const names[] = {
-      "classified", "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
-      "published",  "publish_fail", "accepted",  "records_set",     "records_rejected",
-      "denied",     "self_skip",    "prev_skip", "down_bypass",     "down_refused",
+      "classified",   "redirected",       "hop_cap",      "no_proxy_family",
+      "storage_fail", "published",        "publish_fail", "accepted",
+      "records_set",  "records_rejected", "denied",       "self_skip",
+      "prev_skip",    "down_bypass",      "down_refused", "failure_refused",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -72,6 +73,16 @@ Result<ProxyDown> parse_proxy_down(std::string_view text) {
                                   text));
 }
 
+const char* to_string(OnFailure p) { return p == OnFailure::Refuse ? "refuse" : "bypass"; }
+
+Result<OnFailure> parse_on_failure(std::string_view text) {
+  if (text == "refuse") return OnFailure::Refuse;
+  if (text == "bypass") return OnFailure::Bypass;
+  return fail(EINVAL, fmt::format("--on-failure '{}': expected refuse (fail the connect) or "
+                                  "bypass (let it go on uninspected by this callout)",
+                                  text));
+}
+
 CalloutInfo callout_info(const connredir_callout& c) {
   CalloutInfo i;
   i.id = c.id;
@@ -83,6 +94,7 @@ CalloutInfo callout_info(const connredir_callout& c) {
   i.proxy_cgroup_level = c.proxy_cgroup_level;
   if (c.flags & CONNREDIR_CALLOUT_F_DOWN_REFUSE) i.on_proxy_down = ProxyDown::Refuse;
   if (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) i.on_proxy_down = ProxyDown::Bypass;
+  if (c.flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) i.on_failure = OnFailure::Refuse;
   return i;
 }
 
@@ -264,6 +276,7 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
   }
   if (spec.on_proxy_down == ProxyDown::Refuse) c.flags |= CONNREDIR_CALLOUT_F_DOWN_REFUSE;
   if (spec.on_proxy_down == ProxyDown::Bypass) c.flags |= CONNREDIR_CALLOUT_F_DOWN_BYPASS;
+  if (spec.on_failure == OnFailure::Refuse) c.flags |= CONNREDIR_CALLOUT_F_FAIL_CLOSED;
   c.proxy_uid = spec.proxy_uid.value_or(CONNREDIR_UID_NONE);
   if (spec.proxy_cgroup) {
     c.proxy_cgroup = spec.proxy_cgroup->id;
@@ -412,16 +425,17 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   out.index_writes = plan->size();
   bool v4 = f.family == 0 || f.family == CONNREDIR_AF_INET;
   bool v6 = f.family == 0 || f.family == CONNREDIR_AF_INET6;
+  const char* fate = (cit->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED)
+                         ? "are refused (--on-failure refuse)"
+                         : "are not redirected by it";
   if (v4 && !(cit->flags & CONNREDIR_CALLOUT_F_PROXY4))
     out.warnings.push_back(
-        fmt::format("callout '{}' has no IPv4 proxy: IPv4 connects matching "
-                    "filter {} are not redirected by it",
-                    spec.callout, id));
+        fmt::format("callout '{}' has no IPv4 proxy: IPv4 connects matching filter {} {}",
+                    spec.callout, id, fate));
   if (v6 && !(cit->flags & CONNREDIR_CALLOUT_F_PROXY6))
     out.warnings.push_back(
-        fmt::format("callout '{}' has no IPv6 proxy: IPv6 connects matching "
-                    "filter {} are not redirected by it",
-                    spec.callout, id));
+        fmt::format("callout '{}' has no IPv6 proxy: IPv6 connects matching filter {} {}",
+                    spec.callout, id, fate));
   return out;
 }
 

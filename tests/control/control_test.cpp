@@ -127,6 +127,47 @@ TEST_F(ControlTest, CalloutValidation) {
   EXPECT_EQ(dup.error().code, EEXIST);
 }
 
+// --on-failure: stored as CONNREDIR_CALLOUT_F_FAIL_CLOSED, read back, parsed;
+// bypass (no flag) is the default. Filter warnings say what the policy does.
+TEST_F(ControlTest, CalloutOnFailurePolicy) {
+  EXPECT_EQ(*parse_on_failure("refuse"), OnFailure::Refuse);
+  EXPECT_EQ(*parse_on_failure("bypass"), OnFailure::Bypass);
+  auto bad = parse_on_failure("block");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, EINVAL);
+  EXPECT_NE(bad.error().message.find("'block'"), std::string::npos);
+
+  auto open = add_callout("open");
+  EXPECT_EQ(raw_callout(open.id).flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED, 0u);
+  CalloutSpec s;
+  s.name = "closed";
+  s.proxy4 = *Address::parse("127.0.0.1:9001");
+  s.on_failure = OnFailure::Refuse;
+  auto closed = ctl.add_callout(s);
+  ASSERT_TRUE(closed);
+  EXPECT_NE(raw_callout(closed->id).flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED, 0u);
+  auto list = ctl.list_callouts();
+  ASSERT_TRUE(list);
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].on_failure, OnFailure::Bypass);
+  EXPECT_EQ((*list)[1].on_failure, OnFailure::Refuse);
+  EXPECT_STREQ(to_string(OnFailure::Refuse), "refuse");
+
+  // Both callouts have only an IPv4 proxy: an any-family filter warns about
+  // IPv6, in the words of each policy.
+  FilterSpec f;
+  f.callout = "closed";
+  auto fc = ctl.add_filter(f);
+  ASSERT_TRUE(fc);
+  ASSERT_EQ(fc->warnings.size(), 1u);
+  EXPECT_NE(fc->warnings[0].find("are refused (--on-failure refuse)"), std::string::npos);
+  f.callout = "open";
+  auto fo = ctl.add_filter(f);
+  ASSERT_TRUE(fo);
+  ASSERT_EQ(fo->warnings.size(), 1u);
+  EXPECT_NE(fo->warnings[0].find("are not redirected by it"), std::string::npos);
+}
+
 TEST_F(ControlTest, CalloutIdsLowestFreeAndExhaustion) {
   for (int i = 1; i < CONNREDIR_MAX_CALLOUTS; ++i) {
     auto c = add_callout("c" + std::to_string(i));

@@ -289,6 +289,70 @@ TEST_F(Chain, ProxyDownRefuseFailsTheConnectAtOnce) {
   EXPECT_EQ(stats()["redirected"], 1u);
 }
 
+// --on-failure refuse: a connect that the callout's filters select but that
+// cannot be redirected to it (here: no proxy for the family) fails instead of
+// going on uninspected; bypass, the default, lets it go on, counted.
+TEST_F(Chain, OnFailureRefuseNeverLetsASelectedFlowPassUninspected) {
+  EchoServer dst("[::1]:0");
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--on-failure", "refuse"});
+  auto added = cli({"filter", "add", "--callout", "vendor-a", "--dst", "::1/128"});
+  EXPECT_NE(added.out.find("are refused (--on-failure refuse)"), std::string::npos) << added.out;
+  std::string addr = dst.addr();
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, "x"); }),
+            "ERR:connect Connection refused");
+  auto s = stats();
+  EXPECT_EQ(s["failure_refused"], 1u);
+  EXPECT_EQ(s["no_proxy_family"], 1u);
+  EXPECT_EQ(s["redirected"], 0u);
+  EXPECT_EQ(dst.peers().size(), 0u);
+  auto list = cli_json({"callout", "list"});
+  EXPECT_EQ(list[0].value("on_failure", ""), "refuse") << list.dump();
+  EXPECT_NE(cli({"callout", "list"}).out.find("refuse"), std::string::npos);
+
+  // The same callout with the default policy: the connect reaches the
+  // destination directly, and the skip is counted.
+  cli({"callout", "del", "vendor-a", "--force"});
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "::1/128"});
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, "x"); }), "x");
+  s = stats();
+  EXPECT_EQ(s["failure_refused"], 1u);
+  EXPECT_EQ(s["no_proxy_family"], 2u);
+  EXPECT_EQ(cli_json({"callout", "list"})[0].value("on_failure", ""), "bypass");
+}
+
+// A chain already CONNREDIR_MAX_HOPS long: a further callout that selects
+// the flow cannot take it. With --on-failure refuse the last proxy's onward
+// connect fails (so the flow fails end to end); with bypass it goes to the
+// destination after the full chain.
+TEST_F(Chain, OnFailureRefuseAtAFullChain) {
+  EchoServer dst("127.0.0.1:0");
+  for (int i = 0; i < CONNREDIR_MAX_HOPS; i++) add_vendor(i, dst, 900 - i, "127.0.0.1/32");
+  std::string late = "vendor-" + std::string(1, static_cast<char>('a' + CONNREDIR_MAX_HOPS));
+  auto add_late = [&](bool refuse) {
+    std::vector<std::string> args{"callout", "add", late, "--proxy", "127.0.0.1:15099"};
+    if (refuse) args.insert(args.end(), {"--on-failure", "refuse"});
+    cli(args);
+    cli({"filter", "add", "--callout", late, "--dst", "127.0.0.1/32", "--weight", "1"});
+  };
+  add_late(true);
+  std::string addr = dst.addr(), payload = make_payload(1000, 21);
+  std::string got = run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, payload); });
+  EXPECT_NE(got, payload);
+  auto s = stats();
+  EXPECT_EQ(s["hop_cap"], 1u);
+  EXPECT_EQ(s["failure_refused"], 1u);
+  EXPECT_EQ(s["redirected"], static_cast<uint64_t>(CONNREDIR_MAX_HOPS));
+  EXPECT_EQ(dst.peers().size(), 0u) << "nothing may reach the destination past the refusal";
+
+  cli({"callout", "del", late, "--force"});
+  add_late(false);
+  EXPECT_TRUE(roundtrip(dst, 1000, 22));
+  s = stats();
+  EXPECT_EQ(s["hop_cap"], 2u);
+  EXPECT_EQ(s["failure_refused"], 1u);
+}
+
 // `up --proxies-in`: the socket-option programs attach only to the proxies'
 // cgroups. Chains work unchanged; an application's get/setsockopt meets the
 // kernel's own answer (no connredir program runs), and the layout is checked.
