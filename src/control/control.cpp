@@ -511,19 +511,29 @@ Result<Control::IndexRepair> Control::repair_index() {
       if (ids.size() <= CONNREDIR_CANDIDATES_MAX) continue;
       over = true;
       crowded.insert(k.to_string());
+      // Drops made for an earlier entry in this pass count here too, so
+      // no more never-active filters go than needed.
       std::vector<uint32_t> orphans;
-      for (uint32_t id : ids)
-        if (!named.count(id)) orphans.push_back(id);
+      size_t active = 0, already = 0;
+      for (uint32_t id : ids) {
+        if (named.count(id))
+          ++active;
+        else if (drop.count(id))
+          ++already;
+        else
+          orphans.push_back(id);
+      }
       size_t excess = ids.size() - CONNREDIR_CANDIDATES_MAX;
-      if (orphans.size() < excess)
+      if (active > CONNREDIR_CANDIDATES_MAX)
         return fail(E2BIG, fmt::format("index entry {} would name {} filters (at most {}) and "
                                        "{} of them are active; delete filters covering {} "
                                        "(`connredir filter list`, `connredir filter del ID`) "
                                        "and run the repair again",
-                                       k.to_string(), ids.size(), CONNREDIR_CANDIDATES_MAX,
-                                       ids.size() - orphans.size(), k.to_string()));
+                                       k.to_string(), ids.size(), CONNREDIR_CANDIDATES_MAX, active,
+                                       k.to_string()));
+      if (already >= excess) continue;
       std::sort(orphans.rbegin(), orphans.rend());
-      drop.insert(orphans.begin(), orphans.begin() + static_cast<std::ptrdiff_t>(excess));
+      drop.insert(orphans.begin(), orphans.begin() + static_cast<std::ptrdiff_t>(excess - already));
     }
     if (!over) break;
   }

@@ -461,6 +461,38 @@ TEST_F(ControlTest, RepairRemovesNeverActiveFiltersThatCannotBeIndexed) {
   EXPECT_NE(std::find(slash24.begin(), slash24.end(), orphan_ids[1]), slash24.end());
 }
 
+// A removal made for one over-long entry counts for the next: no more
+// never-active filters go than needed. X (a /16, covering both /24 entries)
+// is the newest orphan of the first entry; dropping it also fixes the second,
+// so the second entry's own newer orphan Y must stay (and be completed).
+TEST_F(ControlTest, RepairRemovesNoMoreThanNeededAcrossEntries) {
+  add_callout("a");
+  auto tmpl_of = [&](const std::string& dst) {
+    uint32_t id = add_filter("a", dst).filter.id;
+    connredir_filter f = raw_filter(id);
+    EXPECT_TRUE(ctl.delete_filter(id));
+    return f;
+  };
+  connredir_filter x = tmpl_of("10.1.0.0/16"), y = tmpl_of("10.1.3.0/24");
+  add_filter("a", "10.0.0.0/8");
+  for (int i = 0; i < 28; ++i) add_filter("a", "10.1.0.0/16");
+  for (int i = 0; i < 3; ++i) add_filter("a", "10.1.2.0/24");  // first entry: 32 active
+  for (int i = 0; i < 2; ++i) add_filter("a", "10.1.3.0/24");  // second entry: 31 active
+  x.id = 1000;                                                 // older
+  y.id = 1001;                                                 // newer
+  ASSERT_TRUE(store.update(MapId::Filters, &x.id, &x));
+  ASSERT_TRUE(store.update(MapId::Filters, &y.id, &y));
+  // First entry: 32 + X = 33; second: 31 + X + Y = 33.
+  auto n = ctl.repair_index();
+  ASSERT_TRUE(n) << n.error().message;
+  ASSERT_EQ(n->removed.size(), 1u);
+  EXPECT_EQ(n->removed[0].id, 1000u);
+  EXPECT_TRUE(ctl.check_index()->empty());
+  auto second = kernel_index()[index_keys(cidr("10.1.3.0/24"))[0]];
+  EXPECT_EQ(second.size(), size_t{CONNREDIR_CANDIDATES_MAX});
+  EXPECT_NE(std::find(second.begin(), second.end(), 1001u), second.end());
+}
+
 // Active filters are never removed: if they alone overflow an entry (maps
 // edited by hand), the repair refuses and says what to do.
 TEST_F(ControlTest, RepairNeverRemovesActiveFilters) {
