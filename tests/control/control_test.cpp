@@ -31,6 +31,16 @@ class ControlTest : public ::testing::Test {
     return r.value_or(CalloutInfo{});
   }
 
+  // An add that must be refused: its error (code 0 if it was accepted).
+  Error refused_filter(const std::string& callout, const std::string& dst) {
+    FilterSpec s;
+    s.callout = callout;
+    s.dst = cidr(dst);
+    auto r = ctl.add_filter(s);
+    EXPECT_FALSE(r) << dst;
+    return r ? Error{} : r.error();
+  }
+
   FilterAdded add_filter(const std::string& callout, const std::string& dst, uint32_t weight = 0) {
     FilterSpec s;
     s.callout = callout;
@@ -361,13 +371,9 @@ TEST_F(ControlTest, OverflowRefusedWithoutSideEffects) {
   for (int i = 0; i < CONNREDIR_CANDIDATES_MAX; ++i) add_filter("a", "10.0.0.0/8");
   auto before = kernel_index();
   store.log.clear();
-  FilterSpec s;
-  s.callout = "a";
-  s.dst = cidr("10.1.0.0/16");
-  auto r = ctl.add_filter(s);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, E2BIG);
-  EXPECT_NE(r.error().message.find("10.1.0.0/16"), std::string::npos) << r.error().message;
+  auto e = refused_filter("a", "10.1.0.0/16");
+  EXPECT_EQ(e.code, E2BIG);
+  EXPECT_NE(e.message.find("10.1.0.0/16"), std::string::npos) << e.message;
   EXPECT_TRUE(store.log.empty());
   EXPECT_EQ(kernel_index(), before);
   EXPECT_EQ(store.size(MapId::Filters), size_t{CONNREDIR_CANDIDATES_MAX});
@@ -435,15 +441,11 @@ TEST_F(ControlTest, RepairRemovesNeverActiveFiltersThatCannotBeIndexed) {
   // 1 + 29 + 5 = 35 filters cover 10.1.2.0/24: 3 over the limit. A new add
   // there is refused, and the message points at the repair.
   EXPECT_FALSE(ctl.check_index()->empty());
-  FilterSpec more;
-  more.callout = "a";
-  more.dst = cidr("10.1.2.128/25");
-  auto refused = ctl.add_filter(more);
-  ASSERT_FALSE(refused);
-  EXPECT_EQ(refused.error().code, E2BIG);
-  EXPECT_NE(refused.error().message.find("5 of the filters were left by an interrupted command"),
+  auto refused = refused_filter("a", "10.1.2.128/25");
+  EXPECT_EQ(refused.code, E2BIG);
+  EXPECT_NE(refused.message.find("5 of the filters were left by an interrupted command"),
             std::string::npos)
-      << refused.error().message;
+      << refused.message;
   auto n = ctl.repair_index();
   ASSERT_TRUE(n) << n.error().message;
   ASSERT_EQ(n->removed.size(), 3u);
