@@ -112,6 +112,28 @@ uint32_t map_capacity(const std::string& pin_dir, const std::string& name) {
   return info.max_entries;
 }
 
+bool map_zero_value(const std::string& pin_dir, const std::string& name, uint32_t key) {
+  bpf_map_info info{};
+  int fd = open_map(pin_dir, name, &info);
+  if (fd < 0) return false;
+  if (info.key_size != sizeof key) {
+    close(fd);
+    errno = EINVAL;
+    return false;
+  }
+  std::vector<uint8_t> value(info.value_size);
+  bpf_attr a{};
+  a.map_fd = static_cast<uint32_t>(fd);
+  a.key = reinterpret_cast<uint64_t>(&key);
+  a.value = reinterpret_cast<uint64_t>(value.data());
+  a.flags = BPF_ANY;
+  bool ok = sys_bpf(BPF_MAP_UPDATE_ELEM, a) == 0;
+  int e = errno;
+  close(fd);
+  errno = e;
+  return ok;
+}
+
 long map_fill(const std::string& pin_dir, const std::string& name, uint64_t tag, long n, int* err) {
   *err = 0;
   bpf_map_info info{};

@@ -35,6 +35,9 @@ long map_fill(const std::string& pin_dir, const std::string& name, uint64_t tag,
 long map_unfill(const std::string& pin_dir, const std::string& name, uint64_t tag);
 // max_entries of the pinned map (0 on failure).
 uint32_t map_capacity(const std::string& pin_dir, const std::string& name);
+// Overwrites the value at `key` of the pinned map NAME (a __u32-keyed map,
+// e.g. an ARRAY) with zeros. False (and errno) on failure.
+bool map_zero_value(const std::string& pin_dir, const std::string& name, uint32_t key);
 
 // ---- Load echo server ----------------------------------------------------------
 

@@ -10,7 +10,7 @@
 #include <set>
 
 #include "connredir/address.hpp"
-#include "harness.hpp"
+#include "harness_load.hpp"
 
 extern "C" {
 #include "connredir_abi.h"
@@ -319,6 +319,34 @@ TEST_F(Chain, OnFailureRefuseNeverLetsASelectedFlowPassUninspected) {
   EXPECT_EQ(s["failure_refused"], 1u);
   EXPECT_EQ(s["no_proxy_family"], 2u);
   EXPECT_EQ(cli_json({"callout", "list"})[0].value("on_failure", ""), "bypass");
+}
+
+// Without a MAC key connredir cannot issue records, so it redirects nothing.
+// A --on-failure refuse callout then fails the connects its filters select;
+// a bypass one lets them go on. (`up` sets the key; zeroing it here stands in
+// for the allocation failure that cannot be provoked in a test and takes the
+// same path in the classifier.)
+TEST_F(Chain, OnFailureRefuseWithoutAKey) {
+  EchoServer dst("127.0.0.1:0");
+  std::string addr = dst.addr(), port = std::to_string(dst.port());
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--on-failure", "refuse"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port", port});
+  ASSERT_TRUE(map_zero_value(pin_dir_, "secret", 0)) << strerror(errno);
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, "x"); }),
+            "ERR:connect Connection refused");
+  auto s = stats();
+  EXPECT_EQ(s["failure_refused"], 1u);
+  EXPECT_EQ(s["redirected"], 0u);
+  EXPECT_EQ(dst.peers().size(), 0u);
+
+  cli({"callout", "del", "vendor-a", "--force"});
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port", port});
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, "x"); }), "x");
+  s = stats();
+  EXPECT_EQ(s["failure_refused"], 1u);
+  EXPECT_EQ(s["redirected"], 0u);
+  EXPECT_EQ(dst.peers().size(), 1u);
 }
 
 // A chain already CONNREDIR_MAX_HOPS long: a further callout that selects
