@@ -154,7 +154,7 @@ void Relay::pump(int dir) {
       d.done = true;
       d.pipe_r.reset();
       d.pipe_w.reset();
-      drop_buffer(d, false);
+      drop_buffer(d, true);  // this direction is over
       if (dirs_[kUp].done && dirs_[kDown].done) finish(State::Done);
       return;
     }
@@ -273,7 +273,7 @@ void Relay::finish(State s) {
   for (auto& d : dirs_) {
     d.pipe_r.reset();
     d.pipe_w.reset();
-    drop_buffer(d, false);
+    drop_buffer(d, true);
   }
 }
 

@@ -134,7 +134,8 @@ class Relay {
   ssize_t fill(Direction& d);
   ssize_t drain(Direction& d);
   bool to_copy_mode(Direction& d);
-  // Returns d's (empty) buffer to the pool, or frees it when `always`.
+  // Returns d's (empty) buffer to the pool; without a pool frees it when
+  // `always` (the direction is over or changes mode), else keeps it.
   void drop_buffer(Direction& d, bool always);
   void fail(Direction& d, bool reading, int err);
   void finish(State s);
