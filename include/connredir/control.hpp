@@ -419,6 +419,9 @@ IndexFilter index_filter(const connredir_filter& f);
 connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callout_id,
                              uint64_t seq);
 CalloutInfo callout_info(const connredir_callout& c);
+// What happens to connects of a family a callout has no proxy for, as the
+// end of a filter warning ("... connects matching filter 7 <this>").
+const char* no_proxy_fate(uint32_t callout_flags);
 
 // ---- System helpers --------------------------------------------------------
 

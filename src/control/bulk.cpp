@@ -240,11 +240,9 @@ Result<FilterLoadResult> Control::load_filters(std::span<const FilterSpec> specs
     for (auto [need, flag, fam] : {std::tuple{v4, CONNREDIR_CALLOUT_F_PROXY4, "IPv4"},
                                    std::tuple{v6, CONNREDIR_CALLOUT_F_PROXY6, "IPv6"}})
       if (need && !(co.flags & flag) && warned.insert(spec.callout + fam).second)
-        out.warnings.push_back(fmt::format(
-            "callout '{}' has no {} proxy: {} connects matching its filters {}", spec.callout, fam,
-            fam,
-            (co.flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) ? "are refused (--on-failure refuse)"
-                                                         : "are not redirected by it"));
+        out.warnings.push_back(
+            fmt::format("callout '{}' has no {} proxy: {} connects matching its filters {}",
+                        spec.callout, fam, fam, no_proxy_fate(co.flags)));
     fresh.push_back(f);
   }
 

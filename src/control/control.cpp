@@ -29,6 +29,21 @@ std::string callout_name(const connredir_callout& c) {
   return std::string(c.name, strnlen(c.name, sizeof c.name));
 }
 
+// The name of callout `id` among `all` ("?" if it is gone).
+std::string callout_name(const std::vector<connredir_callout>& all, uint32_t id) {
+  for (const auto& c : all)
+    if (c.id == id) return callout_name(c);
+  return "?";
+}
+
+// Filters some index entry names. A filter entry no index entry names was
+// never active: an add or load was interrupted before its index writes.
+std::set<uint32_t> named_filters(const Index& index) {
+  std::set<uint32_t> named;
+  for (const auto& [k, ids] : index) named.insert(ids.begin(), ids.end());
+  return named;
+}
+
 std::string join_ids(const std::vector<uint32_t>& ids) {
   std::string s;
   for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
@@ -81,6 +96,11 @@ Result<OnFailure> parse_on_failure(std::string_view text) {
   return fail(EINVAL, fmt::format("--on-failure '{}': expected refuse (fail the connect) or "
                                   "bypass (let it go on uninspected by this callout)",
                                   text));
+}
+
+const char* no_proxy_fate(uint32_t callout_flags) {
+  return (callout_flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) ? "are refused (--on-failure refuse)"
+                                                           : "are not redirected by it";
 }
 
 CalloutInfo callout_info(const connredir_callout& c) {
@@ -391,8 +411,7 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
     // were never active; say so, since the repair can clear them.
     if (e.code == E2BIG) {
       if (auto idx = read_index()) {
-        std::set<uint32_t> named;
-        for (const auto& [k, ids] : *idx) named.insert(ids.begin(), ids.end());
+        const auto named = named_filters(*idx);
         size_t orphans = 0;
         for (const auto& x : *filters) orphans += named.count(x.id) == 0;
         if (orphans > 0)
@@ -425,9 +444,7 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   out.index_writes = plan->size();
   bool v4 = f.family == 0 || f.family == CONNREDIR_AF_INET;
   bool v6 = f.family == 0 || f.family == CONNREDIR_AF_INET6;
-  const char* fate = (cit->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED)
-                         ? "are refused (--on-failure refuse)"
-                         : "are not redirected by it";
+  const char* fate = no_proxy_fate(cit->flags);
   if (v4 && !(cit->flags & CONNREDIR_CALLOUT_F_PROXY4))
     out.warnings.push_back(
         fmt::format("callout '{}' has no IPv4 proxy: IPv4 connects matching filter {} {}",
@@ -459,10 +476,7 @@ Result<std::vector<FilterInfo>> Control::list_filters() {
   if (!filters) return tl::unexpected(filters.error());
   std::vector<FilterInfo> out;
   for (const auto& f : *filters) {
-    std::string name = "?";
-    for (const auto& c : *callouts)
-      if (c.id == f.callout_id) name = callout_name(c);
-    out.push_back(filter_info(f, name));
+    out.push_back(filter_info(f, callout_name(*callouts, f.callout_id)));
   }
   return out;
 }
@@ -490,8 +504,7 @@ Result<Control::IndexRepair> Control::repair_index() {
   if (!kernel) return tl::unexpected(kernel.error());
   auto callouts = read_callouts();
   if (!callouts) return tl::unexpected(callouts.error());
-  std::set<uint32_t> named;
-  for (const auto& [k, ids] : *kernel) named.insert(ids.begin(), ids.end());
+  const auto named = named_filters(*kernel);
 
   IndexRepair out;
   std::set<uint32_t> drop;
@@ -549,10 +562,7 @@ Result<Control::IndexRepair> Control::repair_index() {
   for (const auto& f : *filters) {
     if (!drop.count(f.id)) continue;
     if (auto r = store_.erase(MapId::Filters, &f.id); !r) return tl::unexpected(r.error());
-    std::string name = "?";
-    for (const auto& c : *callouts)
-      if (c.id == f.callout_id) name = callout_name(c);
-    out.removed.push_back(filter_info(f, name));
+    out.removed.push_back(filter_info(f, callout_name(*callouts, f.callout_id)));
   }
   out.crowded.assign(crowded.begin(), crowded.end());
   return out;
