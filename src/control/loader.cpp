@@ -28,22 +28,42 @@ namespace {
 
 std::string errmsg(int e) { return std::strerror(e); }
 
-// libbpf's messages: kept and shown only when something fails.
+// libbpf's messages: kept and shown only when something fails. Each message
+// is formatted whole (a verifier log runs to many KiB, and its reason is in
+// its last lines), and the kept log is its newest 256 KiB.
 std::string g_libbpf_log;
+constexpr size_t kLibbpfLogKeep = 256 * 1024;
 int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
   if (level == LIBBPF_DEBUG) return 0;
-  char buf[1024];
-  int n = vsnprintf(buf, sizeof buf, fmt, args);
-  if (g_libbpf_log.size() < 64 * 1024) g_libbpf_log += buf;
+  va_list again;
+  va_copy(again, args);
+  int n = vsnprintf(nullptr, 0, fmt, args);
+  if (n > 0) {
+    std::string msg(static_cast<size_t>(n) + 1, '\0');
+    vsnprintf(msg.data(), msg.size(), fmt, again);
+    msg.pop_back();
+    g_libbpf_log += msg;
+    if (g_libbpf_log.size() > 2 * kLibbpfLogKeep)
+      g_libbpf_log.erase(0, g_libbpf_log.size() - kLibbpfLogKeep);
+  }
+  va_end(again);
   return n;
 }
 
+// The end of libbpf's log: for a program the verifier rejected, the lines
+// that say why (the log's last lines) and the instructions leading to it.
 std::string libbpf_tail() {
   if (g_libbpf_log.empty()) return "";
-  std::string t =
-      g_libbpf_log.size() > 2000 ? g_libbpf_log.substr(g_libbpf_log.size() - 2000) : g_libbpf_log;
+  constexpr size_t kShow = 6000;
+  std::string t = g_libbpf_log.size() > kShow ? g_libbpf_log.substr(g_libbpf_log.size() - kShow)
+                                              : g_libbpf_log;
+  if (t.size() < g_libbpf_log.size()) {
+    auto nl = t.find('\n');
+    if (nl != std::string::npos) t.erase(0, nl + 1);
+    t = "...\n" + t;
+  }
   while (!t.empty() && t.back() == '\n') t.pop_back();
-  return "\nlibbpf said:\n" + t;
+  return "\nlibbpf said (end of its log):\n" + t;
 }
 
 struct SkelDeleter {
