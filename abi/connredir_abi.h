@@ -265,16 +265,6 @@ struct connredir_sk_state {
 	struct connredir_context context;
 };
 
-/* `connredir flows`: the sk_state iterator (bpf/flows.bpf.c) writes, for
- * every socket with connredir state, this header followed by the socket's
- * struct connredir_sk_state. */
-struct connredir_flow_dump {
-	__u64 cookie; /* socket cookie (SO_COOKIE) */
-	struct connredir_addr local;
-	struct connredir_addr remote;
-	__u32 reserved;
-};
-
 /* map `secret` (ARRAY, 1 entry): the MAC key. Zero means "not initialised":
  * the BPF side then refuses every set (EINVAL) and redirects nothing. */
 struct connredir_secret {

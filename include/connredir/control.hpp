@@ -507,16 +507,33 @@ Result<UpResult> up(const UpOptions& opts);
 // false if nothing was pinned.
 Result<bool> down(const std::string& pin_dir);
 
-// One socket with connredir state, as the sk_state iterator saw it.
+// One socket with connredir state, as sock_diag reported it.
 struct FlowDump {
-  uint64_t cookie = 0;
+  uint64_t cookie = 0;  // socket cookie (SO_COOKIE)
   Address local;
   Address remote;
+  uint8_t protocol = IPPROTO_TCP;
+  uint8_t sock_state = 0;  // TCP state (TCP_ESTABLISHED, ...) as the kernel reports it
+  uint32_t uid = 0;        // owner of the socket
+  uint64_t inode = 0;      // socket inode (0 once the socket has no file)
+  uint64_t netns = 0;      // inode of the socket's network namespace
   connredir_sk_state state{};
+};
+// Where to look: the caller's network namespace by default, the given ones
+// (paths like /run/netns/NAME or /proc/PID/ns/net), or every namespace of
+// the host. `protocols` lists the IP protocols to dump (TCP today).
+struct FlowQuery {
+  std::vector<std::string> netns;
+  bool all_netns = false;
+  std::vector<uint8_t> protocols{IPPROTO_TCP};
 };
 // Every socket that currently carries connredir state (redirected app
 // sockets, sockets accepted by proxies, proxies' outgoing sockets with
-// records), read with a BPF iterator over the pinned sk_state map.
-Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir);
+// records), read through sock_diag with the pinned sk_state map: no BPF
+// program is loaded, so it works where tracing programs are refused.
+Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQuery& query = {});
+// Can sock_diag dump the values of this sk_storage map? (Linux 5.7+ with
+// inet_diag/tcp_diag.) Used by the feature report.
+Result<void> probe_sock_diag_storage(int sk_storage_map_fd);
 
 }  // namespace connredir::control

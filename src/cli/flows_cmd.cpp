@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <iterator>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "connredir/control.hpp"
@@ -38,9 +40,19 @@ int fail_with(const Error& e) {
   return 1;
 }
 
-}  // namespace
+// The socket's state as `ss` names it.
+const char* tcp_state_name(uint8_t s) {
+  static const char* const names[] = {"?",          "ESTAB",      "SYN-SENT",  "SYN-RECV",
+                                      "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT", "UNCONN",
+                                      "CLOSE-WAIT", "LAST-ACK",   "LISTEN",    "CLOSING"};
+  return s < std::size(names) ? names[s] : "?";
+}
 
-int cmd_flows(const std::string& pin_dir, bool as_json) {
+struct FlowsArgs {
+  ctl::FlowQuery query;
+};
+
+int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
   if (auto r = ctl::require_root(); !r) return fail_with(r.error());
   auto lock = ctl::CliLock::acquire(false);
   if (!lock) return fail_with(lock.error());
@@ -50,7 +62,7 @@ int cmd_flows(const std::string& pin_dir, bool as_json) {
   std::map<uint32_t, std::string> names;
   if (auto list = control.list_callouts())
     for (const auto& c : *list) names[c.id] = c.name;
-  auto flows = ctl::dump_flows(pin_dir);
+  auto flows = ctl::dump_flows(pin_dir, args.query);
   if (!flows) return fail_with(flows.error());
 
   if (as_json) {
@@ -65,9 +77,17 @@ int cmd_flows(const std::string& pin_dir, bool as_json) {
                          {"filter_id", r.hops[i].filter_id},
                          {"dst", Address::from_abi(r.hops[i].dst).to_string()}});
       }
-      json j = {{"cookie", f.cookie},           {"role", role(f.state.flags)},
-                {"local", f.local.to_string()}, {"remote", f.remote.to_string()},
-                {"flow_id", r.flow_id},         {"chain", chain}};
+      json j = {{"cookie", f.cookie},
+                {"role", role(f.state.flags)},
+                {"protocol", f.protocol == IPPROTO_UDP ? "udp" : "tcp"},
+                {"state", tcp_state_name(f.sock_state)},
+                {"local", f.local.to_string()},
+                {"remote", f.remote.to_string()},
+                {"uid", f.uid},
+                {"inode", f.inode},
+                {"netns", f.netns},
+                {"flow_id", r.flow_id},
+                {"chain", chain}};
       if (f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)) {
         const auto& c = f.state.context;
         j["orig_dst"] = Address::from_abi(c.orig_dst).to_string();
@@ -85,8 +105,8 @@ int cmd_flows(const std::string& pin_dir, bool as_json) {
     fmt::print("no sockets carry connredir state at {}\n", pin_dir);
     return 0;
   }
-  fmt::print("{:<15} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", "ROLE", "LOCAL", "REMOTE", "FLOW",
-             "ORIG-DST", "APP", "CHAIN");
+  fmt::print("{:<15} {:<11} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", "ROLE", "STATE", "LOCAL",
+             "REMOTE", "FLOW", "ORIG-DST", "APP", "CHAIN");
   for (const auto& f : *flows) {
     const auto& r = f.state.records;
     std::string app =
@@ -94,11 +114,30 @@ int cmd_flows(const std::string& pin_dir, bool as_json) {
     std::string dst = f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)
                           ? Address::from_abi(f.state.context.orig_dst).to_string()
                           : "-";
-    fmt::print("{:<15} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", role(f.state.flags),
-               f.local.to_string(), f.remote.to_string(), r.flow_id, dst, app,
-               chain_text(r, names));
+    fmt::print("{:<15} {:<11} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", role(f.state.flags),
+               tcp_state_name(f.sock_state), f.local.to_string(), f.remote.to_string(), r.flow_id,
+               dst, app, chain_text(r, names));
   }
   return 0;
+}
+
+}  // namespace
+
+Command add_flows_command(CLI::App& app, const std::string& pin_dir, bool& as_json) {
+  auto args = std::make_shared<FlowsArgs>();
+  auto* sub = app.add_subcommand("flows", "live redirected flows and their proxy chains");
+  sub->add_flag("--json", as_json, "JSON output");
+  sub->add_option("--netns", args->query.netns,
+                  "network namespace to list (a path: /run/netns/NAME, /proc/PID/ns/net); "
+                  "repeatable; default: the caller's")
+      ->allow_extra_args(false);
+  sub->add_flag("--all-netns", args->query.all_netns,
+                "list every network namespace of the host (those of running processes and "
+                "/run/netns)");
+  sub->footer(
+      "Read through sock_diag (as `ss` does), with no BPF program loaded: works on kernels "
+      "that refuse tracing programs.");
+  return {sub, [&pin_dir, &as_json, args] { return cmd_flows(pin_dir, *args, as_json); }};
 }
 
 }  // namespace connredir::cli

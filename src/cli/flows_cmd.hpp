@@ -3,7 +3,10 @@
 
 #include <string>
 
+#include "command.hpp"
+
 namespace connredir::cli {
-// Prints the flows (table or JSON); returns the process exit code.
-int cmd_flows(const std::string& pin_dir, bool as_json);
+// Registers `flows` and its options; run() prints the flows (table or JSON)
+// and returns the process exit code.
+Command add_flows_command(CLI::App& app, const std::string& pin_dir, bool& as_json);
 }  // namespace connredir::cli

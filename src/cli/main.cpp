@@ -721,8 +721,7 @@ int main(int argc, char** argv) {
 
   auto* down = app.add_subcommand("down", "detach and unpin everything");
   auto* status = app.add_subcommand("status", "is connredir up, counts, statistics");
-  auto* flows = app.add_subcommand("flows", "live redirected flows and their proxy chains");
-  flows->add_flag("--json", as_json, "JSON output");
+  auto flows = connredir::cli::add_flows_command(app, pin_dir, as_json);
   status->add_flag("--json", as_json, "JSON output");
 
   auto* callout = app.add_subcommand("callout", "manage callouts (redirectors)");
@@ -827,7 +826,7 @@ int main(int argc, char** argv) {
   if (*up) return cmd_up(pin_dir, up_cgroup, up_proxies_in);
   if (*down) return cmd_down(pin_dir);
   if (*status) return cmd_status(pin_dir, as_json);
-  if (*flows) return connredir::cli::cmd_flows(pin_dir, as_json);
+  if (*flows.sub) return flows.run();
   if (*c_add) return cmd_callout_add(pin_dir, ca);
   if (*c_list) return cmd_callout_list(pin_dir, as_json);
   if (*c_del) return cmd_callout_del(pin_dir, ca);

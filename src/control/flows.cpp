@@ -1,98 +1,311 @@
-// `connredir flows`: list every socket that carries connredir state, by
-// running the sk_state iterator (bpf/flows.bpf.c) over the pinned map.
+// `connredir flows`: every socket that carries connredir state, read through
+// sock_diag (the netlink interface `ss` uses) with the pinned sk_state map
+// named in the request (INET_DIAG_REQ_SK_BPF_STORAGES): the kernel appends
+// each socket's sk_state value to its inet_diag message. No BPF program is
+// loaded, so this works on kernels that refuse tracing programs (the
+// sk_storage iterator used before needs one), and sock_diag also gives each
+// socket's TCP state, owner uid and inode.
+//
+// sock_diag answers for the namespace its netlink socket was created in, so
+// other namespaces are read through a socket created in them (setns in a
+// short-lived thread: the process itself never changes namespace).
 #include <bpf/bpf.h>
-#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <libmnl/libmnl.h>
+#include <linux/inet_diag.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fmt/format.h>
+#include <map>
+#include <set>
+#include <thread>
 
 #include "connredir/control.hpp"
-#include "connredir_flows.skel.h"
 
 namespace connredir::control {
 namespace {
 
-// Owns what one dump creates; everything is released on every path.
-struct IterRun {
-  connredir_flows* skel = nullptr;
-  bpf_link* link = nullptr;
-  int map_fd = -1;
-  int iter_fd = -1;
-  ~IterRun() {
-    if (iter_fd >= 0) ::close(iter_fd);
-    if (link) bpf_link__destroy(link);
-    if (skel) connredir_flows__destroy(skel);
-    if (map_fd >= 0) ::close(map_fd);
+struct MnlCloser {
+  void operator()(mnl_socket* s) const { mnl_socket_close(s); }
+};
+using MnlSocket = std::unique_ptr<mnl_socket, MnlCloser>;
+
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
   }
 };
 
-}  // namespace
+// A NETLINK_SOCK_DIAG socket in the network namespace `netns_fd` (-1: ours).
+Result<MnlSocket> open_diag(int netns_fd, const std::string& netns_name) {
+  mnl_socket* nl = nullptr;
+  int err = 0;
+  auto open_here = [&] {
+    nl = mnl_socket_open(NETLINK_SOCK_DIAG);
+    if (!nl) err = errno;
+  };
+  if (netns_fd < 0) {
+    open_here();
+  } else {
+    // setns affects only the calling thread; the socket keeps the namespace
+    // it was created in after the thread ends.
+    std::thread t([&] {
+      if (setns(netns_fd, CLONE_NEWNET) != 0) {
+        err = errno;
+        return;
+      }
+      open_here();
+    });
+    t.join();
+    if (!nl && err)
+      return fail(err,
+                  errno_message(err, fmt::format("cannot enter network namespace {}", netns_name)) +
+                      " (needs root)");
+  }
+  if (!nl)
+    return fail(err, errno_message(err, "cannot open a NETLINK_SOCK_DIAG socket") +
+                         " (is sock_diag built into the kernel or its module loadable?)");
+  MnlSocket sock(nl);
+  if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+    int e = errno;
+    return fail(e, errno_message(e, "cannot bind the sock_diag socket"));
+  }
+  return sock;
+}
 
-Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir) {
-  IterRun run;
-  std::string map_path = pin_dir + "/maps/sk_state";
-  run.map_fd = bpf_obj_get(map_path.c_str());
-  if (run.map_fd < 0) {
-    int e = errno;
-    return fail(e, fmt::format("cannot open {}: {}; is connredir up at {}? (`connredir up`)",
-                               map_path, std::strerror(e), pin_dir));
+Address diag_address(uint8_t family, const __be32 ip[4], __be16 port) {
+  sockaddr_storage ss{};
+  if (family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    in->sin_family = AF_INET;
+    in->sin_port = port;
+    std::memcpy(&in->sin_addr, ip, 4);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = port;
+    std::memcpy(&in6->sin6_addr, ip, 16);
   }
-  run.skel = connredir_flows__open();
-  if (!run.skel) {
-    int e = errno;
-    return fail(e, fmt::format("opening the flows iterator: {}", std::strerror(e)));
+  auto a = Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), sizeof ss);
+  return a ? *a : Address{};
+}
+
+struct DumpCtx {
+  uint32_t map_id = 0;
+  uint8_t protocol = IPPROTO_TCP;
+  uint64_t netns = 0;
+  std::vector<FlowDump>* out = nullptr;
+  std::optional<Error> error;
+};
+
+// What one socket's message carries of our map: the nested attributes are
+// walked with libmnl's callbacks (its iteration macros are C-only).
+struct SocketAttrs {
+  uint32_t map_id = 0;  // ours
+  const nlattr* value = nullptr;
+  uint32_t entry_map_id = 0;  // of the SK_DIAG_BPF_STORAGE entry being read
+  const nlattr* entry_value = nullptr;
+};
+
+int on_storage_field(const nlattr* a, void* data) {
+  auto* s = static_cast<SocketAttrs*>(data);
+  if (mnl_attr_get_type(a) == SK_DIAG_BPF_STORAGE_MAP_ID &&
+      mnl_attr_get_payload_len(a) >= sizeof(uint32_t))
+    s->entry_map_id = mnl_attr_get_u32(a);
+  else if (mnl_attr_get_type(a) == SK_DIAG_BPF_STORAGE_MAP_VALUE)
+    s->entry_value = a;
+  return MNL_CB_OK;
+}
+
+int on_storage(const nlattr* a, void* data) {
+  auto* s = static_cast<SocketAttrs*>(data);
+  if (mnl_attr_get_type(a) != SK_DIAG_BPF_STORAGE) return MNL_CB_OK;
+  s->entry_map_id = 0;
+  s->entry_value = nullptr;
+  if (mnl_attr_parse_nested(a, on_storage_field, s) < 0) return MNL_CB_ERROR;
+  if (s->entry_map_id == s->map_id && s->entry_value) s->value = s->entry_value;
+  return MNL_CB_OK;
+}
+
+int on_socket_attr(const nlattr* a, void* data) {
+  if (mnl_attr_get_type(a) != INET_DIAG_SK_BPF_STORAGES) return MNL_CB_OK;
+  return mnl_attr_parse_nested(a, on_storage, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+}
+
+int on_socket(const nlmsghdr* nlh, void* data) {
+  auto* ctx = static_cast<DumpCtx*>(data);
+  if (mnl_nlmsg_get_payload_len(nlh) < sizeof(inet_diag_msg)) return MNL_CB_OK;
+  const auto* msg = static_cast<const inet_diag_msg*>(mnl_nlmsg_get_payload(nlh));
+  SocketAttrs attrs;
+  attrs.map_id = ctx->map_id;
+  if (mnl_attr_parse(nlh, sizeof(*msg), on_socket_attr, &attrs) < 0 || !attrs.value)
+    return MNL_CB_OK;  // no value of ours: a socket connredir never touched
+  const nlattr* v = attrs.value;
+  if (mnl_attr_get_payload_len(v) != sizeof(connredir_sk_state)) {
+    ctx->error =
+        Error{EPROTO, fmt::format("sock_diag returned a {}-byte sk_state value, "
+                                  "expected {}: the CLI and the loaded kernel side "
+                                  "are of different versions (re-run `connredir up` "
+                                  "after `connredir down`)",
+                                  mnl_attr_get_payload_len(v), sizeof(connredir_sk_state))};
+    return MNL_CB_ERROR;
   }
-  if (int rc = bpf_map__reuse_fd(run.skel->maps.sk_state, run.map_fd); rc != 0)
-    return fail(-rc, fmt::format("reusing {}: {}", map_path, std::strerror(-rc)));
-  if (int rc = connredir_flows__load(run.skel); rc != 0)
-    return fail(-rc, fmt::format("loading the flows iterator: {} (needs a kernel with BPF "
-                                 "iterators over sk_storage maps, 5.9+)",
-                                 std::strerror(-rc)));
-  union bpf_iter_link_info info;
-  std::memset(&info, 0, sizeof info);
-  info.map.map_fd = static_cast<__u32>(run.map_fd);
-  DECLARE_LIBBPF_OPTS(bpf_iter_attach_opts, opts, .link_info = &info, .link_info_len = sizeof info);
-  run.link = bpf_program__attach_iter(run.skel->progs.connredir_dump_flows, &opts);
-  if (!run.link) {
+  FlowDump f;
+  std::memcpy(&f.state, mnl_attr_get_payload(v), sizeof f.state);
+  f.cookie = static_cast<uint64_t>(msg->id.idiag_cookie[1]) << 32 | msg->id.idiag_cookie[0];
+  f.local = diag_address(msg->idiag_family, msg->id.idiag_src, msg->id.idiag_sport);
+  f.remote = diag_address(msg->idiag_family, msg->id.idiag_dst, msg->id.idiag_dport);
+  f.protocol = ctx->protocol;
+  f.sock_state = msg->idiag_state;
+  f.uid = msg->idiag_uid;
+  f.inode = msg->idiag_inode;
+  f.netns = ctx->netns;
+  ctx->out->push_back(f);
+  return MNL_CB_OK;
+}
+
+// One sock_diag dump: every socket of `family`/`protocol` in the socket's
+// namespace, keeping those our map has a value for.
+Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protocol, DumpCtx& ctx) {
+  ctx.protocol = protocol;
+  std::vector<char> buf(std::max<size_t>(MNL_SOCKET_BUFFER_SIZE, 64 * 1024));
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
+  nlh->nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  nlh->nlmsg_seq = static_cast<uint32_t>(time(nullptr));
+  auto* req =
+      static_cast<inet_diag_req_v2*>(mnl_nlmsg_put_extra_header(nlh, sizeof(inet_diag_req_v2)));
+  req->sdiag_family = family;
+  req->sdiag_protocol = protocol;
+  // Every state but those of sockets that cannot carry sk_storage: TIME_WAIT
+  // and request sockets are not full sockets.
+  req->idiag_states = ~0u & ~(1u << TCP_TIME_WAIT) & ~(1u << 12 /* TCP_NEW_SYN_RECV */);
+  nlattr* nest = mnl_attr_nest_start(nlh, INET_DIAG_REQ_SK_BPF_STORAGES);
+  mnl_attr_put_u32(nlh, SK_DIAG_BPF_STORAGE_REQ_MAP_FD, static_cast<uint32_t>(map_fd));
+  mnl_attr_nest_end(nlh, nest);
+  uint32_t seq = nlh->nlmsg_seq;
+  uint32_t portid = mnl_socket_get_portid(nl);
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
     int e = errno;
-    return fail(e, fmt::format("attaching the flows iterator: {}", std::strerror(e)));
+    return fail(e, errno_message(e, "sending the sock_diag request"));
   }
-  run.iter_fd = bpf_iter_create(bpf_link__fd(run.link));
-  if (run.iter_fd < 0) {
-    int e = errno;
-    return fail(e, fmt::format("creating the flows iterator: {}", std::strerror(e)));
-  }
-  std::vector<uint8_t> bytes;
-  uint8_t buf[16384];
   for (;;) {
-    ssize_t n = ::read(run.iter_fd, buf, sizeof buf);
+    ssize_t n = mnl_socket_recvfrom(nl, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       int e = errno;
-      return fail(e, fmt::format("reading the flows iterator: {}", std::strerror(e)));
+      return fail(e, errno_message(e, "reading the sock_diag answer"));
     }
-    if (n == 0) break;
-    bytes.insert(bytes.end(), buf, buf + n);
+    int rc = mnl_cb_run(buf.data(), static_cast<size_t>(n), seq, portid, on_socket, &ctx);
+    if (rc == MNL_CB_STOP) return {};
+    if (rc == MNL_CB_ERROR) {
+      if (ctx.error) return tl::unexpected(*ctx.error);
+      int e = errno;
+      if (e == ENOENT && protocol != IPPROTO_TCP) return {};  // no diag module for it
+      return fail(e, errno_message(e, fmt::format("sock_diag dump ({} {})",
+                                                  family == AF_INET ? "IPv4" : "IPv6",
+                                                  protocol == IPPROTO_TCP ? "TCP" : "UDP")) +
+                         (e == EPERM    ? " (listing sk_storage through sock_diag needs root)"
+                          : e == ENOENT ? " (the kernel has no inet_diag/tcp_diag: load them with "
+                                          "`modprobe tcp_diag`)"
+                                        : ""));
+    }
   }
-  constexpr size_t kRecord = sizeof(connredir_flow_dump) + sizeof(connredir_sk_state);
-  if (bytes.size() % kRecord != 0)
-    return fail(EPROTO, fmt::format("flows iterator returned {} bytes, not a multiple of {}: "
-                                    "CLI and kernel side of different versions?",
-                                    bytes.size(), kRecord));
+}
+
+uint64_t netns_inode(int fd) {
+  struct stat st {};
+  return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+// Every distinct network namespace of the host: those of running processes
+// and those bind-mounted under /run/netns.
+std::vector<std::string> all_netns_paths() {
+  std::vector<std::string> paths;
+  std::set<uint64_t> seen;
+  auto add = [&](const std::string& p) {
+    struct stat st {};
+    if (stat(p.c_str(), &st) == 0 && seen.insert(st.st_ino).second) paths.push_back(p);
+  };
+  add("/proc/self/ns/net");
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) add(e.path());
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto name = e.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    add(e.path() / "ns/net");
+  }
+  return paths;
+}
+
+}  // namespace
+
+Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQuery& query) {
+  std::string map_path = pin_dir + "/maps/sk_state";
+  Fd map(bpf_obj_get(map_path.c_str()));
+  if (map.fd < 0) {
+    int e = errno;
+    return fail(e, errno_message(e, fmt::format("cannot open {}", map_path)) +
+                       fmt::format("; is connredir up at {}? (`connredir up`)", pin_dir));
+  }
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(map.fd, &info, &len) != 0) {
+    int e = errno;
+    return fail(e, errno_message(e, fmt::format("cannot read the map info of {}", map_path)));
+  }
+
+  std::vector<std::string> namespaces = query.netns;
+  if (query.all_netns) namespaces = all_netns_paths();
+  if (namespaces.empty()) namespaces.push_back("");  // ours
+
   std::vector<FlowDump> out;
-  for (size_t off = 0; off < bytes.size(); off += kRecord) {
-    connredir_flow_dump d;
-    FlowDump f;
-    std::memcpy(&d, bytes.data() + off, sizeof d);
-    std::memcpy(&f.state, bytes.data() + off + sizeof d, sizeof f.state);
-    f.cookie = d.cookie;
-    f.local = Address::from_abi(d.local);
-    f.remote = Address::from_abi(d.remote);
-    out.push_back(f);
+  for (const auto& ns : namespaces) {
+    Fd nsfd(ns.empty() ? ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)
+                       : ::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+    if (nsfd.fd < 0) {
+      int e = errno;
+      if (query.all_netns && e == ENOENT) continue;  // the process exited meanwhile
+      return fail(e, errno_message(e, fmt::format("cannot open network namespace {}",
+                                                  ns.empty() ? "/proc/self/ns/net" : ns)) +
+                         " (give a path like /run/netns/NAME or /proc/PID/ns/net)");
+    }
+    auto nl = open_diag(ns.empty() ? -1 : nsfd.fd, ns);
+    if (!nl) return tl::unexpected(nl.error());
+    DumpCtx ctx;
+    ctx.map_id = info.id;
+    ctx.netns = netns_inode(nsfd.fd);
+    ctx.out = &out;
+    for (uint8_t family : {AF_INET, AF_INET6})
+      for (uint8_t proto : query.protocols)
+        if (auto r = dump_one(nl->get(), map.fd, family, proto, ctx); !r)
+          return tl::unexpected(r.error());
   }
   return out;
+}
+
+Result<void> probe_sock_diag_storage(int sk_storage_map_fd) {
+  auto nl = open_diag(-1, "");
+  if (!nl) return tl::unexpected(nl.error());
+  std::vector<FlowDump> out;
+  DumpCtx ctx;
+  ctx.out = &out;
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(sk_storage_map_fd, &info, &len) == 0) ctx.map_id = info.id;
+  return dump_one(nl->get(), sk_storage_map_fd, AF_INET, IPPROTO_TCP, ctx);
 }
 
 }  // namespace connredir::control

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fmt/format.h>
 #include <map>
 #include <vector>
 #include <set>
@@ -56,6 +57,8 @@ class Chain : public KernelTest {
     expect_chain(0, {"vendor-a"}, dst.addr(), n);
     expect_chain(1, {"vendor-a", "vendor-b"}, dst.addr(), n);
   }
+
+  void flows_lists_live_chains(bool v6);
 
   // Asserts that vendor i's proxy logged exactly one ok flow whose chain is
   // `expect` (callout names, in order).
@@ -201,10 +204,13 @@ TEST_F(Chain, FiltersChangeWhileConnectionsFlow) {
   EXPECT_EQ(client->wait(60000), "0");
 }
 
-TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
-  EchoServer dst("127.0.0.1:0");
-  add_vendor(0, dst, 200, "127.0.0.1/32");
-  add_vendor(1, dst, 100, "127.0.0.1/32");
+// `connredir flows` (sock_diag) lists the five sockets of one two-vendor
+// flow with their roles, chain, TCP state and owner, then nothing once the
+// app closed.
+void Chain::flows_lists_live_chains(bool v6) {
+  EchoServer dst(v6 ? "[::1]:0" : "127.0.0.1:0");
+  add_vendor(0, dst, 200, v6 ? "::1/128" : "127.0.0.1/32", v6);
+  add_vendor(1, dst, 100, v6 ? "::1/128" : "127.0.0.1/32", v6);
   std::string addr = dst.addr();
   int go[2];
   ASSERT_EQ(pipe(go), 0);
@@ -224,9 +230,14 @@ TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
   nlohmann::json flows;
   for (int i = 0; i < 200; i++) {
     flows = cli_json({"flows"});
-    size_t accepted = 0;
-    for (auto& f : flows) accepted += f.value("role", "") == "proxy-accepted";
-    if (accepted == 2) break;
+    // Both proxies accepted and vendor-b connected onward (listing may start
+    // before the app's echo has gone through the chain).
+    size_t accepted = 0, set = 0;
+    for (auto& f : flows) {
+      accepted += f.value("role", "") == "proxy-accepted";
+      set += f.value("role", "") == "records-set";
+    }
+    if (accepted == 2 && set == 1) break;
     usleep(10000);
   }
   std::map<std::string, int> roles;
@@ -240,7 +251,14 @@ TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
       ASSERT_EQ(f["chain"].size(), hop) << f.dump();
       EXPECT_EQ(f["chain"][hop - 1].value("callout", ""), hop == 1 ? "vendor-a" : "vendor-b");
       EXPECT_EQ(f["app"].value("uid", 0u), static_cast<unsigned>(kAppUid));
+      EXPECT_EQ(f.value("uid", 0u), static_cast<unsigned>(hop == 1 ? 4001 : 4002)) << f.dump();
     }
+    if (f.value("role", "") == "redirected" && f.value("uid", 0u) == kAppUid) {
+      EXPECT_NE(f.value("inode", 0ull), 0ull) << "the app's socket has a file" << f.dump();
+    }
+    EXPECT_EQ(f.value("state", ""), "ESTAB") << f.dump();
+    EXPECT_EQ(f.value("protocol", ""), "tcp") << f.dump();
+    EXPECT_EQ(f["local"].get<std::string>().front() == '[', v6) << f.dump();
   }
   // app socket + vendor-a's outgoing (both redirected), two accepted, and
   // vendor-b's outgoing socket carrying the records it set.
@@ -248,6 +266,14 @@ TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
   EXPECT_EQ(roles["proxy-accepted"], 2) << flows.dump();
   EXPECT_EQ(roles["records-set"], 1) << flows.dump();
   EXPECT_EQ(flow_ids.size(), 1u) << flows.dump();
+  // The same sockets when every namespace of the host is walked, and when
+  // this namespace is named by path.
+  uint64_t our_netns = flows[0].value("netns", 0ull);
+  size_t ours = 0;
+  for (auto& f : cli_json({"flows", "--all-netns"})) ours += f.value("netns", 0ull) == our_netns;
+  EXPECT_EQ(ours, flows.size());
+  EXPECT_EQ(cli_json({"flows", "--netns", fmt::format("/proc/{}/ns/net", getpid())}).size(),
+            flows.size());
   ASSERT_EQ(write(go[1], "x", 1), 1);
   close(go[1]);
   EXPECT_EQ(app->wait(), "ok");
@@ -258,6 +284,9 @@ TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) {
   }
   EXPECT_EQ(left, 0u) << "per-socket state must die with the sockets";
 }
+
+TEST_F(Chain, FlowsListsLiveChainsAndForgetsClosedOnes) { flows_lists_live_chains(false); }
+TEST_F(Chain, FlowsListsLiveIPv6Chains) { flows_lists_live_chains(true); }
 
 TEST_F(Chain, ProxyDownBypassGoesToTheNextVendor) {
   EchoServer dst("127.0.0.1:0");
