@@ -245,6 +245,17 @@ if ("memory", "free") in by:
       "the per-cache breakdown.")
     p("")
 
+# `connredir flows` while part 6 held its flows
+if ("flows", "free") in by:
+    p("## 6b. Listing live flows (`connredir flows --json`, sock_diag)")
+    p("")
+    p("| flows held | sockets listed | seconds per listing (3 runs) |")
+    p("|---|---|---|")
+    for cfg, d in by[("flows", "free")].items():
+        r = d[0]
+        p(f"| {r['held']} | {r['sockets_listed']} | {', '.join(f'{x:.3f}' for x in r['seconds'])} |")
+    p("")
+
 # Profile (--profile): connredir's BPF programs per connection
 bpf_path = os.path.join(out, "profile-bpf.jsonl")
 if os.path.exists(bpf_path):

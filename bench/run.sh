@@ -531,14 +531,42 @@ part_sockopt() {
 }
 
 # ---- part 6: memory --------------------------------------------------------------------
+# While part 6 holds $HOLD flows through connredir-proxy (three sockets each carry connredir
+# state: the app's, the accepted one, the proxy's onward one), time `connredir flows` (sock_diag)
+# listing them: first wait until they are all open, then three timed listings.
+time_flows_listing() {
+  local want=$((3 * HOLD)) n=0 deadline=$((SECONDS + CHURN_S / 2 + 30)) t0 times=()
+  local list=("$CLI" --pin-dir "$PIN" flows --netns "/run/netns/$NS" --json)
+  while ((SECONDS < deadline)); do
+    n=$("${list[@]}" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+    ((n >= want)) && break
+    sleep 0.5
+  done
+  for _ in 1 2 3; do
+    t0=$EPOCHREALTIME
+    "${list[@]}" >"$OUT/flows-listing.json"
+    times+=("$(python3 -c "print(round($EPOCHREALTIME - $t0, 4))")")
+  done
+  n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$OUT/flows-listing.json")
+  local j
+  j=$(printf '{"held":%d,"sockets_listed":%d,"seconds":[%s]}' "$HOLD" "$n" "$(IFS=,; echo "${times[*]}")")
+  record flows free 0 connredir-flows "$j"
+  log "  connredir flows (sock_diag, --json): $j"
+}
+
 part_memory() {
   log "part 6 (memory): $HOLD connections through connredir-proxy, ${CHURN_S} s of churn"
   place free
   local j
   local CLIENT_UID=0  # reads /proc/slabinfo
   cp /proc/slabinfo "$OUT/slab-before.txt"
-  j=$(run_client free "$NS" "$CG_ON/app" "$LOAD" hold --to 127.0.0.1:7002 --conns $HOLD \
-    --seconds $CHURN_S --churn-per-s 200 --watch-pid "$PID_proxy1" --slab-dump "$OUT/slab-connredir")
+  run_client free "$NS" "$CG_ON/app" "$LOAD" hold --to 127.0.0.1:7002 --conns $HOLD \
+    --seconds $CHURN_S --churn-per-s 200 --watch-pid "$PID_proxy1" \
+    --slab-dump "$OUT/slab-connredir" >"$OUT/hold-connredir.json" &
+  local hold_pid=$!
+  time_flows_listing
+  wait "$hold_pid"
+  j=$(cat "$OUT/hold-connredir.json")
   record memory free 0 connredir-proxy "$j"
   log "  connredir-proxy: $j"
   j=$(run_client free "$NS_NAT" "$CG_OFF" "$LOAD" hold --to 127.0.0.1:7004 --conns $HOLD \

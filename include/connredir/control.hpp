@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -439,8 +440,22 @@ std::optional<std::string> cgroup_path_by_id(uint64_t id);
 
 // "6.18.44-fc" -> {6, 18}. EINVAL if unparsable.
 Result<std::pair<int, int>> parse_kernel_release(std::string_view release);
-// Kernel >= 5.18, BTF, cgroup2: one message listing everything missing.
-Result<void> check_kernel();
+// One kernel feature connredir uses, as probed on the running kernel.
+struct KernelFeature {
+  std::string name;             // short id: "bpf_set_retval", "sock_diag_bpf_storage"
+  std::string description;      // what it is and what connredir uses it for
+  bool required = false;        // `connredir up` refuses to run without it
+  std::optional<bool> present;  // nullopt: could not be probed (detail says why)
+  std::string detail;           // how it was found, or why it is missing
+  std::string disables;         // optional features: what does not work without it
+};
+// Every feature connredir uses, probed now (libbpf loads minimal programs;
+// the sock_diag probe needs connredir up at pin_dir, else "not probed").
+std::vector<KernelFeature> probe_kernel_features(const std::string& pin_dir);
+// The sock_diag sk_storage probe alone (used by `up` once the maps exist).
+KernelFeature sock_diag_feature(const std::string& pin_dir);
+// ENOTSUP with one message listing every missing required feature.
+Result<void> require_kernel_features(const std::vector<KernelFeature>& features);
 Result<void> require_root();
 
 // Pinned links under PIN_DIR/links.
@@ -457,6 +472,34 @@ struct UpState {
   bool up() const { return !links.empty(); }
 };
 Result<UpState> read_up_state(const std::string& pin_dir);
+
+// ---- Other programs on the same hooks -------------------------------------
+
+// "cgroup_inet4_connect", ... (libbpf's names).
+std::string attach_type_name(uint32_t type);
+// One program the kernel runs at a hook of a cgroup.
+struct ProgramInfo {
+  uint32_t prog_id = 0;
+  std::string name;         // as loaded (may be empty)
+  std::string tag;          // hex
+  bool ours = false;        // one of connredir's (its link's program)
+  std::string attached_at;  // the cgroup it is attached to (this one or an ancestor)
+  std::string attach_mode;  // "multi", "override" or "exclusive"
+};
+// A hook of a cgroup with every program the kernel runs there, in run order
+// (the cgroup's own programs in attach order, then its ancestors').
+struct HookPrograms {
+  std::string attach_type;
+  std::string cgroup;
+  std::vector<ProgramInfo> programs;
+};
+Result<HookPrograms> programs_on_hook(const std::string& cgroup_path, uint32_t attach_type,
+                                      const std::set<uint32_t>& our_prog_ids);
+// EBUSY, naming the program and the fix, if attaching a BPF link at this
+// hook of the cgroup would be refused (a non-multi program on the cgroup)
+// or would stop another program from running (one attached with
+// BPF_F_ALLOW_OVERRIDE to an ancestor). `up` checks every hook first.
+Result<void> check_attach_is_harmless(const std::string& cgroup_path, uint32_t attach_type);
 
 // Exclusive (or shared) flock on /run/connredir.lock, serializing every
 // CLI invocation (bpffs cannot hold regular files); released by the
@@ -494,6 +537,7 @@ inline bool proxy_scoped_link(std::string_view pin) {
 }
 struct UpResult {
   bool already_up = false;
+  std::vector<KernelFeature> features;  // as probed by this call
   CgroupRef cgroup;
   std::vector<CgroupRef> proxies_in;
   std::vector<std::string> attached;  // programs attached by this call

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,62 @@ Result<Session> open_session(const std::string& pin_dir, bool exclusive) {
   return s;
 }
 
+// ---- kernel features and other programs on our hooks -------------------------
+
+json features_json(const std::vector<ctl::KernelFeature>& fs) {
+  json arr = json::array();
+  for (const auto& f : fs) {
+    json j = {{"name", f.name},
+              {"description", f.description},
+              {"required", f.required},
+              {"present", f.present ? json(*f.present) : json(nullptr)},
+              {"detail", f.detail}};
+    if (!f.required) j["disables_when_missing"] = f.disables;
+    arr.push_back(j);
+  }
+  return arr;
+}
+
+// One line per feature: present, missing (and what that disables), or not
+// probed (and why).
+void print_features(const std::vector<ctl::KernelFeature>& fs) {
+  fmt::print("kernel features:\n");
+  for (const auto& f : fs) {
+    const char* mark = !f.present ? "unknown" : *f.present ? "ok" : "MISSING";
+    fmt::print(
+        "  {:<8} {:<22} {}{}\n", mark, f.name, f.detail,
+        f.present && !*f.present && !f.required ? fmt::format(" (disables: {})", f.disables) : "");
+  }
+}
+
+// Every hook connredir attached, with the programs the kernel runs there.
+Result<std::vector<ctl::HookPrograms>> our_hooks(const ctl::UpState& state) {
+  std::set<uint32_t> ours;
+  for (const auto& l : state.links) ours.insert(l.prog_id);
+  std::set<std::pair<uint64_t, uint32_t>> seen;
+  std::vector<ctl::HookPrograms> hooks;
+  for (const auto& l : state.links) {
+    if (l.cgroup_id == 0 || !seen.insert({l.cgroup_id, l.attach_type}).second) continue;
+    auto path = ctl::cgroup_path_by_id(l.cgroup_id);
+    if (!path) continue;
+    auto h = ctl::programs_on_hook(*path, l.attach_type, ours);
+    if (!h) return tl::unexpected(h.error());
+    hooks.push_back(std::move(*h));
+  }
+  return hooks;
+}
+
+// "before"/"after" connredir for each foreign program of a hook.
+std::string relative_position(const ctl::HookPrograms& h, size_t i) {
+  size_t first_ours = h.programs.size();
+  for (size_t k = 0; k < h.programs.size(); ++k)
+    if (h.programs[k].ours) {
+      first_ours = k;
+      break;
+    }
+  return i < first_ours ? "before connredir" : "after connredir";
+}
+
 // ---- commands ----------------------------------------------------------------
 
 int cmd_up(const std::string& pin_dir, const std::string& cgroup,
@@ -126,6 +183,7 @@ int cmd_up(const std::string& pin_dir, const std::string& cgroup,
                r->cgroup.id);
     return 0;
   }
+  print_features(r->features);
   const auto scoped = static_cast<size_t>(
       std::count_if(r->attached.begin(), r->attached.end(),
                     [](const std::string& n) { return ctl::proxy_scoped_link(n); }));
@@ -220,6 +278,35 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
     j["stats"] = js;
     j["secret_initialised"] = secret_set;
   }
+  auto features = ctl::probe_kernel_features(pin_dir);
+  j["features"] = features_json(features);
+  std::vector<ctl::HookPrograms> hooks;
+  if (auto h = our_hooks(*state))
+    hooks = std::move(*h);
+  else
+    problems.push_back(h.error().message);
+  json hj = json::array();
+  size_t foreign = 0;
+  for (const auto& h : hooks) {
+    json progs = json::array();
+    for (size_t i = 0; i < h.programs.size(); ++i) {
+      const auto& p = h.programs[i];
+      json pj = {{"prog_id", p.prog_id},
+                 {"name", p.name},
+                 {"tag", p.tag},
+                 {"ours", p.ours},
+                 {"attached_at", p.attached_at},
+                 {"attach_mode", p.attach_mode}};
+      if (!p.ours) {
+        pj["position"] = relative_position(h, i);
+        foreign++;
+      }
+      progs.push_back(pj);
+    }
+    hj.push_back({{"attach_type", h.attach_type}, {"cgroup", h.cgroup}, {"programs", progs}});
+  }
+  j["hooks"] = hj;
+  j["foreign_programs"] = foreign;
   j["problems"] = problems;
   if (as_json) {
     fmt::print("{}\n", j.dump(2));
@@ -243,6 +330,20 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
     fmt::print("stats:\n");
     for (size_t i = 0; i < stats.size(); ++i)
       fmt::print("  {:<18} {}\n", ctl::stat_name(i), stats[i]);
+  }
+  print_features(features);
+  if (foreign == 0) {
+    fmt::print("other programs on connredir's hooks: none\n");
+  } else {
+    fmt::print("other programs on connredir's hooks (the kernel runs them in this order):\n");
+    for (const auto& h : hooks)
+      for (size_t i = 0; i < h.programs.size(); ++i) {
+        const auto& p = h.programs[i];
+        if (p.ours) continue;
+        fmt::print("  {:<28} prog {} {:<16} attached at {} ({}), runs {}\n", h.attach_type,
+                   p.prog_id, p.name.empty() ? "-" : p.name, p.attached_at, p.attach_mode,
+                   relative_position(h, i));
+      }
   }
   for (const auto& p : problems) fmt::print("problem:    {}\n", p);
   return 0;

@@ -140,7 +140,8 @@ struct WantedLink {
 
 Result<UpResult> up(const UpOptions& opts) {
   if (auto r = require_root(); !r) return tl::unexpected(r.error());
-  if (auto r = check_kernel(); !r) return tl::unexpected(r.error());
+  auto features = probe_kernel_features(opts.pin_dir);
+  if (auto r = require_kernel_features(features); !r) return tl::unexpected(r.error());
   auto cg = resolve_cgroup(opts.cgroup);
   if (!cg) return tl::unexpected(cg.error());
   std::vector<CgroupRef> pcgs;
@@ -181,6 +182,7 @@ Result<UpResult> up(const UpOptions& opts) {
   }
 
   UpResult res;
+  res.features = features;
   res.cgroup = *cg;
   res.proxies_in = pcgs;
   auto state = read_up_state(opts.pin_dir);
@@ -207,6 +209,17 @@ Result<UpResult> up(const UpOptions& opts) {
   if (all && state->maps_pinned) {
     res.already_up = true;
     return res;
+  }
+
+  // Nothing is attached (or loaded) if one attachment would replace or
+  // silence another vendor's program on the same hook.
+  for (const auto& w : wanted) {
+    if (pinned.count(w.pin)) continue;
+    struct bpf_program* prog = bpf_object__find_program_by_name(obj, w.prog.c_str());
+    if (!prog) continue;
+    if (auto r = check_attach_is_harmless(w.cgroup.path, bpf_program__expected_attach_type(prog));
+        !r)
+      return tl::unexpected(r.error());
   }
 
   for (auto d : {opts.pin_dir, opts.pin_dir + "/maps", opts.pin_dir + "/links"})
@@ -280,6 +293,9 @@ Result<UpResult> up(const UpOptions& opts) {
     return tl::unexpected(err.error());
   }
   res.attached = created;
+  // Now that the maps are pinned, the optional sock_diag probe can run.
+  for (auto& f : res.features)
+    if (f.name == "sock_diag_bpf_storage") f = sock_diag_feature(opts.pin_dir);
   return res;
 }
 

@@ -166,29 +166,6 @@ Result<std::pair<int, int>> parse_kernel_release(std::string_view r) {
   return std::pair{major, minor};
 }
 
-Result<void> check_kernel() {
-  std::vector<std::string> missing;
-  utsname u{};
-  uname(&u);
-  auto rel = parse_kernel_release(u.release);
-  if (!rel)
-    missing.push_back(rel.error().message);
-  else if (*rel < std::pair{5, 18})
-    missing.push_back(
-        fmt::format("kernel {} is too old: connredir needs Linux 5.18 or newer "
-                    "(bpf_set_retval in cgroup sockopt programs)",
-                    u.release));
-  if (access("/sys/kernel/btf/vmlinux", R_OK) != 0)
-    missing.push_back(
-        "/sys/kernel/btf/vmlinux is missing: the kernel needs BTF "
-        "(CONFIG_DEBUG_INFO_BTF=y)");
-  if (auto m = find_cgroup2_mount(); !m) missing.push_back(m.error().message);
-  if (missing.empty()) return {};
-  std::string msg = "this system cannot run connredir: ";
-  for (size_t i = 0; i < missing.size(); ++i) msg += (i ? "; " : "") + missing[i];
-  return fail(ENOTSUP, msg);
-}
-
 Result<void> require_root() {
   if (geteuid() == 0) return {};
   return fail(EPERM, "connredir must run as root (it loads BPF programs)");
