@@ -16,6 +16,9 @@ extern "C" {
 #include "connredir_abi.h"
 }
 
+// Exported from libconnredir.so (built with hidden visibility by default).
+#pragma GCC visibility push(default)
+
 namespace connredir {
 
 struct Address {
@@ -40,3 +43,5 @@ struct Address {
 };
 
 }  // namespace connredir
+
+#pragma GCC visibility pop

@@ -10,6 +10,9 @@
 #include "connredir/error.hpp"
 #include "connredir/records.hpp"
 
+// Exported from libconnredir.so (built with hidden visibility by default).
+#pragma GCC visibility push(default)
+
 namespace connredir {
 
 // Records blob of an accepted, redirected socket.
@@ -29,3 +32,5 @@ Result<void> set_records(int fd, std::span<const uint8_t> blob);
 Result<Address> original_destination(int fd);
 
 }  // namespace connredir
+
+#pragma GCC visibility pop

@@ -6,6 +6,9 @@
 #include <tl/expected.hpp>
 #include <utility>
 
+// Exported from libconnredir.so (built with hidden visibility by default).
+#pragma GCC visibility push(default)
+
 namespace connredir {
 
 struct Error {
@@ -25,3 +28,5 @@ inline tl::unexpected<Error> fail(int code, std::string message) {
 std::string errno_message(int code, const std::string& what);
 
 }  // namespace connredir
+
+#pragma GCC visibility pop

@@ -11,6 +11,9 @@
 #include "connredir/address.hpp"
 #include "connredir/error.hpp"
 
+// Exported from libconnredir.so (built with hidden visibility by default).
+#pragma GCC visibility push(default)
+
 namespace connredir {
 
 enum class RedirectState {
@@ -83,3 +86,5 @@ std::string to_json(const Context& c);
 std::string to_hex(std::span<const uint8_t> bytes);
 
 }  // namespace connredir
+
+#pragma GCC visibility pop

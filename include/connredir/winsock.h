@@ -23,6 +23,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* Exported from libconnredir_winsock.so (hidden visibility by default). */
+#pragma GCC visibility push(default)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -297,5 +300,7 @@ const char* connredir_ws_last_error_message(void);
 #ifdef __cplusplus
 }
 #endif
+
+#pragma GCC visibility pop
 
 #endif /* CONNREDIR_WINSOCK_H */

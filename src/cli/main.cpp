@@ -803,6 +803,7 @@ int main(int argc, char** argv) {
   CLI::App app{"connredir: WFP-style connection redirection for Linux (eBPF cgroup hooks)",
                "connredir"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", CONNREDIR_VERSION);
   std::string pin_dir = ctl::kDefaultPinDir;
   bool as_json = false;
   app.add_option("--pin-dir", pin_dir, "bpffs directory holding the pinned maps and links")

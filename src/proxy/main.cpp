@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       "destination with the records attached (so the flow is not looped back here) and relays "
       "both directions. Runs unprivileged as a registered proxy principal.",
       "connredir-proxy"};
+  app.set_version_flag("--version", CONNREDIR_VERSION);
   app.add_option("--listen", listen, "ADDR:PORT or [ADDR]:PORT to listen on (repeatable)")
       ->required();
   app.add_option("--log", opt.log_path,
