@@ -55,8 +55,8 @@ int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
 std::string libbpf_tail() {
   if (g_libbpf_log.empty()) return "";
   constexpr size_t kShow = 6000;
-  std::string t = g_libbpf_log.size() > kShow ? g_libbpf_log.substr(g_libbpf_log.size() - kShow)
-                                              : g_libbpf_log;
+  std::string t =
+      g_libbpf_log.size() > kShow ? g_libbpf_log.substr(g_libbpf_log.size() - kShow) : g_libbpf_log;
   if (t.size() < g_libbpf_log.size()) {
     auto nl = t.find('\n');
     if (nl != std::string::npos) t.erase(0, nl + 1);
