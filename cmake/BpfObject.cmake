@@ -17,6 +17,13 @@ add_custom_command(
   VERBATIM)
 add_custom_target(vmlinux_h DEPENDS ${BPF_VMLINUX_H})
 
+# Same policy as the C++ code: -Werror only with CONNREDIR_WERROR.
+if(CONNREDIR_WERROR)
+  set(BPF_WERROR -Werror)
+else()
+  set(BPF_WERROR "")
+endif()
+
 function(bpf_object NAME SOURCE)
   cmake_parse_arguments(BPF "" "" "DEPENDS" ${ARGN})
   set(out_dir ${CMAKE_CURRENT_BINARY_DIR}/${NAME}_skel)
@@ -26,7 +33,7 @@ function(bpf_object NAME SOURCE)
     OUTPUT ${obj}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${out_dir}
     COMMAND ${BPF_CLANG} -target bpf -mcpu=v3 -g -O2 -D__TARGET_ARCH_x86
-            -Wall -Wextra -Werror -Wno-unused-parameter
+            -Wall -Wextra ${BPF_WERROR} -Wno-unused-parameter
             -I${BPF_VMLINUX_DIR} -I${CONNREDIR_ABI_DIR}
             -c ${CMAKE_CURRENT_SOURCE_DIR}/${SOURCE} -o ${obj}
     # vmlinux_h is a target in another directory: depend on it by name.
