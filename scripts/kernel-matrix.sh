@@ -106,10 +106,13 @@ EOF
 export APT_CONFIG=$APTD/apt.conf
 # Refresh the package lists at most once a day.
 if [[ -z $(find "$APTD/lists" -maxdepth 1 -name '*_Packages*' -mtime -1 2>/dev/null | head -1) ]]; then
-  apt-get -q update >"$WORK/apt-update.log" 2>&1 || {
+  # apt-get update exits 0 when a suite could not be fetched (a warning only): check its log too,
+  # or a network failure would surface later as "no such kernel".
+  if ! apt-get -q update >"$WORK/apt-update.log" 2>&1 ||
+     grep -Eq '^(E:|W: (Failed to fetch|Some index files failed))' "$WORK/apt-update.log"; then
     cat "$WORK/apt-update.log" >&2
-    die "cannot download Debian's package lists (apt-get update with APT_CONFIG=$APT_CONFIG failed, log above)"
-  }
+    die "cannot download Debian's package lists (apt-get update with APT_CONFIG=$APT_CONFIG, log above)"
+  fi
 fi
 
 # The image package behind the newest linux-image-amd64 whose version is VERSION.*.
