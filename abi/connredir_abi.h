@@ -107,7 +107,8 @@ struct connredir_origin {
 /*
  * The records blob. Opaque to proxies: they copy it from the accepted socket
  * to their outgoing socket. Fixed size (no variable-length copies in BPF).
- * mac is SipHash-2-4 over every byte before it, keyed with a random 128-bit
+ * mac is SipHash-2-4 over the bytes in use (header, origin and the hop_count
+ * hops; the hop slots past them must be zero), keyed with a random 128-bit
  * key that `connredir up` draws from getrandom() into the root-only `secret`
  * map. The kernel rejects (EINVAL) any blob whose MAC does not verify, so a
  * blob cannot be forged or altered by anyone who cannot read that map.

@@ -259,32 +259,63 @@ _Static_assert(__builtin_offsetof(struct connredir_records, hops) % 8 == 0, "hop
 _Static_assert(sizeof(struct connredir_hop) % 8 == 0, "hop is whole words");
 _Static_assert(__builtin_offsetof(struct connredir_records, mac) == RECORDS_MAC_WORDS * 8,
 	       "mac follows the hops");
+_Static_assert(RECORDS_HOPS_WORD + CONNREDIR_MAX_HOPS * RECORDS_HOP_WORDS == RECORDS_MAC_WORDS,
+	       "the hop slots are all the words between the origin and the mac");
 
-static __always_inline __u32 records_used_words(const struct connredir_records *r)
+/* The hops in use: hop_count, which an incoming blob has been checked to
+ * keep within CONNREDIR_MAX_HOPS; clamped again for the verifier. */
+static __always_inline __u32 records_hops_in_use(const struct connredir_records *r)
 {
 	__u32 n = r->hop_count;
 
 	if (n > CONNREDIR_MAX_HOPS)
 		n = CONNREDIR_MAX_HOPS;
-	return RECORDS_HOPS_WORD + n * RECORDS_HOP_WORDS;
+	return n;
 }
 
+/* Both walks below visit every hop slot with a constant bound and test the
+ * hop count inside the loop body, instead of looping over a variable number
+ * of words. Linux 6.1's verifier (Debian 12) rejects a loop whose index is
+ * bounded only by another register: on the exit test `i < nwords` it keeps
+ * exploring a path where nwords' bounds contradict each other (umin > umax),
+ * the index walks past the blob, and the load fails with "invalid access to
+ * map value ... R7 min value is outside of the allowed memory range"
+ * (EACCES). Newer verifiers see that path is dead; 6.1 does not. With a
+ * constant loop bound every load is at a constant offset, which any
+ * verifier accepts, and a guard rather than a `break` keeps the compiler
+ * from folding the two bounds back into one register compare. */
 static __always_inline __u64 records_mac(const struct connredir_secret *k,
 					 const struct connredir_records *r)
 {
-	return connredir_siphash_words(k->k0, k->k1, (const __u64 *)r, records_used_words(r));
+	const __u64 *w = (const __u64 *)r;
+	__u32 n = records_hops_in_use(r), h, j;
+	struct connredir_siphash s;
+
+	connredir_siphash_init(&s, k->k0, k->k1);
+	for (j = 0; j < RECORDS_HOPS_WORD; j++)
+		connredir_siphash_word(&s, w[j]);
+	for (h = 0; h < CONNREDIR_MAX_HOPS; h++) {
+		if (h < n) {
+			for (j = 0; j < RECORDS_HOP_WORDS; j++)
+				connredir_siphash_word(
+					&s, w[RECORDS_HOPS_WORD + h * RECORDS_HOP_WORDS + j]);
+		}
+	}
+	return connredir_siphash_final(&s, RECORDS_HOPS_WORD + n * RECORDS_HOP_WORDS);
 }
 
 /* Are the hop slots past hop_count all zero (as connredir issues them)? */
 static __always_inline int records_tail_zero(const struct connredir_records *r)
 {
 	const __u64 *w = (const __u64 *)r;
-	__u32 from = records_used_words(r), i;
+	__u32 n = records_hops_in_use(r), h, j;
 	__u64 acc = 0;
 
-	for (i = RECORDS_HOPS_WORD; i < RECORDS_MAC_WORDS; i++) {
-		if (i >= from)
-			acc |= w[i];
+	for (h = 0; h < CONNREDIR_MAX_HOPS; h++) {
+		if (h >= n) {
+			for (j = 0; j < RECORDS_HOP_WORDS; j++)
+				acc |= w[RECORDS_HOPS_WORD + h * RECORDS_HOP_WORDS + j];
+		}
 	}
 	return acc == 0;
 }

@@ -5,7 +5,9 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
-      clang-format clang-tidy nftables socat haproxy linux-perf valgrind)
+      clang-format clang-tidy nftables socat haproxy linux-perf valgrind
+      # scripts/kernel-matrix.sh (test.sh's last stage): boots Debian's kernels under qemu
+      qemu-system-x86 busybox-static cpio kmod file xz-utils zstd debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -4,14 +4,16 @@
 # For each VERSION (default: 5.10 6.1 6.12) this fetches Debian's newest generic amd64 kernel of that
 # series (linux-image-amd64 of bullseye-security / bookworm(-security) / bookworm-backports), boots it
 # with qemu-system-x86_64 (software emulation) with the host's / exported read-only over virtio-9p,
-# and inside the guest: mounts proc/sys/dev, cgroup2, bpffs and tmpfs /tmp, brings lo up, loads veth,
-# runs `connredir up` on a throwaway cgroup (then `down`), and the kernel test subset
-# ($CONNREDIR_KM_FILTER). One PASS/FAIL line per kernel; exit status 1 if any kernel failed.
+# and inside the guest: mounts proc/sys/dev, cgroup2, bpffs and tmpfs /tmp, brings lo up, loads veth
+# and inet_diag/tcp_diag/udp_diag, runs `connredir up` on a throwaway cgroup (then `down`), and the
+# kernel test subset ($CONNREDIR_KM_FILTER). One PASS/FAIL line per kernel; exit status 1 if any kernel failed.
 # Kernels older than 5.18 must be *refused* by `connredir up` (no tests run there): that is a PASS.
 #
-# Slow (minutes per kernel): not part of scripts/test.sh or CI. Needs root (for the guest binaries'
-# paths and the download), the packages qemu-system-x86 busybox-static cpio kmod (installed if
-# missing), and the build in $CONNREDIR_BUILD_DIR (default build-km; built if missing).
+# Slow (minutes per kernel under emulation): scripts/test.sh (so CI) runs it last, on 6.1 and 6.12.
+# Needs root (for the guest binaries' paths and the download), the packages qemu-system-x86
+# busybox-static cpio kmod file xz-utils zstd debian-archive-keyring (scripts/install-deps.sh; also
+# installed here if missing), and the build in $CONNREDIR_BUILD_DIR (default build-km; built if
+# missing). Works from any checkout location, /tmp included, and with a relative build dir.
 #
 # Environment:
 #   CONNREDIR_BUILD_DIR   build tree whose binaries run in the guest (default: <repo>/build-km)
@@ -22,13 +24,20 @@
 # Logs: $CONNREDIR_KM_CACHE/logs/<kernel release>.log (the guest's serial console).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${CONNREDIR_BUILD_DIR:-$REPO/build-km}
-CACHE=${CONNREDIR_KM_CACHE:-$BUILD/kernel-matrix}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+# Absolute, symlink-free paths: apt resolves relative Dir:: settings under /etc/apt, and the guest
+# finds the binaries at these paths (compiled into the kernel test binary) on the 9p-exported /.
+BUILD=$(realpath -m -- "${CONNREDIR_BUILD_DIR:-$REPO/build-km}")
+CACHE=$(realpath -m -- "${CONNREDIR_KM_CACHE:-$BUILD/kernel-matrix}")
 FILTER=${CONNREDIR_KM_FILTER:-'Chain.*:Contract.*:Netns.*:Winsock.*'}
 VM_TIMEOUT=${CONNREDIR_KM_TIMEOUT:-1200}
 VM_MEM=${CONNREDIR_KM_MEM:-1024}
-MODULES=(virtio_pci 9pnet_virtio 9p veth)
+# Loaded in the guest before it chroots into the host's / (which has no modules for Debian's
+# kernels, so nothing can be autoloaded later): 9p to mount it, veth for the netns tests, and the
+# inet_diag stack (`connredir flows` reads flows through NETLINK_SOCK_DIAG). Dependencies come along
+# (sock_diag itself is core code in Debian's kernels, no config option of its own). A module the
+# kernel has built in (=y) is skipped; one it has neither built in nor as a module fails the kernel.
+MODULES=(virtio_pci 9pnet_virtio 9p veth inet_diag tcp_diag udp_diag)
 
 if [[ $# -gt 0 ]]; then VERSIONS=("$@"); else VERSIONS=(5.10 6.1 6.12); fi
 
@@ -43,6 +52,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v depmod >/dev/null || need+=(kmod)
+command -v file >/dev/null || need+=(file)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+[[ -s /usr/share/keyrings/debian-archive-keyring.gpg ]] || need+=(debian-archive-keyring)
 if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
 fi
@@ -93,7 +106,13 @@ EOF
 export APT_CONFIG=$APTD/apt.conf
 # Refresh the package lists at most once a day.
 if [[ -z $(find "$APTD/lists" -maxdepth 1 -name '*_Packages*' -mtime -1 2>/dev/null | head -1) ]]; then
-  apt-get -q update >"$WORK/apt-update.log" 2>&1 || { cat "$WORK/apt-update.log" >&2; die "apt-get update failed"; }
+  # apt-get update exits 0 when a suite could not be fetched (a warning only): check its log too,
+  # or a network failure would surface later as "no such kernel".
+  if ! apt-get -q update >"$WORK/apt-update.log" 2>&1 ||
+     grep -Eq '^(E:|W: (Failed to fetch|Some index files failed))' "$WORK/apt-update.log"; then
+    cat "$WORK/apt-update.log" >&2
+    die "cannot download Debian's package lists (apt-get update with APT_CONFIG=$APT_CONFIG, log above)"
+  fi
 fi
 
 # The image package behind the newest linux-image-amd64 whose version is VERSION.*.
@@ -113,34 +132,42 @@ prepare_kernel() {
   deb=$CACHE/debs/${pkg}_${ver//:/%3a}_amd64.deb
   if [[ ! -s $deb ]]; then
     (cd "$CACHE/debs" && apt-get -q download "$pkgver" >/dev/null 2>"$WORK/dl.log") ||
-      { cat "$WORK/dl.log" >&2; return 1; }
+      { echo "kernel-matrix: apt-get download $pkgver failed:" >&2; cat "$WORK/dl.log" >&2; return 1; }
     [[ -s $deb ]] || { echo "kernel-matrix: $deb missing after download" >&2; return 1; }
   fi
   x=$WORK/x-$pkg
   kv=$(dpkg-deb -c "$deb" | sed -n 's|.*\./boot/vmlinuz-\(.*\)$|\1|p' | head -1)
   kdir=$CACHE/kernels/$kv
-  if [[ ! -s $kdir/modules.order || ! -s $kdir/vmlinuz || $kdir/vmlinuz -ot $deb ]]; then
+  if [[ ! -s $kdir/modules.order || ! -s $kdir/vmlinuz || $kdir/vmlinuz -ot $deb ||
+        $(cat "$kdir/modules.wanted" 2>/dev/null) != "${MODULES[*]}" ]]; then
     rm -rf "$kdir" "$x"; mkdir -p "$kdir/modules" "$x"
     dpkg -x "$deb" "$x"
     depmod -b "$x" "$kv"
     cp "$x/boot/vmlinuz-$kv" "$kdir/vmlinuz"
     cp "$x/boot/config-$kv" "$kdir/config"
     : >"$kdir/modules.order.tmp"
-    local m path base
+    local m deps kind path base
     for m in "${MODULES[@]}"; do
-      modprobe -d "$x" -S "$kv" --show-depends "$m" | awk '$1 == "insmod" {print $2}' |
-        while read -r path; do
-          base=$(basename "$path"); base=${base%.xz}; base=${base%.zst}
-          grep -qxF "$base" "$kdir/modules.order.tmp" && continue
-          case "$path" in
-            *.xz) xz -dc "$path" >"$kdir/modules/$base" ;;
-            *.zst) zstd -qdc "$path" >"$kdir/modules/$base" ;;
-            *) cp "$path" "$kdir/modules/$base" ;;
-          esac
-          echo "$base" >>"$kdir/modules.order.tmp"
-        done
+      # "builtin M" for a module the kernel has built in (nothing to load), "insmod PATH" per
+      # module to load, dependencies first; fails if the kernel has M neither way.
+      deps=$(modprobe -d "$x" -S "$kv" --show-depends "$m" 2>"$WORK/modprobe.log") || {
+        echo "kernel-matrix: $kv has no module $m, built in or loadable: $(cat "$WORK/modprobe.log")" >&2
+        return 1
+      }
+      while read -r kind path _; do
+        [[ $kind == insmod ]] || continue
+        base=$(basename "$path"); base=${base%.xz}; base=${base%.zst}
+        grep -qxF "$base" "$kdir/modules.order.tmp" && continue
+        case "$path" in
+          *.xz) xz -dc "$path" >"$kdir/modules/$base" ;;
+          *.zst) zstd -qdc "$path" >"$kdir/modules/$base" ;;
+          *) cp "$path" "$kdir/modules/$base" ;;
+        esac
+        echo "$base" >>"$kdir/modules.order.tmp"
+      done <<<"$deps"
     done
     mv "$kdir/modules.order.tmp" "$kdir/modules.order"
+    echo "${MODULES[*]}" >"$kdir/modules.wanted"
     rm -rf "$x"
   fi
   echo "$kv"
@@ -155,6 +182,9 @@ build_initrd() {
   cp "$kdir"/modules/*.ko "$root/lib/modules/"
   cp "$kdir/modules.order" "$root/lib/modules/order"
   cp "$WORK/guest.sh" "$root/guest.sh"
+  # The guest mounts scratch tmpfs over /tmp, /run and /var/tmp, which would hide a build under
+  # them (a CI clone may live anywhere, /tmp included): /init binds such a build back on top.
+  case "$BUILD" in /tmp/*|/run/*|/var/tmp/*) echo "$BUILD" ;; esac >"$root/keep"
   cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -163,12 +193,22 @@ for m in $(cat /lib/modules/order); do
   insmod /lib/modules/$m 2>/dev/null || echo "KM-WARN insmod $m failed"
 done
 if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host; then
+  n=0
+  while read -r d; do
+    n=$((n + 1)); mkdir -p /keep.d/$n
+    mount -o bind "/host$d" /keep.d/$n || echo "KM-WARN cannot bind $d"
+  done </keep
   mount -t proc proc /host/proc
   mount -t sysfs sysfs /host/sys
   mount -t devtmpfs devtmpfs /host/dev
   mount -t tmpfs tmpfs /host/tmp
   mount -t tmpfs tmpfs /host/run
   mount -t tmpfs tmpfs /host/var/tmp
+  n=0
+  while read -r d; do
+    n=$((n + 1)); mkdir -p "/host$d"
+    mount -o bind /keep.d/$n "/host$d" || echo "KM-WARN cannot keep $d visible"
+  done </keep
   mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
   mount -t bpf bpf /host/sys/fs/bpf
   cp /guest.sh /host/tmp/guest.sh
@@ -220,8 +260,14 @@ EOF
 overall=0
 results=()
 for ver in "${VERSIONS[@]}"; do
-  pkgver=$(resolve_pkg "$ver") || { results+=("FAIL $ver: no Debian linux-image-amd64 $ver.*"); overall=1; continue; }
-  kv=$(prepare_kernel "$pkgver") || { results+=("FAIL $ver: cannot fetch $pkgver"); overall=1; continue; }
+  pkgver=$(resolve_pkg "$ver") || {
+    line="FAIL $ver: no Debian linux-image-amd64 $ver.* in the package lists ($APTD/lists)"
+    echo "$line"; results+=("$line"); overall=1; continue
+  }
+  kv=$(prepare_kernel "$pkgver") || {
+    line="FAIL $ver: cannot download or unpack $pkgver (reason above)"
+    echo "$line"; results+=("$line"); overall=1; continue
+  }
   kdir=$CACHE/kernels/$kv
   build_initrd "$kdir" "$WORK/initrd-$kv.gz"
   log=$CACHE/logs/$kv.log

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on the real kernel: installs what it needs, builds,
 # runs unit + kernel tests, then a Release g++ build's unit tests, the ASan+UBSan
-# build of the user-space suite and bounded fuzzing. Every build has -Werror. Needs root (kernel tests load BPF programs into a
+# build of the user-space suite, bounded fuzzing, the Debian packages
+# (scripts/test-package.sh) and the kernel test subset on Debian's 6.1 and 6.12
+# under qemu (scripts/kernel-matrix.sh). Every build has -Werror. Needs root
+# (kernel tests load BPF programs into a
 # throwaway cgroup and network namespace they create and remove).
 # Fails if any test failed or was skipped.
 set -euo pipefail
@@ -57,5 +60,20 @@ if [[ ${CONNREDIR_SKIP_FUZZ:-0} != 1 ]]; then
   echo "== fuzzing (bounded)"
   CC=clang CXX=clang++ scripts/build.sh build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCONNREDIR_FUZZ=ON
   run_ctest build-fuzz -L fuzz
+fi
+if [[ ${CONNREDIR_SKIP_PACKAGE:-0} != 1 ]]; then
+  # The Debian packages, proved from the packages rather than the tree.
+  echo "== Debian packages: build, lintian, install/purge, examples built from them in a chain"
+  scripts/test-package.sh
+fi
+if [[ ${CONNREDIR_SKIP_KERNEL_MATRIX:-0} != 1 ]]; then
+  # The kernels the README claims: Debian 12's own 6.1 and the 6.12 of its backports (and of
+  # Debian 13), booted under qemu with this tree's build; the kernel test subset must pass on each.
+  # Downloads the kernels from Debian into build/kernel-matrix/ (kept between local runs).
+  echo "== kernel matrix (Debian 12's 6.1 and 6.12 under qemu)"
+  CONNREDIR_BUILD_DIR="$PWD/build" scripts/kernel-matrix.sh 6.1 6.12 || {
+    echo "FAIL: the kernel matrix failed (lines above; guest logs in build/kernel-matrix/logs/)" >&2
+    exit 1
+  }
 fi
 echo "== all tests passed"
