@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages connredir needs to build, test and demo.
+# Installs the Debian 12 packages connredir needs to build, test and demo
+# (golang-go: the Go example proxy, which a kernel test runs in a chain).
 # Idempotent: only calls apt-get when something is missing.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
-      clang-format clang-tidy nftables socat haproxy linux-perf valgrind)
+      clang-format clang-tidy nftables socat haproxy linux-perf valgrind
+      golang-go)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
