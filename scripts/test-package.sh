@@ -112,8 +112,9 @@ if [[ -d $EX/cpp ]]; then
     { echo "FAIL: the C++ example did not find the package's CMake config" >&2; exit 1; }
   built+=(cpp)
 fi
+example_bin() { [[ $1 == c ]] && echo "$WORK/c/connredir-example-c" || echo "$WORK/cpp/connredir-example-cpp"; }
 for b in "${built[@]}"; do
-  ldd "$(find "$WORK/$b" -maxdepth 1 -type f -perm -u+x -name '*proxy*' | head -1)" |
+  ldd "$(example_bin "$b")" |
     grep -q "$LIB/libconnredir.so.0" ||
     { echo "FAIL: the $b example does not load the package's libconnredir.so.0" >&2; exit 1; }
 done
@@ -180,7 +181,7 @@ PY
 chain_download "connredir-proxy as vendor-a" "$PROXY" --listen 127.0.0.1:15001 --name vendor-a \
   --log "$WORK/vendor-a.jsonl"
 for b in "${built[@]}"; do
-  bin=$(find "$WORK/$b" -maxdepth 1 -type f -perm -u+x -name '*proxy*' | head -1)
+  bin=$(example_bin "$b")
   chain_download "the $b example (built from the package) as vendor-a" "$bin" \
     --listen 127.0.0.1:15001 --log "$WORK/vendor-a.jsonl"
 done

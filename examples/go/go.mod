@@ -1,0 +1,3 @@
+module connredir.example/proxy
+
+go 1.19
