@@ -26,6 +26,9 @@ inline tl::unexpected<Error> fail(int code, std::string message) {
 
 // "what: strerror(code)"-style message for a failed syscall.
 std::string errno_message(int code, const std::string& what);
+// The text of an errno value alone ("No such file or directory"): the one
+// errno-to-text helper of the project (locale-independent, thread-safe).
+inline std::string errno_text(int code) { return errno_message(code, ""); }
 
 }  // namespace connredir
 

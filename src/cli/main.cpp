@@ -497,7 +497,8 @@ int cmd_filter_load(const std::string& pin_dir, const std::string& file, bool re
   } else {
     std::ifstream in(file, std::ios::binary);
     if (!in)
-      return usage(fmt::format("cannot read filter file {}: {}", file, std::strerror(errno)));
+      return usage(
+          fmt::format("cannot read filter file {}: {}", file, connredir::errno_text(errno)));
     text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   auto specs = ctl::parse_filter_file(text, &ctl::resolve_cgroup);
@@ -736,7 +737,8 @@ int cmd_exec(const ExecArgs& a) {
     int e = errno;
     if (fd >= 0) ::close(fd);
     return report(Error{
-        e, fmt::format("cannot move into cgroup {}: {} ({}){}", cg->path, std::strerror(e), procs,
+        e, fmt::format("cannot move into cgroup {}: {} ({}){}", cg->path, connredir::errno_text(e),
+                       procs,
                        e == EACCES || e == EPERM ? ": run as root or use a cgroup delegated to you"
                        : e == EBUSY              ? ": the cgroup has child cgroups with "
                                                    "controllers enabled; use a leaf cgroup"
@@ -753,12 +755,12 @@ int cmd_exec(const ExecArgs& a) {
       int e = errno;
       return report(
           Error{e, fmt::format("cannot switch to gid {}: {} (exec --uid/--gid needs root)", g,
-                               std::strerror(e))});
+                               connredir::errno_text(e))});
     }
     if (uid && setuid(*uid) != 0) {
       int e = errno;
       return report(Error{e, fmt::format("cannot switch to uid {}: {} (exec --uid needs root)",
-                                         *uid, std::strerror(e))});
+                                         *uid, connredir::errno_text(e))});
     }
   }
   std::vector<char*> argv;
@@ -766,7 +768,7 @@ int cmd_exec(const ExecArgs& a) {
   argv.push_back(nullptr);
   execvp(argv[0], argv.data());
   int e = errno;
-  return report(Error{e, fmt::format("cannot run {}: {}", a.cmd[0], std::strerror(e))});
+  return report(Error{e, fmt::format("cannot run {}: {}", a.cmd[0], connredir::errno_text(e))});
 }
 
 // "unknown command 'x'" when a word names no subcommand at its level (CLI11

@@ -25,20 +25,11 @@
 #include <map>
 #include <set>
 
+#include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
 
 namespace connredir::control {
 namespace {
-
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // Program ids attached to `cgroup_fd` at `type` (directly, or effective).
 Result<std::vector<uint32_t>> query(int cgroup_fd, bpf_attach_type type, bool effective,
@@ -66,11 +57,11 @@ Result<std::vector<uint32_t>> query(int cgroup_fd, bpf_attach_type type, bool ef
 ProgramInfo program_info(uint32_t id) {
   ProgramInfo p;
   p.prog_id = id;
-  Fd fd(bpf_prog_get_fd_by_id(id));
-  if (fd.fd < 0) return p;
+  UniqueFd fd(bpf_prog_get_fd_by_id(id));
+  if (fd.get() < 0) return p;
   bpf_prog_info info{};
   uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(fd.fd, &info, &len) != 0) return p;
+  if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0) return p;
   p.name = info.name;
   for (uint8_t b : info.tag) p.tag += fmt::format("{:02x}", b);
   return p;
@@ -114,19 +105,19 @@ Result<HookPrograms> programs_on_hook(const std::string& cgroup_path, uint32_t a
   // Where each program is attached, and with which flags.
   std::map<uint32_t, std::pair<std::string, uint32_t>> attached_at;
   for (const auto& dir : self_and_ancestors(cgroup_path, *root)) {
-    Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (fd.fd < 0) continue;
+    UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) continue;
     uint32_t flags = 0;
-    auto ids = query(fd.fd, type, false, &flags, dir.string());
+    auto ids = query(fd.get(), type, false, &flags, dir.string());
     if (!ids) return tl::unexpected(ids.error());
     for (uint32_t id : *ids) attached_at.emplace(id, std::pair{dir.string(), flags});
   }
-  Fd fd(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.fd < 0) {
+  UniqueFd fd(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) {
     int e = errno;
     return fail(e, errno_message(e, fmt::format("cannot open cgroup {}", cgroup_path)));
   }
-  auto eff = query(fd.fd, type, true, nullptr, cgroup_path);
+  auto eff = query(fd.get(), type, true, nullptr, cgroup_path);
   if (!eff) return tl::unexpected(eff.error());
   for (uint32_t id : *eff) {
     auto p = program_info(id);
@@ -146,13 +137,13 @@ Result<void> check_attach_is_harmless(const std::string& cgroup_path, uint32_t a
   if (!root) return tl::unexpected(root.error());
   bool self = true;
   for (const auto& dir : self_and_ancestors(cgroup_path, *root)) {
-    Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (fd.fd < 0) {
+    UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) {
       self = false;
       continue;
     }
     uint32_t flags = 0;
-    auto ids = query(fd.fd, type, false, &flags, dir.string());
+    auto ids = query(fd.get(), type, false, &flags, dir.string());
     if (!ids) return tl::unexpected(ids.error());
     if (!ids->empty() && !(flags & BPF_F_ALLOW_MULTI)) {
       auto p = program_info(ids->front());

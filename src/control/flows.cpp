@@ -28,6 +28,7 @@
 #include <set>
 #include <thread>
 
+#include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
 
 namespace connredir::control {
@@ -37,16 +38,6 @@ struct MnlCloser {
   void operator()(mnl_socket* s) const { mnl_socket_close(s); }
 };
 using MnlSocket = std::unique_ptr<mnl_socket, MnlCloser>;
-
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // A NETLINK_SOCK_DIAG socket in the network namespace `netns_fd` (-1: ours).
 Result<MnlSocket> open_diag(int netns_fd, const std::string& netns_name) {
@@ -254,15 +245,15 @@ std::vector<std::string> all_netns_paths() {
 
 Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQuery& query) {
   std::string map_path = pin_dir + "/maps/sk_state";
-  Fd map(bpf_obj_get(map_path.c_str()));
-  if (map.fd < 0) {
+  UniqueFd map(bpf_obj_get(map_path.c_str()));
+  if (map.get() < 0) {
     int e = errno;
     return fail(e, errno_message(e, fmt::format("cannot open {}", map_path)) +
                        fmt::format("; is connredir up at {}? (`connredir up`)", pin_dir));
   }
   bpf_map_info info{};
   uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(map.fd, &info, &len) != 0) {
+  if (bpf_obj_get_info_by_fd(map.get(), &info, &len) != 0) {
     int e = errno;
     return fail(e, errno_message(e, fmt::format("cannot read the map info of {}", map_path)));
   }
@@ -273,24 +264,24 @@ Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQ
 
   std::vector<FlowDump> out;
   for (const auto& ns : namespaces) {
-    Fd nsfd(ns.empty() ? ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)
-                       : ::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
-    if (nsfd.fd < 0) {
+    UniqueFd nsfd(ns.empty() ? ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)
+                             : ::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+    if (nsfd.get() < 0) {
       int e = errno;
       if (query.all_netns && e == ENOENT) continue;  // the process exited meanwhile
       return fail(e, errno_message(e, fmt::format("cannot open network namespace {}",
                                                   ns.empty() ? "/proc/self/ns/net" : ns)) +
                          " (give a path like /run/netns/NAME or /proc/PID/ns/net)");
     }
-    auto nl = open_diag(ns.empty() ? -1 : nsfd.fd, ns);
+    auto nl = open_diag(ns.empty() ? -1 : nsfd.get(), ns);
     if (!nl) return tl::unexpected(nl.error());
     DumpCtx ctx;
     ctx.map_id = info.id;
-    ctx.netns = netns_inode(nsfd.fd);
+    ctx.netns = netns_inode(nsfd.get());
     ctx.out = &out;
     for (uint8_t family : {AF_INET, AF_INET6})
       for (uint8_t proto : query.protocols)
-        if (auto r = dump_one(nl->get(), map.fd, family, proto, ctx); !r)
+        if (auto r = dump_one(nl->get(), map.get(), family, proto, ctx); !r)
           return tl::unexpected(r.error());
   }
   return out;

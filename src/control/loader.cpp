@@ -26,8 +26,6 @@
 namespace connredir::control {
 namespace {
 
-std::string errmsg(int e) { return std::strerror(e); }
-
 // libbpf's messages: kept and shown only when something fails. Each message
 // is formatted whole (a verifier log runs to many KiB, and its reason is in
 // its last lines), and the kept log is its newest 256 KiB.
@@ -82,13 +80,13 @@ Result<void> ensure_bpffs(const std::string& pin_dir) {
   if (p == "/sys/fs/bpf" || p == "/sys/fs") {
     if (mkdir("/sys/fs/bpf", 0700) != 0 && errno != EEXIST) {
       int e = errno;
-      return fail(e, fmt::format("cannot create /sys/fs/bpf: {}", errmsg(e)));
+      return fail(e, fmt::format("cannot create /sys/fs/bpf: {}", errno_text(e)));
     }
     if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0) {
       int e = errno;
       return fail(e, fmt::format("cannot mount the bpf filesystem at /sys/fs/bpf: {} (try `mount "
                                  "-t bpf bpf /sys/fs/bpf`)",
-                                 errmsg(e)));
+                                 errno_text(e)));
     }
     return {};
   }
@@ -100,7 +98,7 @@ Result<void> ensure_bpffs(const std::string& pin_dir) {
 Result<void> make_dir(const std::string& path) {
   if (mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return {};
   int e = errno;
-  return fail(e, fmt::format("cannot create {}: {}", path, errmsg(e)));
+  return fail(e, fmt::format("cannot create {}: {}", path, errno_text(e)));
 }
 
 std::vector<std::string> program_names(struct bpf_object* obj) {
@@ -167,7 +165,7 @@ Result<UpResult> up(const UpOptions& opts) {
   Skel skel(connredir_skel_open(&obj));
   if (!skel) {
     int e = errno;
-    return fail(e, fmt::format("cannot open the BPF object: {}{}", errmsg(e), libbpf_tail()));
+    return fail(e, fmt::format("cannot open the BPF object: {}{}", errno_text(e), libbpf_tail()));
   }
 
   // The links this layout needs. With --proxies-in, a proxy-scoped program
@@ -230,8 +228,8 @@ Result<UpResult> up(const UpOptions& opts) {
     if (bpf_map__is_internal(map)) continue;
     std::string path = fmt::format("{}/maps/{}", opts.pin_dir, bpf_map__name(map));
     if (int rc = bpf_map__set_pin_path(map, path.c_str()); rc != 0)
-      return fail(
-          -rc, fmt::format("setting the pin path of map {}: {}", bpf_map__name(map), errmsg(-rc)));
+      return fail(-rc, fmt::format("setting the pin path of map {}: {}", bpf_map__name(map),
+                                   errno_text(-rc)));
   }
   if (int rc = connredir_skel_load(skel.get()); rc != 0) {
     int e = rc < 0 ? -rc : errno;
@@ -239,7 +237,7 @@ Result<UpResult> up(const UpOptions& opts) {
                 fmt::format("loading the BPF programs failed: {}. If maps pinned at {}/maps come "
                             "from another connredir version, run `connredir --pin-dir {} down` "
                             "first{}",
-                            errmsg(e), opts.pin_dir, opts.pin_dir, libbpf_tail()));
+                            errno_text(e), opts.pin_dir, opts.pin_dir, libbpf_tail()));
   }
 
   auto store = KernelMapStore::open(opts.pin_dir);
@@ -247,7 +245,7 @@ Result<UpResult> up(const UpOptions& opts) {
   std::array<uint8_t, 16> key{};
   if (getrandom(key.data(), key.size(), 0) != static_cast<ssize_t>(key.size())) {
     int e = errno;
-    return fail(e, fmt::format("getrandom for the records MAC key: {}", errmsg(e)));
+    return fail(e, fmt::format("getrandom for the records MAC key: {}", errno_text(e)));
   }
   Control ctl(**store);
   auto init = ctl.init_secret(key);
@@ -268,22 +266,22 @@ Result<UpResult> up(const UpOptions& opts) {
     int cgfd = ::open(w.cgroup.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (cgfd < 0) {
       int e = errno;
-      err = fail(e, fmt::format("cannot open cgroup {}: {}", w.cgroup.path, errmsg(e)));
+      err = fail(e, fmt::format("cannot open cgroup {}: {}", w.cgroup.path, errno_text(e)));
       break;
     }
     struct bpf_link* link = bpf_program__attach_cgroup(prog, cgfd);
     int e = errno;
     ::close(cgfd);
     if (!link) {
-      err = fail(e, fmt::format("attaching {} to cgroup {}: {}{}", w.prog, w.cgroup.path, errmsg(e),
-                                libbpf_tail()));
+      err = fail(e, fmt::format("attaching {} to cgroup {}: {}{}", w.prog, w.cgroup.path,
+                                errno_text(e), libbpf_tail()));
       break;
     }
     std::string path = fmt::format("{}/links/{}", opts.pin_dir, w.pin);
     int rc = bpf_link__pin(link, path.c_str());
     bpf_link__destroy(link);  // the pin keeps it attached
     if (rc != 0) {
-      err = fail(-rc, fmt::format("pinning link {}: {}", path, errmsg(-rc)));
+      err = fail(-rc, fmt::format("pinning link {}: {}", path, errno_text(-rc)));
       break;
     }
     created.push_back(w.pin);
@@ -318,19 +316,19 @@ Result<bool> down(const std::string& pin_dir) {
     for (const auto& f : files)
       if (unlink(f.c_str()) != 0 && errno != ENOENT) {
         int e = errno;
-        return fail(e, fmt::format("cannot unpin {}: {}", f, errmsg(e)));
+        return fail(e, fmt::format("cannot unpin {}: {}", f, errno_text(e)));
       }
     if (rmdir(dir.c_str()) != 0) {
       int e = errno;
-      return fail(e,
-                  fmt::format("cannot remove {}: {} (remove its entries by hand)", dir, errmsg(e)));
+      return fail(
+          e, fmt::format("cannot remove {}: {} (remove its entries by hand)", dir, errno_text(e)));
     }
   }
   if (rmdir(pin_dir.c_str()) != 0) {
     int e = errno;
     return fail(e, fmt::format("cannot remove {}: {} (it holds entries connredir did not create; "
                                "remove them by hand)",
-                               pin_dir, errmsg(e)));
+                               pin_dir, errno_text(e)));
   }
   return true;
 }

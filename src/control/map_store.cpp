@@ -53,8 +53,6 @@ uint32_t capacity(MapId id) {
   return 0;
 }
 
-std::string errmsg(int err) { return std::strerror(err); }
-
 }  // namespace
 
 const char* map_name(MapId id) {
@@ -187,15 +185,15 @@ Result<std::unique_ptr<KernelMapStore>> KernelMapStore::open(const std::string& 
       if (e == EPERM || e == EACCES)
         return fail(e, fmt::format("cannot open {}: {}: connredir must run as root (it loads BPF "
                                    "programs)",
-                                   path, errmsg(e)));
-      return fail(e, fmt::format("cannot open pinned map {}: {}", path, errmsg(e)));
+                                   path, errno_text(e)));
+      return fail(e, fmt::format("cannot open pinned map {}: {}", path, errno_text(e)));
     }
     s->fds_[id] = fd;
     bpf_map_info info{};
     uint32_t len = sizeof info;
     if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) {
       int e = errno;
-      return fail(e, fmt::format("cannot inspect pinned map {}: {}", path, errmsg(e)));
+      return fail(e, fmt::format("cannot inspect pinned map {}: {}", path, errno_text(e)));
     }
     if (info.key_size != map_key_size(id) || info.value_size != map_value_size(id))
       return fail(
@@ -216,13 +214,13 @@ Result<bool> KernelMapStore::lookup(MapId id, const void* key, void* value) {
   if (bpf_map_lookup_elem(fds_.at(id), key, value) == 0) return true;
   int e = errno;
   if (e == ENOENT) return false;
-  return fail(e, fmt::format("reading map {}: {}", map_name(id), errmsg(e)));
+  return fail(e, fmt::format("reading map {}: {}", map_name(id), errno_text(e)));
 }
 
 Result<void> KernelMapStore::update(MapId id, const void* key, const void* value) {
   if (bpf_map_update_elem(fds_.at(id), key, value, BPF_ANY) == 0) return {};
   int e = errno;
-  return fail(e, fmt::format("writing map {}: {}", map_name(id), errmsg(e)));
+  return fail(e, fmt::format("writing map {}: {}", map_name(id), errno_text(e)));
 }
 
 Result<bool> KernelMapStore::erase(MapId id, const void* key) {
@@ -235,7 +233,7 @@ Result<bool> KernelMapStore::erase(MapId id, const void* key) {
   if (bpf_map_delete_elem(fds_.at(id), key) == 0) return true;
   int e = errno;
   if (e == ENOENT) return false;
-  return fail(e, fmt::format("deleting from map {}: {}", map_name(id), errmsg(e)));
+  return fail(e, fmt::format("deleting from map {}: {}", map_name(id), errno_text(e)));
 }
 
 Result<std::vector<std::vector<uint8_t>>> KernelMapStore::keys(MapId id) {
@@ -247,7 +245,7 @@ Result<std::vector<std::vector<uint8_t>>> KernelMapStore::keys(MapId id) {
     if (bpf_map_get_next_key(fds_.at(id), prev, next.data()) != 0) {
       int e = errno;
       if (e == ENOENT) break;
-      return fail(e, fmt::format("listing map {}: {}", map_name(id), errmsg(e)));
+      return fail(e, fmt::format("listing map {}: {}", map_name(id), errno_text(e)));
     }
     out.push_back(next);
     cur = next;
@@ -265,7 +263,7 @@ Result<std::vector<uint64_t>> KernelMapStore::stats() {
   for (uint32_t i = 0; i < CONNREDIR_STAT_MAX; ++i) {
     if (bpf_map_lookup_elem(fds_.at(MapId::Stats), &i, per.data()) != 0) {
       int e = errno;
-      return fail(e, fmt::format("reading map stats: {}", errmsg(e)));
+      return fail(e, fmt::format("reading map stats: {}", errno_text(e)));
     }
     for (uint64_t v : per) sums[i] += v;
   }

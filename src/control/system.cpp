@@ -25,8 +25,6 @@
 namespace connredir::control {
 namespace {
 
-std::string errmsg(int e) { return std::strerror(e); }
-
 // /proc/mounts escapes space, tab, newline and backslash as \ooo.
 std::string unescape_mount(std::string_view s) {
   std::string out;
@@ -60,7 +58,7 @@ Result<std::string> read_file(const char* path) {
   std::ifstream in(path);
   if (!in) {
     int e = errno;
-    return fail(e, fmt::format("cannot read {}: {}", path, errmsg(e)));
+    return fail(e, fmt::format("cannot read {}: {}", path, errno_text(e)));
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -113,7 +111,7 @@ Result<CgroupRef> resolve_cgroup(std::string_view dir) {
     int e = errno;
     return fail(e, fmt::format("cgroup directory {}: {} (give a directory under the cgroup v2 "
                                "mount {}, e.g. {}/myproxy)",
-                               given, errmsg(e), *mount, *mount));
+                               given, errno_text(e), *mount, *mount));
   }
   char mreal[PATH_MAX];
   std::string mount_real = realpath(mount->c_str(), mreal) ? mreal : *mount;
@@ -190,15 +188,15 @@ Result<UpState> read_up_state(const std::string& pin_dir) {
       if (e == EPERM || e == EACCES)
         return fail(e, fmt::format("cannot open {}: {}: connredir must run as root (it loads BPF "
                                    "programs)",
-                                   path, errmsg(e)));
-      return fail(e, fmt::format("cannot open pinned link {}: {}", path, errmsg(e)));
+                                   path, errno_text(e)));
+      return fail(e, fmt::format("cannot open pinned link {}: {}", path, errno_text(e)));
     }
     bpf_link_info info{};
     uint32_t len = sizeof info;
     int rc = bpf_obj_get_info_by_fd(fd, &info, &len);
     int e = errno;
     close(fd);
-    if (rc != 0) return fail(e, fmt::format("inspecting pinned link {}: {}", path, errmsg(e)));
+    if (rc != 0) return fail(e, fmt::format("inspecting pinned link {}: {}", path, errno_text(e)));
     LinkInfo li;
     li.name = n;
     li.link_id = info.id;
@@ -221,13 +219,13 @@ Result<CliLock> CliLock::acquire(bool exclusive) {
     int e = errno;
     std::string hint =
         (e == EACCES || e == EPERM) ? ": connredir must run as root (it loads BPF programs)" : "";
-    return fail(e, fmt::format("cannot open lock file {}: {}{}", path, errmsg(e), hint));
+    return fail(e, fmt::format("cannot open lock file {}: {}{}", path, errno_text(e), hint));
   }
   while (flock(fd, exclusive ? LOCK_EX : LOCK_SH) != 0) {
     if (errno == EINTR) continue;
     int e = errno;
     ::close(fd);
-    return fail(e, fmt::format("cannot lock {}: {}", path, errmsg(e)));
+    return fail(e, fmt::format("cannot lock {}: {}", path, errno_text(e)));
   }
   return CliLock(fd);
 }
