@@ -152,6 +152,10 @@ chain_download() {
   shift
   rm -f "$WORK/vendor-a.jsonl" "$WORK/download.bin"
   : >"$WORK/vendor-b.jsonl"
+  if ss -Htln "sport = :15001" | grep -q .; then
+    echo "FAIL ($label): port 15001 is taken before vendor-a starts" >&2
+    exit 1
+  fi
   start_vendor vendor-a 4001 15001 "$@"
   local apid=${PIDS[-1]}
   cr exec --cgroup "$CG/app" --uid 1000 -- \
@@ -174,9 +178,13 @@ for v, n in (("vendor-a", 1), ("vendor-b", 2)):
         sys.exit(f"FAIL ({label}): {v} saw a chain of {len(lines[0].get('chain', []))} hops, expected {n}")
 print(f"  {label}: download verified; vendor-a saw 1 hop, vendor-b 2 hops")
 PY
-  kill "$apid"
+  # Every process of vendor-a's cgroup (connredir exec may leave a parent and
+  # a child), so the next vendor-a is the only one listening.
+  echo 1 >"$CG/vendor-a/cgroup.kill"
   wait "$apid" 2>/dev/null || true
-  for _ in $(seq 100); do ss -Htln "sport = :15001" | grep -q . || break; sleep 0.05; done
+  for _ in $(seq 200); do ss -Htln "sport = :15001" | grep -q . || return 0; sleep 0.05; done
+  echo "FAIL ($label): vendor-a still listens after it was killed" >&2
+  exit 1
 }
 chain_download "connredir-proxy as vendor-a" "$PROXY" --listen 127.0.0.1:15001 --name vendor-a \
   --log "$WORK/vendor-a.jsonl"
