@@ -146,7 +146,9 @@ int connredir_query_context(int fd, struct connredir_flow_context* out) {
     out->app_cgroup_id = c->cgroup_id;
     copy_comm(out->app_comm, c->comm);
     out->user_len = std::min(c->user.size(), sizeof out->user);
-    std::memcpy(out->user, c->user.data(), out->user_len);
+    // A filter without --context has none: an empty vector's data() may be
+    // null, which memcpy must never see (UBSan caught it), even for 0 bytes.
+    if (out->user_len) std::memcpy(out->user, c->user.data(), out->user_len);
     return ok();
   });
 }
