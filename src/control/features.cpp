@@ -84,7 +84,8 @@ KernelFeature sock_diag_feature(const std::string& pin_dir) {
   auto r = probe_sock_diag_storage(map_fd);
   ::close(map_fd);
   diag.present = r.has_value();
-  diag.detail = r ? "a TCP dump with the sk_state map returns its values" : r.error().message;
+  diag.detail = r ? "the kernel accepts a TCP dump that asks for the sk_state map's values"
+                  : r.error().message;
   return diag;
 }
 

@@ -169,7 +169,13 @@ int on_socket(const nlmsghdr* nlh, void* data) {
 
 // One sock_diag dump: every socket of `family`/`protocol` in the socket's
 // namespace, keeping those our map has a value for.
-Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protocol, DumpCtx& ctx) {
+// Every state but those of sockets that cannot carry sk_storage: TIME_WAIT
+// and request sockets are not full sockets.
+constexpr uint32_t kFullSocketStates =
+    ~0u & ~(1u << TCP_TIME_WAIT) & ~(1u << 12 /* TCP_NEW_SYN_RECV */);
+
+Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protocol, DumpCtx& ctx,
+                      uint32_t states = kFullSocketStates) {
   ctx.protocol = protocol;
   std::vector<char> buf(std::max<size_t>(MNL_SOCKET_BUFFER_SIZE, 64 * 1024));
   nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
@@ -180,9 +186,7 @@ Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protoc
       static_cast<inet_diag_req_v2*>(mnl_nlmsg_put_extra_header(nlh, sizeof(inet_diag_req_v2)));
   req->sdiag_family = family;
   req->sdiag_protocol = protocol;
-  // Every state but those of sockets that cannot carry sk_storage: TIME_WAIT
-  // and request sockets are not full sockets.
-  req->idiag_states = ~0u & ~(1u << TCP_TIME_WAIT) & ~(1u << 12 /* TCP_NEW_SYN_RECV */);
+  req->idiag_states = states;
   nlattr* nest = mnl_attr_nest_start(nlh, INET_DIAG_REQ_SK_BPF_STORAGES);
   mnl_attr_put_u32(nlh, SK_DIAG_BPF_STORAGE_REQ_MAP_FD, static_cast<uint32_t>(map_fd));
   mnl_attr_nest_end(nlh, nest);
@@ -290,13 +294,13 @@ Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQ
 Result<void> probe_sock_diag_storage(int sk_storage_map_fd) {
   auto nl = open_diag(-1, "");
   if (!nl) return tl::unexpected(nl.error());
+  // No socket state selected: the kernel still checks the map and the
+  // storage attribute when the dump starts (and needs inet_diag/tcp_diag),
+  // but lists nothing, so the probe costs the same on a busy host.
   std::vector<FlowDump> out;
   DumpCtx ctx;
   ctx.out = &out;
-  bpf_map_info info{};
-  uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(sk_storage_map_fd, &info, &len) == 0) ctx.map_id = info.id;
-  return dump_one(nl->get(), sk_storage_map_fd, AF_INET, IPPROTO_TCP, ctx);
+  return dump_one(nl->get(), sk_storage_map_fd, AF_INET, IPPROTO_TCP, ctx, 0);
 }
 
 }  // namespace connredir::control
