@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -582,7 +584,7 @@ Result<ApplyPlan> plan_apply(Control& c, const Config& cfg, const AppliedState* 
   return plan;
 }
 
-Result<void> apply_plan(Control& c, const ApplyPlan& plan) {
+Result<void> apply_plan(Control& c, const ApplyPlan& plan, int drain_ms) {
   // Everything a new filter may name exists before the classifier can pick
   // it, and nothing an old filter names goes before the classifier stops
   // picking it: a connect classified at any instant meets a whole, valid
@@ -600,6 +602,8 @@ Result<void> apply_plan(Control& c, const ApplyPlan& plan) {
   if (plan.replace_filters)
     if (auto r = c.load_filters(plan.filters, true); !r)
       return fail(r.error().code, fmt::format("replacing the filters: {}", r.error().message));
+  if (drain_ms > 0 && (!plan.remove_callouts.empty() || !plan.remove_principals.empty()))
+    std::this_thread::sleep_for(std::chrono::milliseconds(drain_ms));
   for (const auto& name : plan.remove_callouts)
     if (auto r = c.delete_callout(name, false); !r)
       return fail(r.error().code, fmt::format("removing callout {}: {}", name, r.error().message));
@@ -631,11 +635,15 @@ Result<std::optional<AppliedState>> read_applied_state(std::string_view pin_dir)
   AppliedState st;
   try {
     st.files = j.value("files", std::vector<std::string>{});
-    for (const auto& [k, v] : j.value("callouts", json::object()).items())
-      st.callouts[k] = v.get<std::string>();
-    for (const auto& f : j.value("filters", json::array()))
+    // Each part held in a variable: a range-for over a member of a temporary
+    // json would iterate a destroyed object.
+    const json callouts = j.value("callouts", json::object());
+    const json filters = j.value("filters", json::array());
+    const json principals = j.value("principals", json::array());
+    for (const auto& [k, v] : callouts.items()) st.callouts[k] = v.get<std::string>();
+    for (const auto& f : filters)
       st.filters[f.at("id").get<uint32_t>()] = f.at("source").get<std::string>();
-    for (const auto& p : j.value("principals", json::array()))
+    for (const auto& p : principals)
       st.principals[{p.at("kind").get<uint32_t>(), p.at("id").get<uint64_t>()}] =
           p.at("source").get<std::string>();
   } catch (const json::exception& e) {
