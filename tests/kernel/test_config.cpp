@@ -89,7 +89,7 @@ TEST_F(Config, ApplyUnderLoadNeverFailsNorMisroutes) {
   const std::string stop = dir_ + "/stop";
   auto client = fork_in(cg("app"), kAppUid, [&] {
     int bad = 0, rounds = 0;
-    while (access(stop.c_str(), F_OK) != 0 && rounds < 20000) {
+    while (access(stop.c_str(), F_OK) != 0 && rounds < 200000) {
       if (echo_roundtrip(addr, payload) != payload) bad++;
       rounds++;
     }
