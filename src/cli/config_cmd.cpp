@@ -124,6 +124,11 @@ int cmd_apply(const std::string& pin_dir, const ApplyArgs& a) {
   // Everything is read and checked before anything changes.
   auto cfg = ctl::load_config(*files, &ctl::resolve_cgroup);
   if (!cfg) return usage(fmt::format("{} (nothing was changed)", cfg.error().message));
+  // With the default files, [global] is the administrator's: a vendor's drop-in
+  // that happens to be read first (no connredir.toml) still may not have it.
+  if (a.paths.empty() && cfg->global.source && cfg->global.source->file != ctl::kConfigFile)
+    return usage(fmt::format("{}: [global]: only {} may have [global] (nothing was changed)",
+                             cfg->global.source->to_string(), ctl::kConfigFile));
 
   auto lock = ctl::CliLock::acquire(!a.dry_run);
   if (!lock) return report(lock.error());
