@@ -84,6 +84,24 @@ Result<const toml::array*> table_array(const Ctx& c, const toml::table& root,
   return arr;
 }
 
+// Every [[name]] table of a file: `start(source)` once per table, then
+// `set(ctx, key, value)` for each of its keys, in file order.
+template <class Start, class Set>
+Result<void> each_entry(const Ctx& c, const toml::table& root, std::string_view name, Start start,
+                        Set set) {
+  auto arr = table_array(c, root, name);
+  if (!arr) return tl::unexpected(arr.error());
+  if (!*arr) return {};
+  size_t i = 0;
+  for (const auto& n : **arr) {
+    Ctx tc{c.file, fmt::format("[[{}]] #{}", name, ++i)};
+    start(SourceRef{c.file, line_of(n)});
+    for (const auto& [k, v] : *n.as_table())
+      if (auto r = set(tc, std::string(k.str()), v); !r) return r;
+  }
+  return {};
+}
+
 struct ParsedCallout {
   CalloutLine line;
   SourceRef source;
@@ -160,73 +178,62 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
                                "[[principal]])"));
     }
   }
-  auto callouts = table_array(c, root, "callout");
-  if (!callouts) return tl::unexpected(callouts.error());
-  if (*callouts) {
-    size_t i = 0;
-    for (const auto& n : **callouts) {
-      Ctx cc{file, fmt::format("[[callout]] #{}", ++i)};
-      ParsedCallout pc;
-      pc.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        std::string key(k.str());
+  auto r = each_entry(
+      c, root, "callout",
+      [&](SourceRef src) {
+        out.callouts.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        auto& line = out.callouts.back().line;
         if (key == "proxy") {
-          auto l = string_list(cc, key, v);
+          auto l = string_list(tc, key, v);
           if (!l) return tl::unexpected(l.error());
-          for (auto& p : *l) pc.line.proxies.push_back(std::move(p));
-          continue;
+          for (auto& p : *l) line.proxies.push_back(std::move(p));
+          return {};
         }
-        auto s = scalar_text(cc, key, v);
+        auto s = scalar_text(tc, key, v);
         if (!s) return tl::unexpected(s.error());
-        if (auto r = set_callout_field(pc.line, key, std::move(*s)); !r)
-          return tl::unexpected(at(cc, line_of(v), key, r.error().message));
-      }
-      out.callouts.push_back(std::move(pc));
-    }
-  }
-  auto filters = table_array(c, root, "filter");
-  if (!filters) return tl::unexpected(filters.error());
-  if (*filters) {
-    size_t i = 0;
-    for (const auto& n : **filters) {
-      Ctx fc{file, fmt::format("[[filter]] #{}", ++i)};
-      ParsedFilter pf;
-      pf.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        auto s = scalar_text(fc, k.str(), v);
+        if (auto set = set_callout_field(line, key, std::move(*s)); !set)
+          return tl::unexpected(at(tc, line_of(v), key, set.error().message));
+        return {};
+      });
+  if (!r) return tl::unexpected(r.error());
+  r = each_entry(
+      c, root, "filter",
+      [&](SourceRef src) {
+        out.filters.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        auto s = scalar_text(tc, key, v);
         if (!s) return tl::unexpected(s.error());
-        if (auto r = set_filter_field(pf.line, k.str(), std::move(*s)); !r)
-          return tl::unexpected(at(fc, line_of(v), k.str(), r.error().message));
-      }
-      out.filters.push_back(std::move(pf));
-    }
-  }
-  auto principals = table_array(c, root, "principal");
-  if (!principals) return tl::unexpected(principals.error());
-  if (*principals) {
-    size_t i = 0;
-    for (const auto& n : **principals) {
-      Ctx pc{file, fmt::format("[[principal]] #{}", ++i)};
-      ParsedPrincipal pp;
-      pp.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        std::string key(k.str());
-        std::replace(key.begin(), key.end(), '-', '_');
-        auto s = scalar_text(pc, k.str(), v);
+        if (auto set = set_filter_field(out.filters.back().line, key, std::move(*s)); !set)
+          return tl::unexpected(at(tc, line_of(v), key, set.error().message));
+        return {};
+      });
+  if (!r) return tl::unexpected(r.error());
+  r = each_entry(
+      c, root, "principal",
+      [&](SourceRef src) {
+        out.principals.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        auto& line = out.principals.back().line;
+        auto s = scalar_text(tc, key, v);
         if (!s) return tl::unexpected(s.error());
-        if (key == "uid")
-          pp.line.uid = *s;
-        else if (key == "cgroup")
-          pp.line.cgroup = *s;
-        else if (key == "cgroup_id")
-          pp.line.cgroup_id = *s;
+        std::string k = key;
+        std::replace(k.begin(), k.end(), '-', '_');
+        if (k == "uid")
+          line.uid = *s;
+        else if (k == "cgroup")
+          line.cgroup = *s;
+        else if (k == "cgroup_id")
+          line.cgroup_id = *s;
         else
           return tl::unexpected(
-              at(pc, line_of(v), k.str(), "unknown key (keys: uid, cgroup, cgroup_id)"));
-      }
-      out.principals.push_back(std::move(pp));
-    }
-  }
+              at(tc, line_of(v), key, "unknown key (keys: uid, cgroup, cgroup_id)"));
+        return {};
+      });
+  if (!r) return tl::unexpected(r.error());
   return out;
 }
 
