@@ -84,6 +84,17 @@ Result<const toml::array*> table_array(const Ctx& c, const toml::table& root,
   return arr;
 }
 
+// One key's scalar value handed to `set` (a field table's setter); its error
+// names file, line and key.
+template <class Setter>
+Result<void> set_scalar(const Ctx& tc, const std::string& key, const toml::node& v, Setter set) {
+  auto s = scalar_text(tc, key, v);
+  if (!s) return tl::unexpected(s.error());
+  if (auto r = set(std::move(*s)); !r)
+    return tl::unexpected(at(tc, line_of(v), key, r.error().message));
+  return {};
+}
+
 // Every [[name]] table of a file: `start(source)` once per table, then
 // `set(ctx, key, value)` for each of its keys, in file order.
 template <class Start, class Set>
@@ -191,11 +202,8 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
           for (auto& p : *l) line.proxies.push_back(std::move(p));
           return {};
         }
-        auto s = scalar_text(tc, key, v);
-        if (!s) return tl::unexpected(s.error());
-        if (auto set = set_callout_field(line, key, std::move(*s)); !set)
-          return tl::unexpected(at(tc, line_of(v), key, set.error().message));
-        return {};
+        return set_scalar(
+            tc, key, v, [&](std::string s) { return set_callout_field(line, key, std::move(s)); });
       });
   if (!r) return tl::unexpected(r.error());
   r = each_entry(
@@ -204,11 +212,9 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
         out.filters.push_back({{}, std::move(src)});
       },
       [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
-        auto s = scalar_text(tc, key, v);
-        if (!s) return tl::unexpected(s.error());
-        if (auto set = set_filter_field(out.filters.back().line, key, std::move(*s)); !set)
-          return tl::unexpected(at(tc, line_of(v), key, set.error().message));
-        return {};
+        return set_scalar(tc, key, v, [&](std::string s) {
+          return set_filter_field(out.filters.back().line, key, std::move(s));
+        });
       });
   if (!r) return tl::unexpected(r.error());
   r = each_entry(
@@ -218,20 +224,19 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
       },
       [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
         auto& line = out.principals.back().line;
-        auto s = scalar_text(tc, key, v);
-        if (!s) return tl::unexpected(s.error());
-        std::string k = key;
-        std::replace(k.begin(), k.end(), '-', '_');
-        if (k == "uid")
-          line.uid = *s;
-        else if (k == "cgroup")
-          line.cgroup = *s;
-        else if (k == "cgroup_id")
-          line.cgroup_id = *s;
-        else
-          return tl::unexpected(
-              at(tc, line_of(v), key, "unknown key (keys: uid, cgroup, cgroup_id)"));
-        return {};
+        return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
+          std::string k = key;
+          std::replace(k.begin(), k.end(), '-', '_');
+          if (k == "uid")
+            line.uid = std::move(s);
+          else if (k == "cgroup")
+            line.cgroup = std::move(s);
+          else if (k == "cgroup_id")
+            line.cgroup_id = std::move(s);
+          else
+            return fail(EINVAL, "unknown key (keys: uid, cgroup, cgroup_id)");
+          return {};
+        });
       });
   if (!r) return tl::unexpected(r.error());
   return out;
