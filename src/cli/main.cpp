@@ -354,6 +354,7 @@ struct CalloutArgs {
   std::vector<std::string> proxies;
   std::string proxy_uid, proxy_cgroup, on_proxy_down, on_failure;
   bool force = false;
+  bool shared_principal = false;
 };
 
 int cmd_callout_add(const std::string& pin_dir, const CalloutArgs& a) {
@@ -386,6 +387,7 @@ int cmd_callout_add(const std::string& pin_dir, const CalloutArgs& a) {
     spec.on_proxy_down = take(ctl::parse_proxy_down(a.on_proxy_down), bad);
   if (!a.on_failure.empty() && !bad)
     spec.on_failure = take(ctl::parse_on_failure(a.on_failure), bad);
+  spec.shared_principal = a.shared_principal;
   if (bad) return usage(bad->message);
 
   auto s = open_session(pin_dir, true);
@@ -414,6 +416,7 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"proxy_cgroup", cgroup_json(i.proxy_cgroup, i.proxy_cgroup_level)},
                      {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
                      {"on_failure", ctl::to_string(i.on_failure)},
+                     {"shared_principal", i.shared_principal},
                      {"filters", i.filters}});
     fmt::print("{}\n", arr.dump(2));
     return 0;
@@ -422,14 +425,15 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no callouts (add one with `connredir callout add NAME --proxy ADDR:PORT`)\n");
     return 0;
   }
-  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", "ID", "NAME", "PROXY4",
-             "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "PROXY-CGROUP");
+  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {}\n", "ID", "NAME",
+             "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "SHARED",
+             "PROXY-CGROUP");
   for (const auto& i : *list)
-    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", i.id, i.name,
+    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {}\n", i.id, i.name,
                i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
                i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
                ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
-               cgroup_text(i.proxy_cgroup));
+               i.shared_principal ? "yes" : "no", cgroup_text(i.proxy_cgroup));
   return 0;
 }
 
@@ -841,8 +845,12 @@ int main(int argc, char** argv) {
   c_add->add_option("--proxy-uid", ca.proxy_uid, "uid the proxy runs as (its principal)");
   c_add->add_option("--proxy-cgroup", ca.proxy_cgroup, "cgroup v2 directory the proxy runs in");
   c_add->add_option("--on-proxy-down", ca.on_proxy_down,
-                    "refuse|bypass: when the (loopback) proxy is not listening, fail the "
-                    "connect at once, or skip this callout");
+                    "refuse|bypass: when no listener the callout's principal owns is at the "
+                    "proxy address (nothing listens, or someone else does), fail the connect "
+                    "at once (default) or skip this callout");
+  c_add->add_flag("--shared-principal", ca.shared_principal,
+                  "allow this callout's principal (uid, cgroup) to be or overlap another "
+                  "callout's on purpose: it then serves both");
   c_add->add_option("--on-failure", ca.on_failure,
                     "bypass|refuse: when a connect this callout's filters select cannot be "
                     "redirected to it (chain full, no proxy for the family, no key, no memory), "
