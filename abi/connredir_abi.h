@@ -255,7 +255,7 @@ struct connredir_principal_key {
  * goes only to a listener whose owner is the callout's principal (or root;
  * for a callout without a principal, an authorized principal). */
 struct connredir_sk_owner {
-	__u32 uid; /* the binding task's uid (init namespace) */
+	__u32 uid;   /* the binding task's uid (init namespace) */
 	__u32 flags; /* CONNREDIR_OWNER_F_* */
 	/* the binding task's cgroup ancestors: [i] is the id at level i + 1,
 	 * 0 past its own level */

@@ -574,6 +574,7 @@ static __always_inline const struct connredir_addr *classify_connect(
 	struct bpf_sock *sk;
 	__u32 uid, hops = 0, last = 0, chosen_id = 0, i, n;
 	__u64 seen = 0;
+	int can_take;
 	__u16 port_host = bpf_ntohs(dst->port);
 
 	if (dst->family == CONNREDIR_AF_INET) {
@@ -609,6 +610,10 @@ static __always_inline const struct connredir_addr *classify_connect(
 		}
 	}
 
+	/* A flow the chosen callout cannot take anyway (full chain, no key)
+	 * meets its --on-failure policy below; looking for its listener first
+	 * would only cost a lookup and answer the wrong question. */
+	can_take = hops < CONNREDIR_MAX_HOPS && mac_key() != NULL;
 	uid = (__u32)bpf_get_current_uid_gid();
 	n = cands->count;
 	for (i = 0; i < CONNREDIR_CANDIDATES_MAX; i++) {
@@ -646,7 +651,7 @@ static __always_inline const struct connredir_addr *classify_connect(
 				return cannot_redirect(c, refuse);
 			continue;
 		}
-		verdict = proxy_verdict(ctx, proxy, c);
+		verdict = can_take ? proxy_verdict(ctx, proxy, c) : PROXY_OWNED;
 		if (verdict != PROXY_OWNED) {
 			/* Never "deliver to whatever listens": bypass if the
 			 * callout asked for it, else refuse. */
