@@ -446,6 +446,82 @@ TEST_F(Ownership, ListenerBoundBeforeTheCalloutByAnotherPrincipalGetsNothing) {
   EXPECT_EQ(app_connects(dst, 3), "echoed=3");
 }
 
+// The listener the connect hook checks is the one the SYN reaches: the
+// kernel prefers a listener bound to the address over a wildcard one, in the
+// lookup helper as for the SYN. Both listeners coexist here (SO_REUSEPORT,
+// same uid: the proxy's uid, which a process outside the cgroup may have when
+// the callout's principal is its cgroup only). Address-bound owned proxy +
+// wildcard impostor: every flow reaches the proxy. Wildcard owned proxy +
+// address-bound impostor: every connect is refused; neither gets a flow.
+TEST_F(Ownership, AddressBoundListenerWinsOverWildcardAsForTheSyn) {
+  for (bool v6 : {false, true}) {
+    for (bool proxy_specific : {true, false}) {
+      SCOPED_TRACE(std::string(v6 ? "IPv6" : "IPv4") +
+                   (proxy_specific ? " proxy on the address" : " proxy on the wildcard"));
+      EchoServer dst(v6 ? "[::1]:0" : "127.0.0.1:0");
+      cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:" + std::to_string(kPort), "--proxy",
+           "[::1]:" + std::to_string(kPort), "--proxy-cgroup", cg("vendor-a")});
+      cli({"filter", "add", "--callout", "vendor-a", "--dst", v6 ? "::1/128" : "127.0.0.1/32",
+           "--port", std::to_string(dst.port())});
+      std::string specific = proxy_addr(v6);
+      std::string wildcard =
+          v6 ? "[::]:" + std::to_string(kPort) : "0.0.0.0:" + std::to_string(kPort);
+      auto listener = [](const std::string& where, int go_fd) {
+        auto a = Address::parse(where);
+        sockaddr_storage ss{};
+        socklen_t len = a->to_sockaddr(ss);
+        int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        if (a->family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 64) != 0)
+          return std::string("listen ") + where + ": " + strerror(errno);
+        int accepted = 0;
+        size_t bytes = 0;
+        char b;
+        for (;;) {
+          drain(fd, 50, accepted, bytes);
+          pollfd p{go_fd, POLLIN, 0};
+          if (poll(&p, 1, 0) > 0 && read(go_fd, &b, 1) >= 0) break;
+        }
+        close(fd);
+        return "accepted=" + std::to_string(accepted);
+      };
+      int go[2];
+      ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
+      std::string proxy_at = proxy_specific ? specific : wildcard;
+      std::string imp_at = proxy_specific ? wildcard : specific;
+      auto proxy = fork_in(cg("vendor-a"), kProxyUid, [&] {
+        close(go[1]);
+        return listener(proxy_at, go[0]);
+      });
+      ASSERT_TRUE(wait_listening(kPort));
+      usleep(100000);
+      auto imp = fork_in("", kProxyUid, [&] {
+        close(go[1]);
+        return listener(imp_at, go[0]);
+      });
+      usleep(300000);
+      // The app's payload reaches the owned proxy, which reads it and closes:
+      // the app sees EOF ("").
+      std::string app = app_connects(dst, 10);
+      (void)!write(go[1], "xx", 2);
+      close(go[1]);
+      close(go[0]);
+      std::string p = proxy->wait(10000), i = imp->wait(10000);
+      EXPECT_EQ(i, "accepted=0");
+      cli({"callout", "del", "vendor-a", "--force"});
+      if (proxy_specific) {
+        EXPECT_EQ(p, "accepted=10");
+        EXPECT_EQ(app, "=10");
+      } else {
+        EXPECT_EQ(p, "accepted=0");
+        EXPECT_EQ(app, "ERR:connect Connection refused=10");
+      }
+    }
+  }
+}
+
 // Principals are per callout: vendor-b's principal holding a socket of a
 // vendor-a flow (a root listener handed to it) cannot read its records or
 // context; vendor-a's principal can.
