@@ -159,15 +159,24 @@ struct connredir_context {
 #define CONNREDIR_CALLOUT_F_USED   0x1u
 #define CONNREDIR_CALLOUT_F_PROXY4 0x2u /* proxy4 is set */
 #define CONNREDIR_CALLOUT_F_PROXY6 0x4u /* proxy6 is set */
-/* --on-proxy-down: look up the proxy's listener at connect time (loopback
- * proxies only; a proxy in another namespace cannot be seen from here). */
-#define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u  /* no listener: fail the connect */
-#define CONNREDIR_CALLOUT_F_DOWN_BYPASS 0x10u /* no listener: skip this callout */
+/* --on-proxy-down: what a connect meets when the proxy's address has no
+ * listener the callout's principal owns (nothing listens there, or someone
+ * else's listener does). Every redirect looks the listener up in the
+ * connecting socket's namespace; a callout with neither flag (maps written
+ * by older versions) is treated as DOWN_REFUSE, never as "deliver to
+ * whatever listens". */
+#define CONNREDIR_CALLOUT_F_DOWN_REFUSE 0x8u  /* fail the connect (ECONNREFUSED) */
+#define CONNREDIR_CALLOUT_F_DOWN_BYPASS 0x10u /* skip this callout */
 /* --on-failure refuse: a connect that one of this callout's filters selects
  * but that cannot be redirected to it (chain already CONNREDIR_MAX_HOPS long,
  * no proxy for the family, no MAC key, sk_storage allocation failed) fails
  * with ECONNREFUSED instead of going on uninspected (the default, bypass). */
 #define CONNREDIR_CALLOUT_F_FAIL_CLOSED 0x20u
+/* --shared-principal: this callout's principal (uid or cgroup) is, or
+ * overlaps, another callout's on purpose. Informational for the kernel side
+ * (a process that is the principal of two callouts serves both); the control
+ * plane refuses an overlap without it. */
+#define CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL 0x40u
 
 /* map `callouts` (ARRAY, index = callout id). */
 struct connredir_callout {
@@ -239,6 +248,20 @@ struct connredir_principal_key {
 #define CONNREDIR_PRINCIPAL_F_AUTHORIZED 0x1u /* `connredir authorize` */
 #define CONNREDIR_PRINCIPAL_F_CALLOUT	 0x2u /* a callout's proxy principal */
 
+#define CONNREDIR_OWNER_F_ROOT	     0x1u /* bound by uid 0 */
+#define CONNREDIR_OWNER_F_AUTHORIZED 0x2u /* bound by a `connredir authorize`d principal */
+/* map `sk_owner` (SK_STORAGE) value: who bound a TCP socket (explicit bind()
+ * to a non-zero port) in a cgroup where connredir is attached. A redirect
+ * goes only to a listener whose owner is the callout's principal (or root;
+ * for a callout without a principal, an authorized principal). */
+struct connredir_sk_owner {
+	__u32 uid;   /* the binding task's uid (init namespace) */
+	__u32 flags; /* CONNREDIR_OWNER_F_* */
+	/* the binding task's cgroup ancestors: [i] is the id at level i + 1,
+	 * 0 past its own level */
+	__u64 cgroup[CONNREDIR_CGROUP_LEVELS_MAX];
+};
+
 /* map `handoff` (HASH, no prealloc) key: the client's connection to the proxy.
  * netns is the client's netns cookie when the proxy address is loopback (so
  * namespaces reusing the same loopback 4-tuple never cross-talk) and 0 when
@@ -291,6 +314,8 @@ enum connredir_stat {
 	CONNREDIR_STAT_DOWN_BYPASS,	 /* proxy not listening: callout skipped */
 	CONNREDIR_STAT_DOWN_REFUSED,	 /* proxy not listening: connect refused */
 	CONNREDIR_STAT_FAILURE_REFUSED,	 /* --on-failure refuse: connect refused */
+	CONNREDIR_STAT_NOT_OWNER,	 /* a listener not owned by the callout's principal */
+					 /* was at the proxy address: not redirected to it */
 	CONNREDIR_STAT_MAX,
 };
 

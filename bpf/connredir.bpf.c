@@ -14,7 +14,10 @@
  *   setsockopt      SOL_CONNREDIR records set (MAC-verified).
  *   getpeername4/6  the client sees its original destination.
  *   sock_release    drop an unconsumed hand-off.
- *   bind4/6         only principals may listen at a callout's proxy address.
+ *   bind4/6         only a callout's principal (or root) may bind its proxy
+ *                   address; every bind records its owner (`sk_owner`), and
+ *                   connect4/6 redirect only to a listener whose owner is
+ *                   the callout's principal.
  *
  * Principles: entry points are thin; they never fail a connection they were
  * not asked to touch (every hook returns "allow", errors only on our own
@@ -90,6 +93,20 @@ struct {
 	__type(key, struct connredir_principal_key);
 	__type(value, __u32);
 } principals SEC(".maps");
+
+/* Who bound each TCP socket (explicit bind() to a port) in the attached
+ * cgroups: uid, root/authorized flags, cgroup ancestry. Written by bind4/6,
+ * where the binding task is current; read by connect4/6 on the listener found
+ * at a proxy address, so a flow goes only to a listener its callout's own
+ * principal owns (WFP's localRedirectTargetPID). Sockets outside the attached
+ * cgroups never get a value (no hook of ours runs for them), so they can
+ * never be a redirect target, whoever runs them. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct connredir_sk_owner);
+} sk_owner SEC(".maps");
 
 /* Flows between the client's TCP_CONNECT_CB and the proxy's accept. Written
  * by sockops (publish), deleted by sockops (adopt) or sock_release. */
@@ -207,19 +224,19 @@ static __always_inline int addr_is_loopback(const struct connredir_addr *a)
 	       addr_word(a, 3) == bpf_htonl(1);
 }
 
-/* Root, or a registered principal (uid, or a cgroup that is the caller's
- * cgroup or one of its ancestors). */
-static __always_inline int caller_authorized(void)
+/* Does the caller have a principals entry with any of `mask`'s flags (by
+ * uid, or a cgroup that is the caller's cgroup or one of its ancestors)? */
+static __always_inline int caller_principal(__u32 mask)
 {
 	struct connredir_principal_key key = {};
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u32 *flags;
 	int level;
 
-	if (uid == 0)
-		return 1;
 	key.kind = CONNREDIR_PRINCIPAL_UID;
 	key.id = uid;
-	if (bpf_map_lookup_elem(&principals, &key))
+	flags = bpf_map_lookup_elem(&principals, &key);
+	if (flags && (*flags & mask))
 		return 1;
 	key.kind = CONNREDIR_PRINCIPAL_CGROUP;
 	for (level = 1; level <= CONNREDIR_CGROUP_LEVELS_MAX; level++) {
@@ -228,15 +245,97 @@ static __always_inline int caller_authorized(void)
 		if (!id)
 			break;
 		key.id = id;
-		if (bpf_map_lookup_elem(&principals, &key))
+		flags = bpf_map_lookup_elem(&principals, &key);
+		if (flags && (*flags & mask))
 			return 1;
 	}
 	return 0;
 }
 
+/* Root, or any registered principal: the first gate of the option hooks. */
+static __always_inline int caller_authorized(void)
+{
+	if ((__u32)bpf_get_current_uid_gid() == 0)
+		return 1;
+	return caller_principal(CONNREDIR_PRINCIPAL_F_AUTHORIZED | CONNREDIR_PRINCIPAL_F_CALLOUT);
+}
+
 static __always_inline int cgroup_is_or_below(__u64 cgroup, __u32 level)
 {
 	return cgroup && bpf_get_current_ancestor_cgroup_id(level) == cgroup;
+}
+
+static __always_inline int callout_has_principal(const struct connredir_callout *c)
+{
+	return c->proxy_uid != CONNREDIR_UID_NONE || c->proxy_cgroup != 0;
+}
+
+/* Is the current task callout c's principal? Principals are per callout: the
+ * proxy uid or cgroup the callout names. A callout that names none is served
+ * by `connredir authorize`d principals (and root), as before principals were
+ * per callout. */
+static __always_inline int caller_serves(const struct connredir_callout *c)
+{
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+	if (uid == 0)
+		return 1;
+	if (!callout_has_principal(c))
+		return caller_principal(CONNREDIR_PRINCIPAL_F_AUTHORIZED);
+	if (c->proxy_uid != CONNREDIR_UID_NONE && c->proxy_uid == uid)
+		return 1;
+	return cgroup_is_or_below(c->proxy_cgroup, c->proxy_cgroup_level);
+}
+
+_Static_assert((CONNREDIR_CGROUP_LEVELS_MAX & (CONNREDIR_CGROUP_LEVELS_MAX - 1)) == 0,
+	       "cgroup levels index with a mask");
+
+/* The same question about whoever bound a socket, from its sk_owner value
+ * (the binder's identity then, checked against the callout as it is now, so
+ * a proxy started before its callout was added is still recognised). */
+static __always_inline int owner_serves(const struct connredir_sk_owner *o,
+					const struct connredir_callout *c)
+{
+	__u32 lvl = c->proxy_cgroup_level;
+
+	if (o->flags & CONNREDIR_OWNER_F_ROOT)
+		return 1;
+	if (!callout_has_principal(c))
+		return (o->flags & CONNREDIR_OWNER_F_AUTHORIZED) != 0;
+	if (c->proxy_uid != CONNREDIR_UID_NONE && c->proxy_uid == o->uid)
+		return 1;
+	if (c->proxy_cgroup && lvl >= 1 && lvl <= CONNREDIR_CGROUP_LEVELS_MAX)
+		return o->cgroup[(lvl - 1) & (CONNREDIR_CGROUP_LEVELS_MAX - 1)] == c->proxy_cgroup;
+	return 0;
+}
+
+/* The current task as an sk_owner value (for the bind guard and the mark). */
+static __always_inline void current_owner(struct connredir_sk_owner *o)
+{
+	struct connredir_principal_key key = {};
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u32 *flags;
+	int level;
+
+	o->uid = uid;
+	o->flags = uid == 0 ? CONNREDIR_OWNER_F_ROOT : 0;
+	key.kind = CONNREDIR_PRINCIPAL_UID;
+	key.id = uid;
+	flags = bpf_map_lookup_elem(&principals, &key);
+	if (flags && (*flags & CONNREDIR_PRINCIPAL_F_AUTHORIZED))
+		o->flags |= CONNREDIR_OWNER_F_AUTHORIZED;
+	key.kind = CONNREDIR_PRINCIPAL_CGROUP;
+	for (level = 1; level <= CONNREDIR_CGROUP_LEVELS_MAX; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (!id)
+			break;
+		o->cgroup[level - 1] = id;
+		key.id = id;
+		flags = bpf_map_lookup_elem(&principals, &key);
+		if (flags && (*flags & CONNREDIR_PRINCIPAL_F_AUTHORIZED))
+			o->flags |= CONNREDIR_OWNER_F_AUTHORIZED;
+	}
 }
 
 static __always_inline const struct connredir_secret *mac_key(void)
@@ -356,13 +455,30 @@ static __always_inline const struct connredir_addr *cannot_redirect(
 	return NULL;
 }
 
-/* Is anything listening at the proxy's address in this namespace? Used only
- * for callouts that asked (--on-proxy-down), and only for loopback proxies. */
-static __always_inline int proxy_listening(struct bpf_sock_addr *ctx,
-					   const struct connredir_addr *p)
+#define PROXY_OWNED	0 /* the callout's principal owns the listener: redirect */
+#define PROXY_ABSENT	1 /* nothing listens at a loopback proxy address */
+#define PROXY_NOT_OWNER 2 /* someone else's listener (or an unmarked one) is there */
+
+/*
+ * Who would receive a connect to the proxy's address in the connecting
+ * socket's namespace? The lookup is the kernel's own listener lookup (a
+ * listener bound to the address wins over a wildcard one, as for the SYN), so
+ * the listener found is the one the SYN will reach, except for what
+ * docs/SECURITY.md lists (a socket that binds in the microseconds between
+ * this check and the SYN; a SO_REUSEPORT group, whose members all share a
+ * uid). A listener owns the flow only if its sk_owner says the callout's
+ * principal bound it; an unmarked listener was bound outside the attached
+ * cgroups, or before connredir was up. A routable proxy address with no
+ * listener here is in another namespace (reached over veth): not visible from
+ * here, so it is redirected to (PROXY_OWNED) and guarded where it listens.
+ */
+static __always_inline int proxy_verdict(struct bpf_sock_addr *ctx, const struct connredir_addr *p,
+					 const struct connredir_callout *c)
 {
 	struct bpf_sock_tuple t = {};
+	struct connredir_sk_owner *o;
 	struct bpf_sock *sk;
+	int v = PROXY_NOT_OWNER;
 
 	if (p->family == CONNREDIR_AF_INET) {
 		t.ipv4.daddr = addr_word(p, 3);
@@ -374,9 +490,16 @@ static __always_inline int proxy_listening(struct bpf_sock_addr *ctx,
 		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
 	}
 	if (!sk)
-		return 0;
+		return addr_is_loopback(p) ? PROXY_ABSENT : PROXY_OWNED;
+	/* bpf_sk_fullsock is not offered to sock_addr programs; a listener is
+	 * a full socket, and sk_storage_get returns NULL for anything else. */
+	if (sk->state == BPF_TCP_LISTEN) {
+		o = bpf_sk_storage_get(&sk_owner, sk, NULL, 0);
+		if (o && owner_serves(o, c))
+			v = PROXY_OWNED;
+	}
 	bpf_sk_release(sk);
-	return 1;
+	return v;
 }
 
 static __always_inline int filter_matches(const struct connredir_filter *f, __u16 port_host,
@@ -435,7 +558,9 @@ static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
 /*
  * Classify one TCP connect and redirect it if a filter says so. Returns the
  * proxy to connect to instead, or NULL to leave the connect alone; *refuse is
- * set when a callout with --on-proxy-down refuse found its proxy down.
+ * set when the chosen callout's proxy has no listener its principal owns and
+ * its --on-proxy-down policy is refuse (the default), or --on-failure refuse
+ * applies.
  */
 static __always_inline const struct connredir_addr *classify_connect(
 	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
@@ -449,6 +574,7 @@ static __always_inline const struct connredir_addr *classify_connect(
 	struct bpf_sock *sk;
 	__u32 uid, hops = 0, last = 0, chosen_id = 0, i, n;
 	__u64 seen = 0;
+	int can_take;
 	__u16 port_host = bpf_ntohs(dst->port);
 
 	if (dst->family == CONNREDIR_AF_INET) {
@@ -484,13 +610,17 @@ static __always_inline const struct connredir_addr *classify_connect(
 		}
 	}
 
+	/* A flow the chosen callout cannot take anyway (full chain, no key)
+	 * meets its --on-failure policy below; looking for its listener first
+	 * would only cost a lookup and answer the wrong question. */
+	can_take = hops < CONNREDIR_MAX_HOPS && mac_key() != NULL;
 	uid = (__u32)bpf_get_current_uid_gid();
 	n = cands->count;
 	for (i = 0; i < CONNREDIR_CANDIDATES_MAX; i++) {
 		const struct connredir_filter *f;
 		const struct connredir_callout *c;
 		__u32 fid, cid;
-		int state;
+		int state, verdict;
 
 		if (i >= n)
 			break;
@@ -521,9 +651,12 @@ static __always_inline const struct connredir_addr *classify_connect(
 				return cannot_redirect(c, refuse);
 			continue;
 		}
-		if ((c->flags &
-		     (CONNREDIR_CALLOUT_F_DOWN_BYPASS | CONNREDIR_CALLOUT_F_DOWN_REFUSE)) &&
-		    addr_is_loopback(proxy) && !proxy_listening(ctx, proxy)) {
+		verdict = can_take ? proxy_verdict(ctx, proxy, c) : PROXY_OWNED;
+		if (verdict != PROXY_OWNED) {
+			/* Never "deliver to whatever listens": bypass if the
+			 * callout asked for it, else refuse. */
+			if (verdict == PROXY_NOT_OWNER)
+				stat_inc(CONNREDIR_STAT_NOT_OWNER);
 			if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
 				stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
 				proxy = NULL;
@@ -792,6 +925,30 @@ static __always_inline int get_fail(struct bpf_sockopt *ctx, int err)
 	return 1;
 }
 
+/* Principals are per callout: only the principal of the callout that
+ * redirected this flow to the socket (or root) may read it. The hop must
+ * still name the callout's principal as it is now, so a callout deleted and
+ * re-added under the same id with another principal does not hand the new
+ * principal the old one's flows. */
+static __always_inline int caller_serves_flow(const struct connredir_sk_state *st)
+{
+	const struct connredir_callout *c;
+	const struct connredir_hop *h;
+	__u32 cid = st->context.callout_id;
+	__u32 hop = st->context.hop;
+
+	if ((__u32)bpf_get_current_uid_gid() == 0)
+		return 1;
+	if (hop < 1 || hop > CONNREDIR_MAX_HOPS)
+		return 0;
+	h = &st->records.hops[(hop - 1) & (CONNREDIR_MAX_HOPS - 1)];
+	c = bpf_map_lookup_elem(&callouts, &cid);
+	if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED) || h->callout_id != cid ||
+	    h->proxy_uid != c->proxy_uid || h->proxy_cgroup != c->proxy_cgroup)
+		return 0;
+	return caller_serves(c);
+}
+
 static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 {
 	struct connredir_sk_state *st;
@@ -812,6 +969,10 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
 	if (!st || !(st->flags & CONNREDIR_SK_ACCEPTED))
 		return get_fail(ctx, ENOENT);
+	if (!caller_serves_flow(st)) {
+		stat_inc(CONNREDIR_STAT_DENIED);
+		return get_fail(ctx, EACCES);
+	}
 
 	if (optname == CONNREDIR_RECORDS) {
 		if (optlen < (int)sizeof(st->records) || optval + sizeof(st->records) > end)
@@ -989,17 +1150,22 @@ static __always_inline int bind_takes_proxy(const struct connredir_addr *a,
 
 /*
  * A redirected flow carries the application's bytes and its original
- * destination to whoever listens at the proxy address. So only root and
- * principals may bind a callout's proxy address (or the wildcard on its
- * port); anyone else gets EACCES instead of receiving other vendors' flows.
- * Runs only on explicit bind(), never on the connect path.
+ * destination to whoever listens at the proxy address. So only root and the
+ * callout's own principal may bind a callout's proxy address (or the wildcard
+ * on its port); anyone else, including another callout's principal, gets
+ * EACCES. Every bind that is allowed records its owner in sk_owner: the
+ * connect side redirects only to a listener whose owner serves the callout,
+ * which also covers listeners bound before the callout existed. Runs only on
+ * explicit bind(), never on the connect path.
  */
 struct bind_scan {
 	struct connredir_addr addr;
-	int hit;
+	struct connredir_sk_owner who; /* the binding task */
+	int denied;
 };
 
-/* bpf_loop callback: does callout `id` own the address being bound? */
+/* bpf_loop callback: does the bind take callout `id`'s proxy address while
+ * the caller is not that callout's principal? */
 static long bind_scan_one(__u32 id, void *data)
 {
 	struct bind_scan *scan = data;
@@ -1008,23 +1174,37 @@ static long bind_scan_one(__u32 id, void *data)
 	if (id == 0)
 		return 0;
 	c = bpf_map_lookup_elem(&callouts, &id);
-	if (c && (c->flags & CONNREDIR_CALLOUT_F_USED) && bind_takes_proxy(&scan->addr, c)) {
-		scan->hit = 1;
+	if (c && (c->flags & CONNREDIR_CALLOUT_F_USED) && bind_takes_proxy(&scan->addr, c) &&
+	    !owner_serves(&scan->who, c)) {
+		scan->denied = 1;
 		return 1; /* stop */
 	}
 	return 0;
 }
 
-static __always_inline int guard_proxy_bind(struct bind_scan *scan)
+static __always_inline int guard_proxy_bind(struct bpf_sock_addr *ctx, struct bind_scan *scan)
 {
+	struct connredir_sk_owner *o;
+	struct bpf_sock *sk = ctx->sk;
+
 	if (scan->addr.port == 0)
+		return ALLOW; /* an ephemeral port is nobody's proxy address */
+	current_owner(&scan->who);
+	if (!(scan->who.flags & CONNREDIR_OWNER_F_ROOT))
+		bpf_loop(CONNREDIR_MAX_CALLOUTS, bind_scan_one, scan, 0);
+	if (scan->denied) {
+		stat_inc(CONNREDIR_STAT_DENIED);
+		bpf_set_retval(-EACCES);
+		return 0;
+	}
+	if (!sk)
 		return ALLOW;
-	bpf_loop(CONNREDIR_MAX_CALLOUTS, bind_scan_one, scan, 0);
-	if (!scan->hit || caller_authorized())
-		return ALLOW;
-	stat_inc(CONNREDIR_STAT_DENIED);
-	bpf_set_retval(-EACCES);
-	return 0;
+	o = bpf_sk_storage_get(&sk_owner, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (o)
+		__builtin_memcpy(o, &scan->who, sizeof(*o));
+	/* No memory for the mark: the socket is simply never a redirect
+	 * target (fail closed), so the bind itself may proceed. */
+	return ALLOW;
 }
 
 SEC("cgroup/bind4")
@@ -1036,7 +1216,7 @@ int connredir_bind4(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM)
 		return ALLOW;
 	addr_set_v4(&scan.addr, ip, (__u16)ctx->user_port);
-	return guard_proxy_bind(&scan);
+	return guard_proxy_bind(ctx, &scan);
 }
 
 SEC("cgroup/bind6")
@@ -1052,7 +1232,7 @@ int connredir_bind6(struct bpf_sock_addr *ctx)
 	w2 = ctx->user_ip6[2];
 	w3 = ctx->user_ip6[3];
 	addr_set_v6(&scan.addr, w0, w1, w2, w3, (__u16)ctx->user_port);
-	return guard_proxy_bind(&scan);
+	return guard_proxy_bind(ctx, &scan);
 }
 
 /* ---- Transparency (getpeername) ----------------------------------------- */

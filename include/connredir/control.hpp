@@ -225,11 +225,13 @@ struct CgroupRef {
   std::string path;    // for messages only (not stored in maps)
 };
 
-// What a connect meets when the callout's (loopback) proxy is not listening.
+// What a connect meets when no listener the callout's principal owns is at
+// its proxy address (nothing listens there, or someone else's listener does).
+// Every redirect looks the listener up; there is no "unchecked" any more: a
+// flow is never delivered to whatever happens to listen.
 enum class ProxyDown {
-  Unchecked,  // no lookup: the redirected connect fails as the kernel decides
-  Refuse,     // looked up: the connect fails at once with ECONNREFUSED, counted
-  Bypass,     // looked up: the callout is skipped (next vendor or destination), counted
+  Refuse,  // the connect fails at once with ECONNREFUSED, counted (default)
+  Bypass,  // the callout is skipped (next vendor or destination), counted
 };
 const char* to_string(ProxyDown p);
 Result<ProxyDown> parse_proxy_down(std::string_view text);
@@ -252,8 +254,12 @@ struct CalloutSpec {
   std::optional<Address> proxy6;
   std::optional<uint32_t> proxy_uid;
   std::optional<CgroupRef> proxy_cgroup;
-  ProxyDown on_proxy_down = ProxyDown::Unchecked;
+  ProxyDown on_proxy_down = ProxyDown::Refuse;
   OnFailure on_failure = OnFailure::Bypass;
+  // This callout's principal is, or overlaps (same uid, same or nested
+  // cgroup), another callout's on purpose: a process that is both serves
+  // both. Without it, add_callout refuses an overlap (EEXIST).
+  bool shared_principal = false;
 };
 
 struct CalloutInfo {
@@ -264,8 +270,9 @@ struct CalloutInfo {
   std::optional<uint32_t> proxy_uid;
   uint64_t proxy_cgroup = 0;  // 0 = unset
   uint32_t proxy_cgroup_level = 0;
-  ProxyDown on_proxy_down = ProxyDown::Unchecked;
+  ProxyDown on_proxy_down = ProxyDown::Refuse;
   OnFailure on_failure = OnFailure::Bypass;
+  bool shared_principal = false;
   size_t filters = 0;  // filters referencing it
 };
 
@@ -357,11 +364,13 @@ struct CalloutLine {
   std::string name;
   std::vector<std::string> proxies;
   std::string proxy_uid, proxy_cgroup, proxy_unit, on_proxy_down, on_failure;
+  std::string shared_principal;  // "true"/"false" ("" = false)
 };
 struct CalloutField {
   const char* key;
   std::string CalloutLine::*member;  // nullptr for "proxy" (the list)
   const char* help;
+  bool flag = false;  // a yes/no field: a CLI flag, a TOML boolean
 };
 std::span<const CalloutField> callout_fields();
 Result<void> set_callout_field(CalloutLine& line, std::string_view key, std::string value);

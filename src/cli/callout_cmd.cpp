@@ -59,6 +59,7 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"proxy_cgroup", cgroup_json(i.proxy_cgroup, i.proxy_cgroup_level)},
                      {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
                      {"on_failure", ctl::to_string(i.on_failure)},
+                     {"shared_principal", i.shared_principal},
                      {"filters", i.filters},
                      {"source", Sources::to_json(src->callout(i.name))}});
     fmt::print("{}\n", arr.dump(2));
@@ -68,15 +69,16 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no callouts (add one with `connredir callout add NAME --proxy ADDR:PORT`)\n");
     return 0;
   }
-  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<40} {}\n", "ID", "NAME",
-             "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "PROXY-CGROUP",
-             "SOURCE");
+  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<40} {}\n", "ID", "NAME",
+             "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "SHARED",
+             "PROXY-CGROUP", "SOURCE");
   for (const auto& i : *list)
-    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<40} {}\n", i.id, i.name,
-               i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
-               i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
-               ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
-               cgroup_text(i.proxy_cgroup), src->callout(i.name));
+    fmt::print(
+        "{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<40} {}\n", i.id, i.name,
+        i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
+        i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
+        ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
+        i.shared_principal ? "yes" : "no", cgroup_text(i.proxy_cgroup), src->callout(i.name));
   return 0;
 }
 
@@ -111,6 +113,10 @@ void add_callout_commands(CLI::App& app, Globals& g, Commands& out) {
       c_add->add_option("--name", add->name_opt, "callout name (alternative to NAME)");
     } else if (!f.member) {
       c_add->add_option(opt, add->line.proxies, f.help)->allow_extra_args(false);
+    } else if (f.flag) {
+      auto* member = &(add->line.*(f.member));
+      c_add->add_flag_callback(
+          opt, [member] { *member = "true"; }, f.help);
     } else {
       c_add->add_option(opt, add->line.*(f.member), f.help);
     }

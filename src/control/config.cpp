@@ -45,11 +45,13 @@ Error at(const Ctx& c, int line, std::string_view key, std::string_view msg) {
 // decimal. Anything else is refused (a boolean or float is a mistake here).
 Result<std::string> scalar_text(const Ctx& c, std::string_view key, const toml::node& v) {
   if (auto s = v.as_string()) return std::string(s->get());
+  if (auto b = v.as_boolean()) return std::string(b->get() ? "true" : "false");
   if (auto i = v.as_integer()) {
     if (i->get() < 0) return tl::unexpected(at(c, line_of(v), key, "must not be negative"));
     return std::to_string(i->get());
   }
-  return tl::unexpected(at(c, line_of(v), key, "must be a string or a non-negative integer"));
+  return tl::unexpected(
+      at(c, line_of(v), key, "must be a string, a non-negative integer or a boolean"));
 }
 
 // A value that may be one string or an array of strings.
@@ -167,7 +169,8 @@ Result<GlobalConfig> read_global(const Ctx& c0, const toml::node& n) {
   return g;
 }
 
-Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
+Result<ParsedFile> read_file(const std::string& file, const std::string& text,
+                             CgroupResolver resolve) {
   Ctx c{file, ""};
   toml::table root;
   try {
@@ -202,8 +205,14 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
           for (auto& p : *l) line.proxies.push_back(std::move(p));
           return {};
         }
-        return set_scalar(
-            tc, key, v, [&](std::string s) { return set_callout_field(line, key, std::move(s)); });
+        return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
+          // The value alone through the validator, so that a bad one is
+          // reported at its own line (the whole callout is checked later).
+          CalloutLine probe{"x", {"127.0.0.1:1"}, {}, {}, {}, {}, {}, {}};
+          if (auto r = set_callout_field(probe, key, s); !r) return r;
+          if (auto r = callout_spec(probe, resolve); !r) return tl::unexpected(r.error());
+          return set_callout_field(line, key, std::move(s));
+        });
       });
   if (!r) return tl::unexpected(r.error());
   r = each_entry(
@@ -212,7 +221,10 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
         out.filters.push_back({{}, std::move(src)});
       },
       [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
-        return set_scalar(tc, key, v, [&](std::string s) {
+        return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
+          FilterLine probe{"x", {}, {}, {}, {}, {}, {}, {}};
+          if (auto r = set_filter_field(probe, key, s); !r) return r;
+          if (auto r = filter_spec(probe, resolve); !r) return tl::unexpected(r.error());
           return set_filter_field(out.filters.back().line, key, std::move(s));
         });
       });
@@ -261,6 +273,7 @@ std::string callout_text(const CalloutSpec& s) {
   if (s.proxy_cgroup) t += fmt::format(" proxy_cgroup {}", s.proxy_cgroup->path);
   t += fmt::format(" on_proxy_down {} on_failure {}", to_string(s.on_proxy_down),
                    to_string(s.on_failure));
+  if (s.shared_principal) t += " shared_principal";
   return t;
 }
 
@@ -272,6 +285,7 @@ std::string callout_text(const CalloutInfo& i) {
                      cgroup_path_by_id(i.proxy_cgroup).value_or(std::to_string(i.proxy_cgroup)));
   t += fmt::format(" on_proxy_down {} on_failure {}", to_string(i.on_proxy_down),
                    to_string(i.on_failure));
+  if (i.shared_principal) t += " shared_principal";
   return t;
 }
 
@@ -415,7 +429,7 @@ Result<Config> parse_config(std::span<const std::pair<std::string, std::string>>
   for (size_t i = 0; i < file_texts.size(); ++i) {
     const auto& [file, text] = file_texts[i];
     cfg.files.push_back(file);
-    auto p = read_file(file, text);
+    auto p = read_file(file, text, resolve);
     if (!p) return tl::unexpected(p.error());
     if (p->global) {
       // A vendor's drop-in must not move where connredir attaches.
@@ -760,11 +774,9 @@ Result<std::string> export_config(Control& c, const std::optional<std::string>& 
       else
         out += fmt::format("proxy_cgroup = {}\n", toml_string(*path));
     }
-    // The default (no proxy-down lookup) has no value to write: it is the
-    // absence of the key.
-    if (i.on_proxy_down != ProxyDown::Unchecked)
-      out += fmt::format("on_proxy_down = \"{}\"\n", to_string(i.on_proxy_down));
-    out += fmt::format("on_failure = \"{}\"\n", to_string(i.on_failure));
+    out += fmt::format("on_proxy_down = \"{}\"\non_failure = \"{}\"\n", to_string(i.on_proxy_down),
+                       to_string(i.on_failure));
+    if (i.shared_principal) out += "shared_principal = true\n";
   }
   std::vector<FilterInfo> fs = *filters;
   std::stable_sort(fs.begin(), fs.end(), [](const FilterInfo& a, const FilterInfo& b) {

@@ -1,7 +1,10 @@
 // The control plane on top of a MapStore: callouts, filters (with the index
 // kept exact on every change), principals, the MAC secret.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include <fmt/format.h>
@@ -50,6 +53,26 @@ std::string join_ids(const std::vector<uint32_t>& ids) {
   return s;
 }
 
+// Ids of the cgroups at and below `dir` (bounded walk; a cgroup tree with
+// more entries than that is not searched further) and of its ancestors up to
+// the cgroup2 mount. Empty if `dir` is not a directory (unit tests' fakes).
+std::set<uint64_t> related_cgroups(const CgroupRef& ref) {
+  namespace fs = std::filesystem;
+  std::set<uint64_t> ids;
+  std::error_code ec;
+  fs::path p(ref.path);
+  if (ref.path.empty() || !fs::is_directory(p, ec)) return ids;
+  struct stat st {};
+  fs::path up = p;
+  for (uint32_t l = 0; l <= ref.level && !up.empty(); ++l, up = up.parent_path())
+    if (::stat(up.c_str(), &st) == 0) ids.insert(st.st_ino);
+  size_t budget = 4096;
+  for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end && budget > 0;
+       it.increment(ec), --budget)
+    if (it->is_directory(ec) && ::stat(it->path().c_str(), &st) == 0) ids.insert(st.st_ino);
+  return ids;
+}
+
 std::string principal_text(uint32_t kind, uint64_t id) {
   return kind == CONNREDIR_PRINCIPAL_UID ? fmt::format("uid {}", id)
                                          : fmt::format("cgroup id {}", id);
@@ -59,10 +82,10 @@ std::string principal_text(uint32_t kind, uint64_t id) {
 
 const char* stat_name(size_t index) {
   static const char* const names[] = {
-      "classified",   "redirected",       "hop_cap",      "no_proxy_family",
-      "storage_fail", "published",        "publish_fail", "accepted",
-      "records_set",  "records_rejected", "denied",       "self_skip",
-      "prev_skip",    "down_bypass",      "down_refused", "failure_refused",
+      "classified",      "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
+      "published",       "publish_fail", "accepted",  "records_set",     "records_rejected",
+      "denied",          "self_skip",    "prev_skip", "down_bypass",     "down_refused",
+      "failure_refused", "not_owner",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -86,28 +109,20 @@ const char* stat_help(size_t index) {
       "callouts skipped because their proxy was not listening (on-proxy-down bypass)",
       "connects refused because the callout's proxy was not listening (on-proxy-down refuse)",
       "connects refused because they could not be redirected (on-failure refuse)",
+      "callouts whose proxy address had a listener their principal does not own (an impostor "
+      "or another vendor)",
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
 }
 
-const char* to_string(ProxyDown p) {
-  switch (p) {
-    case ProxyDown::Refuse:
-      return "refuse";
-    case ProxyDown::Bypass:
-      return "bypass";
-    case ProxyDown::Unchecked:
-      break;
-  }
-  return "unchecked";
-}
+const char* to_string(ProxyDown p) { return p == ProxyDown::Bypass ? "bypass" : "refuse"; }
 
 Result<ProxyDown> parse_proxy_down(std::string_view text) {
   if (text == "refuse") return ProxyDown::Refuse;
   if (text == "bypass") return ProxyDown::Bypass;
   return fail(EINVAL, fmt::format("--on-proxy-down '{}': expected refuse (fail the connect at "
-                                  "once) or bypass (skip this callout)",
+                                  "once; the default) or bypass (skip this callout)",
                                   text));
 }
 
@@ -135,9 +150,11 @@ CalloutInfo callout_info(const connredir_callout& c) {
   if (c.proxy_uid != CONNREDIR_UID_NONE) i.proxy_uid = c.proxy_uid;
   i.proxy_cgroup = c.proxy_cgroup;
   i.proxy_cgroup_level = c.proxy_cgroup_level;
-  if (c.flags & CONNREDIR_CALLOUT_F_DOWN_REFUSE) i.on_proxy_down = ProxyDown::Refuse;
-  if (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) i.on_proxy_down = ProxyDown::Bypass;
+  // Neither DOWN flag (maps of older versions): the kernel side refuses.
+  i.on_proxy_down =
+      (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) ? ProxyDown::Bypass : ProxyDown::Refuse;
   if (c.flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) i.on_failure = OnFailure::Refuse;
+  i.shared_principal = (c.flags & CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL) != 0;
   return i;
 }
 
@@ -201,6 +218,40 @@ FilterInfo filter_info(const connredir_filter& f, std::string_view callout) {
   i.context.assign(reinterpret_cast<const char*>(f.user), n);
   return i;
 }
+
+namespace {
+
+// Principals are per callout: a process that is the principal of two callouts
+// may listen at both proxy addresses and read both callouts' flows. That must
+// be the administrator's choice, so an overlap (same uid; same, ancestor or
+// descendant cgroup) with an existing callout needs --shared-principal.
+Result<void> check_principal_overlap(const CalloutSpec& spec,
+                                     const std::vector<connredir_callout>& all) {
+  std::set<uint64_t> related;
+  if (spec.proxy_cgroup) {
+    related = related_cgroups(*spec.proxy_cgroup);
+    related.insert(spec.proxy_cgroup->id);
+  }
+  for (const auto& c : all) {
+    std::string what;
+    if (spec.proxy_uid && c.proxy_uid != CONNREDIR_UID_NONE && *spec.proxy_uid == c.proxy_uid)
+      what = fmt::format("uid {}", c.proxy_uid);
+    else if (c.proxy_cgroup && related.count(c.proxy_cgroup))
+      what = c.proxy_cgroup == spec.proxy_cgroup->id
+                 ? fmt::format("cgroup {}", spec.proxy_cgroup->path)
+                 : fmt::format("cgroup id {} (nested with {})", c.proxy_cgroup,
+                               spec.proxy_cgroup->path);
+    if (what.empty()) continue;
+    return fail(EEXIST, fmt::format("callout '{}' already has the principal {}: a process that is "
+                                    "both callouts' principal could listen at both proxies and "
+                                    "read both callouts' flows. Give '{}' a principal of its own, "
+                                    "or pass --shared-principal if they share it on purpose",
+                                    callout_name(c), what, spec.name));
+  }
+  return {};
+}
+
+}  // namespace
 
 // ---- reading -----------------------------------------------------------------
 
@@ -310,9 +361,10 @@ connredir_callout make_callout(const CalloutSpec& spec, uint32_t id) {
     c.proxy6 = spec.proxy6->to_abi();
     c.flags |= CONNREDIR_CALLOUT_F_PROXY6;
   }
-  if (spec.on_proxy_down == ProxyDown::Refuse) c.flags |= CONNREDIR_CALLOUT_F_DOWN_REFUSE;
-  if (spec.on_proxy_down == ProxyDown::Bypass) c.flags |= CONNREDIR_CALLOUT_F_DOWN_BYPASS;
+  c.flags |= spec.on_proxy_down == ProxyDown::Bypass ? CONNREDIR_CALLOUT_F_DOWN_BYPASS
+                                                     : CONNREDIR_CALLOUT_F_DOWN_REFUSE;
   if (spec.on_failure == OnFailure::Refuse) c.flags |= CONNREDIR_CALLOUT_F_FAIL_CLOSED;
+  if (spec.shared_principal) c.flags |= CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL;
   c.proxy_uid = spec.proxy_uid.value_or(CONNREDIR_UID_NONE);
   if (spec.proxy_cgroup) {
     c.proxy_cgroup = spec.proxy_cgroup->id;
@@ -336,6 +388,8 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
                                       spec.name, c.id, spec.name));
     used.insert(c.id);
   }
+  if (!spec.shared_principal)
+    if (auto r = check_principal_overlap(spec, *all); !r) return tl::unexpected(r.error());
   uint32_t id = 1;
   while (id < CONNREDIR_MAX_CALLOUTS && used.count(id)) ++id;
   if (id >= CONNREDIR_MAX_CALLOUTS)
@@ -362,6 +416,12 @@ Result<CalloutInfo> Control::update_callout(const CalloutSpec& spec) {
     return fail(ENOENT, fmt::format("no callout named '{}' (add it with `connredir callout add`)",
                                     spec.name));
   const connredir_callout old = *it;
+  if (!spec.shared_principal) {
+    std::vector<connredir_callout> others;
+    for (const auto& o : *all)
+      if (o.id != old.id) others.push_back(o);
+    if (auto r = check_principal_overlap(spec, others); !r) return tl::unexpected(r.error());
+  }
   connredir_callout c = make_callout(spec, old.id);
   // One map update: a connect classified now sees the old or the new callout,
   // never a mix. sync_principals adds the new principal before it drops the

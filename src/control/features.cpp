@@ -138,7 +138,8 @@ std::vector<KernelFeature> probe_kernel_features(const std::string& pin_dir) {
                        "cgroup_sock_addr", "the proxy-address bind guard (Linux 5.17)"));
   out.push_back(helper("bpf_skc_lookup_tcp", BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
                        BPF_FUNC_skc_lookup_tcp, "cgroup_sock_addr",
-                       "--on-proxy-down: is the proxy listening?"));
+                       "listener ownership: redirect only to a listener the callout's "
+                       "principal bound"));
   out.push_back(helper("bpf_get_netns_cookie", BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_netns_cookie,
                        "sock_ops", "hand-off keys scoped by network namespace"));
 

@@ -49,12 +49,17 @@ constexpr CalloutField kCalloutFields[] = {
      "systemd unit the proxy runs as (connredir-proxy@NAME.service): its cgroup is the "
      "principal"},
     {"on_proxy_down", &CalloutLine::on_proxy_down,
-     "refuse|bypass: when the (loopback) proxy is not listening, fail the connect at once, or "
-     "skip this callout"},
+     "refuse|bypass: when no listener the callout's principal owns is at the proxy address "
+     "(nothing listens, or someone else does), fail the connect at once (default) or skip this "
+     "callout"},
     {"on_failure", &CalloutLine::on_failure,
      "bypass|refuse: when a connect this callout's filters select cannot be redirected to it "
      "(chain full, no proxy for the family, no key, no memory), let it go on uninspected by "
      "this callout (default) or fail it"},
+    {"shared_principal", &CalloutLine::shared_principal,
+     "allow this callout's principal (uid, cgroup) to be or overlap another callout's on "
+     "purpose: it then serves both",
+     true},
 };
 
 template <class Field>
@@ -321,6 +326,11 @@ Result<CalloutParsed> callout_spec(const CalloutLine& l, CgroupResolver resolve)
     if (!p) return tl::unexpected(p.error());
     spec.on_failure = *p;
   }
+  if (l.shared_principal == "true")
+    spec.shared_principal = true;
+  else if (!l.shared_principal.empty() && l.shared_principal != "false")
+    return fail(EINVAL,
+                fmt::format("shared-principal '{}': expected true or false", l.shared_principal));
   return out;
 }
 

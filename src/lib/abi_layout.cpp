@@ -134,6 +134,11 @@ CR_OFF(connredir_sk_state, handoff, 8);
 CR_OFF(connredir_sk_state, records, 56);
 CR_OFF(connredir_sk_state, context, 528);
 
+CR_SIZE(connredir_sk_owner, 136);
+CR_OFF(connredir_sk_owner, uid, 0);
+CR_OFF(connredir_sk_owner, flags, 4);
+CR_OFF(connredir_sk_owner, cgroup, 8);
+
 CR_SIZE(connredir_secret, 16);
 CR_OFF(connredir_secret, k0, 0);
 CR_OFF(connredir_secret, k1, 8);

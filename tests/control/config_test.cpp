@@ -105,9 +105,17 @@ TEST(Config, RefusesWithFileLineAndKey) {
   const std::vector<Case> cases = {
       {{{"a.toml", "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\ncolour = \"red\"\n"}},
        "a.toml:4: [[callout]] #1 key colour: unknown field 'colour'"},
-      {{{"a.toml", "[[filter]]\ncallout = \"a\"\nport = 70000\n"}}, "a.toml:1: [[filter]]: port"},
+      {{{"a.toml", "[[filter]]\ncallout = \"a\"\nport = 70000\n"}},
+       "a.toml:3: [[filter]] #1 key port: port '70000' out of range"},
       {{{"a.toml", "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\nproxy_uid = true\n"}},
-       "a.toml:4: [[callout]] #1 key proxy_uid: must be a string or a non-negative integer"},
+       "a.toml:4: [[callout]] #1 key proxy_uid: proxy-uid 'true' is not a decimal number"},
+      {{{"a.toml", "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\nproxy_uid = 1.5\n"}},
+       "a.toml:4: [[callout]] #1 key proxy_uid: must be a string, a non-negative integer or a "
+       "boolean"},
+      {{{"a.toml",
+         "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\n"
+         "shared_principal = \"maybe\"\n"}},
+       "a.toml:4: [[callout]] #1 key shared_principal: shared-principal 'maybe'"},
       {{{"a.toml", "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\n"},
         {"b.toml", "\n[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:2\"\n"}},
        "b.toml:2: callout a: defined twice (also at a.toml:1)"},

@@ -97,8 +97,9 @@ TEST_F(ControlTest, CalloutAddStoresAbiLayout) {
   EXPECT_EQ(r->id, 1u);
   auto c = raw_callout(1);
   EXPECT_EQ(c.id, 1u);
-  EXPECT_EQ(c.flags,
-            CONNREDIR_CALLOUT_F_USED | CONNREDIR_CALLOUT_F_PROXY4 | CONNREDIR_CALLOUT_F_PROXY6);
+  // --on-proxy-down refuse is the default and is stored explicitly.
+  EXPECT_EQ(c.flags, CONNREDIR_CALLOUT_F_USED | CONNREDIR_CALLOUT_F_PROXY4 |
+                         CONNREDIR_CALLOUT_F_PROXY6 | CONNREDIR_CALLOUT_F_DOWN_REFUSE);
   EXPECT_EQ(c.proxy4.family, CONNREDIR_AF_INET);
   EXPECT_EQ(c.proxy4.addr[10], 0xff);
   EXPECT_EQ(c.proxy4.addr[12], 127);
@@ -556,8 +557,21 @@ TEST_F(ControlTest, PrincipalsAreTheUnion) {
   EXPECT_EQ(p.size(), 1u);
   EXPECT_TRUE(p.count({CONNREDIR_PRINCIPAL_UID, 2000}));
 
-  // Two callouts sharing a uid: the principal stays until both are gone.
-  add_callout("c", "127.0.0.1:9002", 2000);
+  // Two callouts sharing a uid: refused unless on purpose; then the
+  // principal stays until both are gone.
+  CalloutSpec shared;
+  shared.name = "c";
+  shared.proxy4 = *Address::parse("127.0.0.1:9002");
+  shared.proxy_uid = 2000;
+  auto refused = ctl.add_callout(shared);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, EEXIST);
+  EXPECT_NE(refused.error().message.find("--shared-principal"), std::string::npos);
+  shared.shared_principal = true;
+  auto added = ctl.add_callout(shared);
+  ASSERT_TRUE(added) << added.error().message;
+  EXPECT_TRUE(added->shared_principal);
+  EXPECT_TRUE(raw_callout(added->id).flags & CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL);
   ASSERT_TRUE(ctl.delete_callout("b", false));
   EXPECT_EQ(principals().size(), 1u);
   ASSERT_TRUE(ctl.delete_callout("c", false));

@@ -108,6 +108,19 @@ std::string make_payload(size_t n, uint32_t seed);
 // earlier run). A non-empty answer at the end of our own run is a failure.
 std::vector<std::string> sweep_leftovers(bool stale_only);
 
+// A routable (non-loopback) address on `lo` of the test's namespace, removed
+// again on destruction. A connect to a routable proxy address with no
+// listener in the connecting namespace is redirected (the proxy may be in
+// another namespace), so it reaches the SYN and fails there: what tests of
+// failed redirected connects need, since a loopback proxy without its
+// principal's listener is refused before the redirect.
+struct LoAddress {
+  explicit LoAddress(const std::string& cidr);
+  ~LoAddress();
+  bool ok = false;
+  std::string cidr;
+};
+
 // Listening / connected TCP sockets for ADDR:PORT (-1 on failure, errno set).
 int listen_on(const std::string& addr_port);
 int connect_to(const std::string& addr_port);

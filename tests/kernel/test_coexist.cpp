@@ -210,8 +210,12 @@ class Coexist : public KernelTest {
     expect_foreign_runs(f, "after down");
     up();
     EXPECT_TRUE(f.attached_to(cgroup_)) << "re-up detached a foreign program";
-    // The pinned maps went with `down`: the vendor is registered again.
+    // The pinned maps went with `down`: the vendor is registered again, and
+    // its proxy binds again (its listener's owner record went with the maps;
+    // an unowned listener receives no flows).
     add_redirect("vendor-a", "127.0.0.1:15001", kProxyUid, "127.0.0.1/32", dst.port());
+    procs_.back()->stop();
+    start_proxy("vendor-a", kProxyUid, "127.0.0.1:15001");
     expect_redirect_works(dst, 2);
     expect_foreign_runs(f, "after re-up");
   }

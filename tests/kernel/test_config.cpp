@@ -152,7 +152,7 @@ TEST_F(Config, RefusesABadConfigurationWholeAndChangesNothing) {
       {callout("vendor-b", 15002, 4002) + "colour = \"red\"\n",
        "20-bad.toml:11: [[callout]] #2 key colour"},
       {callout("vendor-b", 15002, 4002) + filter("vendor-b", "10.1.2.3/8", 1, 1),
-       "20-bad.toml:11: [[filter]]: '10.1.2.3/8' has host bits set"},
+       "20-bad.toml:13: [[filter]] #1 key dst: '10.1.2.3/8' has host bits set"},
       {callout("vendor-a", 15002, 4002), "defined twice (also at " + good + ":1)"},
       {callout("vendor-b", 15001, 4002), "proxy 127.0.0.1:15001 is already the proxy"},
       {filter("ghost", "any", 1, 1), "no callout named 'ghost'"},

@@ -235,8 +235,11 @@ TEST_F(Contract, ReconnectElsewhereAfterAFailedRedirectIsNotAProxiedFlow) {
   EchoServer dst("127.0.0.1:0");
   EchoServer other("127.0.0.1:0");
   // The proxy is down: the redirected connect fails; the app then connects
-  // the same socket to a destination no filter covers.
-  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001"});
+  // the same socket to a destination no filter covers. (A routable proxy
+  // address with no listener here counts as another namespace's, so the
+  // connect is redirected and fails at the SYN.)
+  LoAddress routable("10.237.9.1/32");
+  cli({"callout", "add", "vendor-a", "--proxy", "10.237.9.1:15001"});
   cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
        std::to_string(dst.port())});
   std::string d = dst.addr(), o = other.addr();

@@ -337,9 +337,13 @@ TEST_F(Hostile, HundredThousandHostileBlobsAreRejectedAndChangeNoState) {
 // behind, or any app could fill the host-wide map with one socket.
 TEST_F(Hostile, ReconnectingSocketCannotLeakHandoffEntries) {
   EchoServer dst("127.0.0.1:0");
-  // vendor-a is registered but nothing listens on its proxy address, and it
-  // has no --on-proxy-down check: every redirected connect is refused.
-  register_chain("127.0.0.1/32", dst.port());
+  // vendor-a's proxy address is routable (so a missing listener is taken to
+  // be another namespace's and the connect is redirected) and nothing
+  // listens there: every redirected connect is refused at the SYN.
+  LoAddress routable("10.237.9.1/32");
+  cli({"callout", "add", "vendor-a", "--proxy", "10.237.9.1:15001"});
+  cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port",
+       std::to_string(dst.port())});
   std::string addr = dst.addr(), cycled = dir_ + "/cycled", release = dir_ + "/release";
   constexpr int kCycles = 3000;
   auto app = fork_in(cg("app"), kAppUid, [&]() -> std::string {

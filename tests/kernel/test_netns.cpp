@@ -107,12 +107,37 @@ TEST_F(Netns, ProxyInAnotherNamespaceOverVeth) {
 
 TEST_F(Netns, SameLoopbackTupleInTwoNamespacesDoesNotCrossTalk) {
   // Namespace A (the test's): the app's connect is redirected to
-  // 127.0.0.1:15002 where nothing listens, so its hand-off is published and
-  // never adopted while the app holds the socket open.
+  // 127.0.0.1:15002, where vendor-a's listener (root, in the policed cgroup,
+  // so it owns the address) has a full accept queue: the SYN is dropped, so
+  // the hand-off is published and never adopted while the app holds the
+  // socket open.
   cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15002"});
   cli({"filter", "add", "--callout", "vendor-a", "--dst", "127.0.0.1/32", "--port", "9"});
+  int go[2];
+  ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
+  auto full = fork_in(cg("vendor-a"), -1, [&]() -> std::string {
+    close(go[1]);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(15002);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(l, 0) != 0)
+      return "listen failed";
+    // One unredirected connection (its port is not filtered) fills the queue.
+    int f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(f, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return "fill failed";
+    char b;
+    (void)!read(go[0], &b, 1);
+    close(f);
+    close(l);
+    return "held";
+  });
+  close(go[0]);
+  ASSERT_TRUE(wait_listening(15002));
+  usleep(100 * 1000);
   auto app = fork_in(cg("app"), -1, []() -> std::string {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     sockaddr_in me{};
@@ -152,7 +177,10 @@ TEST_F(Netns, SameLoopbackTupleInTwoNamespacesDoesNotCrossTalk) {
     return rc == 0 ? "adopted A's flow" : strerrorname_np(errno);
   });
   EXPECT_EQ(b, "ENOENT");
-  EXPECT_EQ(app->wait(10000), "ECONNREFUSED");
+  EXPECT_EQ(app->wait(10000), "EINPROGRESS");
+  (void)!write(go[1], "x", 1);
+  close(go[1]);
+  EXPECT_EQ(full->wait(10000), "held");
   auto s = stats();
   EXPECT_EQ(s["published"], 1u);
   EXPECT_EQ(s["accepted"], 0u);
