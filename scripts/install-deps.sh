@@ -3,7 +3,7 @@
 # (golang-go: the Go example proxy, which a kernel test runs in a chain).
 # Idempotent: only calls apt-get when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev bpftool
+pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev libtomlplusplus-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
       clang-format clang-tidy nftables socat haproxy linux-perf valgrind

@@ -312,11 +312,29 @@ struct FilterLoadResult {
   std::vector<std::string> warnings;  // e.g. a callout without a proxy for a family
 };
 
-// One line of a filter file: the fields of `filter add`, as text. Empty
-// strings mean "not given".
+// ---- Specs from text: one path for flags, filter files and configuration ----
+//
+// Every way of naming a filter, a callout or a principal (CLI flags, a
+// `filter load` line, a configuration file entry) fills one *Line struct of
+// strings through one field table, and one function turns it into the spec
+// that Control takes. A new field is one table entry and one line in that
+// function; the CLI options, the filter file keys and the configuration keys
+// all come from the table.
+
+// A filter's fields as text. Empty strings mean "not given" (the default).
 struct FilterLine {
   std::string callout, dst, port, proto, weight, app_uid, app_cgroup, context;
 };
+struct FilterField {
+  const char* key;  // canonical name ('_'); the CLI option is --key with '-'
+  std::string FilterLine::*member;
+  const char* help;
+};
+std::span<const FilterField> filter_fields();
+// Sets the field `key` ('-' and '_' are the same); EINVAL naming the known
+// fields if there is none.
+Result<void> set_filter_field(FilterLine& line, std::string_view key, std::string value);
+
 // Parses one line of a filter file. Two formats, one filter per line:
 //   JSON:  {"callout":"acme","dst":"10.0.0.0/8","port":"443","proto":"tcp",
 //           "weight":100,"app_uid":1000,"app_cgroup":"/sys/fs/cgroup/x","context":"tls"}
@@ -324,13 +342,57 @@ struct FilterLine {
 //          app-cgroup=DIR context=tls        (whitespace separated key=value)
 // Keys may use '-' or '_'. Returns nullopt for blank lines and '#' comments.
 Result<std::optional<FilterLine>> parse_filter_line(std::string_view line);
-// Turns a parsed line into a spec (CIDR, ports, ...). `resolve` maps an app
-// cgroup directory to its id and level (resolve_cgroup in the CLI).
+// The validator: turns the text into a spec (CIDR or "any", ports or "any",
+// ...). `resolve` maps an app cgroup directory to its id and level
+// (resolve_cgroup in the CLI).
 using CgroupResolver = Result<CgroupRef> (*)(std::string_view dir);
 Result<FilterSpec> filter_spec(const FilterLine& line, CgroupResolver resolve);
 // Every line of a file's text; errors name the line ("line 7: ...").
 // Distinct app cgroup directories are resolved once each.
 Result<std::vector<FilterSpec>> parse_filter_file(std::string_view text, CgroupResolver resolve);
+
+// A callout's fields as text (`callout add` options, a configuration
+// [[callout]] table). proxies: one ADDR:PORT per family.
+struct CalloutLine {
+  std::string name;
+  std::vector<std::string> proxies;
+  std::string proxy_uid, proxy_cgroup, proxy_unit, on_proxy_down, on_failure;
+};
+struct CalloutField {
+  const char* key;
+  std::string CalloutLine::*member;  // nullptr for "proxy" (the list)
+  const char* help;
+};
+std::span<const CalloutField> callout_fields();
+Result<void> set_callout_field(CalloutLine& line, std::string_view key, std::string value);
+// The validator. `proxy_unit` (a systemd unit, connredir-proxy@NAME.service)
+// names the cgroup the unit runs in; while the unit is not running that
+// cgroup does not exist and the spec has no cgroup principal (`unit_waiting`).
+struct CalloutParsed {
+  CalloutSpec spec;
+  std::string proxy_unit;     // as given (empty: none)
+  bool unit_waiting = false;  // proxy_unit's cgroup does not exist yet
+};
+Result<CalloutParsed> callout_spec(const CalloutLine& line, CgroupResolver resolve);
+// The cgroup directory (relative to the cgroup2 mount) systemd gives a unit
+// connredir names: connredir-proxy@NAME.service runs in connredir.slice
+// (the template sets Slice=connredir.slice). EINVAL for other units.
+Result<std::string> unit_cgroup_dir(std::string_view unit);
+// The reverse, for `export`: the unit whose cgroup `path` (absolute) is, if
+// any.
+std::optional<std::string> unit_of_cgroup_path(std::string_view path);
+
+// An explicit principal (`authorize` options, a [[principal]] table): exactly
+// one of uid, cgroup (a directory) or cgroup_id.
+struct PrincipalLine {
+  std::string uid, cgroup, cgroup_id;
+};
+struct PrincipalSpec {
+  uint32_t kind = CONNREDIR_PRINCIPAL_UID;
+  uint64_t id = 0;
+  std::string what;  // "uid 5000", "cgroup /sys/fs/cgroup/x (id 7)"
+};
+Result<PrincipalSpec> principal_spec(const PrincipalLine& line, CgroupResolver resolve);
 
 struct PrincipalInfo {
   uint32_t kind = 0;  // CONNREDIR_PRINCIPAL_UID / _CGROUP
@@ -354,6 +416,9 @@ class Control {
   // Callouts. add: EEXIST on a duplicate name, ENOSPC when all 255 ids are
   // used, EINVAL without a proxy or with a proxy of the wrong family.
   Result<CalloutInfo> add_callout(const CalloutSpec& spec);
+  // Rewrites a callout's proxies, principal and policies in place (same id,
+  // its filters keep pointing at it). ENOENT if there is none of that name.
+  Result<CalloutInfo> update_callout(const CalloutSpec& spec);
   Result<std::vector<CalloutInfo>> list_callouts();
   Result<CalloutInfo> find_callout(std::string_view name);
   // EBUSY if filters reference it and !force (the message lists them); with
@@ -423,6 +488,115 @@ CalloutInfo callout_info(const connredir_callout& c);
 // What happens to connects of a family a callout has no proxy for, as the
 // end of a filter warning ("... connects matching filter 7 <this>").
 const char* no_proxy_fate(uint32_t callout_flags);
+
+// ---- Configuration files (config.cpp) -----------------------------------------
+//
+// /etc/connredir/connredir.toml ([global]: where connredir attaches, the
+// proxies' cgroups, callout defaults) and /etc/connredir/conf.d/*.toml (one
+// per vendor: [[callout]], [[filter]], [[principal]]), read in that order,
+// the drop-ins by name. `apply` makes the kernel state equal to them. The
+// keys are the field tables' (callout_fields, filter_fields), so the same as
+// the CLI options. docs/CONFIG.md is the user's reference.
+
+inline constexpr const char* kConfigFile = "/etc/connredir/connredir.toml";
+inline constexpr const char* kConfigDropinDir = "/etc/connredir/conf.d";
+
+// Where an entry came from: "FILE:LINE".
+struct SourceRef {
+  std::string file;
+  int line = 0;
+  std::string to_string() const;
+};
+
+struct GlobalConfig {
+  std::optional<std::string> cgroup;  // up --cgroup (unset: the cgroup2 root)
+  std::vector<std::string> proxies_in;
+  std::string on_proxy_down, on_failure;  // callouts' defaults (text; empty: none)
+  std::optional<SourceRef> source;
+};
+struct ConfigCallout {
+  CalloutParsed parsed;
+  SourceRef source;
+};
+struct ConfigFilter {
+  FilterSpec spec;
+  SourceRef source;
+};
+struct ConfigPrincipal {
+  PrincipalSpec spec;
+  SourceRef source;
+};
+struct Config {
+  std::vector<std::string> files;  // in the order read
+  GlobalConfig global;
+  std::vector<ConfigCallout> callouts;
+  std::vector<ConfigFilter> filters;  // file order = classification order on equal weight
+  std::vector<ConfigPrincipal> principals;
+};
+
+// The files `apply PATH...` reads: each PATH a file, or a directory whose
+// *.toml files are read by name; no PATH: kConfigFile (if present) then
+// kConfigDropinDir/*.toml.
+Result<std::vector<std::string>> config_files(std::span<const std::string> paths);
+// Parses and checks every file before anything changes: TOML syntax, unknown
+// keys and tables, bad values, a callout name or proxy address defined twice,
+// a filter naming an unknown callout, [global] outside the first file.
+// Errors are "FILE:LINE: KEY: what is wrong (what to do)".
+Result<Config> load_config(std::span<const std::string> files, CgroupResolver resolve);
+// One file's text (for tests: `file` names it in messages).
+Result<Config> parse_config(std::span<const std::pair<std::string, std::string>> file_texts,
+                            CgroupResolver resolve);
+
+// What apply changes, by kind. `what` names the entry ("callout acme",
+// "filter acme dst=10.0.0.0/8 port=443 weight=100", "principal uid 5000"),
+// `detail` says what differs, `source` the file (empty for removals of
+// entries made by hand).
+struct PlanItem {
+  enum Kind { Add, Change, Remove } kind = Add;
+  std::string what, detail, source;
+};
+struct ApplyPlan {
+  std::vector<PlanItem> items;
+  std::vector<std::string> notes;  // e.g. a proxy unit that is not running yet
+  // What to write (only the parts that differ are written).
+  std::vector<CalloutSpec> add_callouts, change_callouts;
+  std::vector<std::string> remove_callouts;
+  bool replace_filters = false;
+  std::vector<FilterSpec> filters;  // the whole new set, when replace_filters
+  std::vector<PrincipalSpec> add_principals, remove_principals;
+  bool empty() const { return items.empty(); }
+};
+struct AppliedState;
+// `prev`: the state of the last apply, if any, to say where removed entries
+// came from (an entry it does not list was made by hand).
+Result<ApplyPlan> plan_apply(Control& c, const Config& cfg, const AppliedState* prev);
+// Carries the plan out in the order that keeps every connect working:
+// callouts added and changed, principals added, the classifier replaced as
+// `filter load --replace` does, then callouts and principals removed.
+Result<void> apply_plan(Control& c, const ApplyPlan& plan);
+
+// Which file each applied entry came from, kept per pin dir in
+// $CONNREDIR_STATE_DIR (default /run/connredir, gone at reboot as the maps
+// are). Entries not in it on a host that has it were made by hand.
+struct AppliedState {
+  std::vector<std::string> files;
+  std::map<std::string, std::string> callouts;                      // name -> FILE:LINE
+  std::map<uint32_t, std::string> filters;                          // filter id -> FILE:LINE
+  std::map<std::pair<uint32_t, uint64_t>, std::string> principals;  // (kind, id)
+};
+std::string applied_state_path(std::string_view pin_dir);
+// nullopt: no apply since connredir came up (the host is not managed by files).
+Result<std::optional<AppliedState>> read_applied_state(std::string_view pin_dir);
+Result<void> write_applied_state(std::string_view pin_dir, const AppliedState& st);
+void remove_applied_state(std::string_view pin_dir);
+// The state after apply: each config entry's source, filters by their new ids.
+Result<AppliedState> applied_state_of(Control& c, const Config& cfg);
+
+// The running state as configuration that apply takes back unchanged.
+// `up_cgroup`/`proxies_in`: paths of where connredir is attached (from the
+// pinned links), for [global].
+Result<std::string> export_config(Control& c, const std::optional<std::string>& up_cgroup,
+                                  const std::vector<std::string>& proxies_in);
 
 // ---- System helpers --------------------------------------------------------
 

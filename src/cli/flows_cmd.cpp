@@ -1,4 +1,5 @@
-#include "flows_cmd.hpp"
+// `connredir flows`: live redirected flows and their chains.
+#include "commands.hpp"
 
 #include <fmt/format.h>
 
@@ -11,9 +12,6 @@
 
 namespace connredir::cli {
 namespace {
-
-namespace ctl = connredir::control;
-using json = nlohmann::json;
 
 // What the socket is to connredir: the app's redirected socket, the socket
 // a proxy accepted, or a proxy's outgoing socket carrying records.
@@ -35,11 +33,6 @@ std::string chain_text(const connredir_records& r, const std::map<uint32_t, std:
   return s.empty() ? "-" : s;
 }
 
-int fail_with(const Error& e) {
-  fmt::print(stderr, "connredir: {}\n", e.message);
-  return 1;
-}
-
 // The socket's state as `ss` names it.
 const char* tcp_state_name(uint8_t s) {
   static const char* const names[] = {"?",          "ESTAB",      "SYN-SENT",  "SYN-RECV",
@@ -53,17 +46,17 @@ struct FlowsArgs {
 };
 
 int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
-  if (auto r = ctl::require_root(); !r) return fail_with(r.error());
+  if (auto r = ctl::require_root(); !r) return report(r.error());
   auto lock = ctl::CliLock::acquire(false);
-  if (!lock) return fail_with(lock.error());
+  if (!lock) return report(lock.error());
   auto store = ctl::KernelMapStore::open(pin_dir);
-  if (!store) return fail_with(store.error());
+  if (!store) return report(store.error());
   ctl::Control control(**store);
   std::map<uint32_t, std::string> names;
   if (auto list = control.list_callouts())
     for (const auto& c : *list) names[c.id] = c.name;
   auto flows = ctl::dump_flows(pin_dir, args.query);
-  if (!flows) return fail_with(flows.error());
+  if (!flows) return report(flows.error());
 
   if (as_json) {
     json arr = json::array();
@@ -123,10 +116,10 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
 
 }  // namespace
 
-Command add_flows_command(CLI::App& app, const std::string& pin_dir, bool& as_json) {
+void add_flows_command(CLI::App& app, Globals& g, Commands& out) {
   auto args = std::make_shared<FlowsArgs>();
   auto* sub = app.add_subcommand("flows", "live redirected flows and their proxy chains");
-  sub->add_flag("--json", as_json, "JSON output");
+  sub->add_flag("--json", g.as_json, "JSON output");
   sub->add_option("--netns", args->query.netns,
                   "network namespace to list (a path: /run/netns/NAME, /proc/PID/ns/net); "
                   "repeatable; default: the caller's")
@@ -137,7 +130,7 @@ Command add_flows_command(CLI::App& app, const std::string& pin_dir, bool& as_js
   sub->footer(
       "Read through sock_diag (as `ss` does), with no BPF program loaded: works on kernels "
       "that refuse tracing programs.");
-  return {sub, [&pin_dir, &as_json, args] { return cmd_flows(pin_dir, *args, as_json); }};
+  out.push_back({sub, [&g, args] { return cmd_flows(g.pin_dir, *args, g.as_json); }});
 }
 
 }  // namespace connredir::cli

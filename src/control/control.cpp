@@ -252,7 +252,10 @@ Result<void> Control::apply_index(const std::vector<IndexWrite>& writes) {
 
 // ---- callouts ----------------------------------------------------------------
 
-Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
+namespace {
+
+// Checks a callout spec (both add and update).
+Result<void> check_callout_spec(const CalloutSpec& spec) {
   if (auto v = validate_callout_name(spec.name); !v) return tl::unexpected(v.error());
   if (!spec.proxy4 && !spec.proxy6)
     return fail(EINVAL, fmt::format("callout '{}' needs a proxy (--proxy ADDR:PORT)", spec.name));
@@ -267,21 +270,11 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
     return fail(EINVAL, fmt::format("proxy cgroup {} is {} levels deep; at most {} are supported",
                                     spec.proxy_cgroup->path, spec.proxy_cgroup->level,
                                     CONNREDIR_CGROUP_LEVELS_MAX));
-  auto all = read_callouts();
-  if (!all) return tl::unexpected(all.error());
-  std::set<uint32_t> used;
-  for (const auto& c : *all) {
-    if (callout_name(c) == spec.name)
-      return fail(EEXIST, fmt::format("a callout named '{}' exists (id {}); delete it first "
-                                      "(`connredir callout del {}`)",
-                                      spec.name, c.id, spec.name));
-    used.insert(c.id);
-  }
-  uint32_t id = 1;
-  while (id < CONNREDIR_MAX_CALLOUTS && used.count(id)) ++id;
-  if (id >= CONNREDIR_MAX_CALLOUTS)
-    return fail(ENOSPC, fmt::format("all {} callout ids are in use; delete a callout first",
-                                    CONNREDIR_MAX_CALLOUTS - 1));
+  return {};
+}
+
+// The map value for a checked callout spec.
+connredir_callout make_callout(const CalloutSpec& spec, uint32_t id) {
   connredir_callout c;
   std::memset(&c, 0, sizeof c);
   c.id = id;
@@ -303,10 +296,56 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
     c.proxy_cgroup_level = spec.proxy_cgroup->level;
   }
   std::memcpy(c.name, spec.name.data(), spec.name.size());
+  return c;
+}
+
+}  // namespace
+
+Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
+  if (auto v = check_callout_spec(spec); !v) return tl::unexpected(v.error());
+  auto all = read_callouts();
+  if (!all) return tl::unexpected(all.error());
+  std::set<uint32_t> used;
+  for (const auto& c : *all) {
+    if (callout_name(c) == spec.name)
+      return fail(EEXIST, fmt::format("a callout named '{}' exists (id {}); delete it first "
+                                      "(`connredir callout del {}`)",
+                                      spec.name, c.id, spec.name));
+    used.insert(c.id);
+  }
+  uint32_t id = 1;
+  while (id < CONNREDIR_MAX_CALLOUTS && used.count(id)) ++id;
+  if (id >= CONNREDIR_MAX_CALLOUTS)
+    return fail(ENOSPC, fmt::format("all {} callout ids are in use; delete a callout first",
+                                    CONNREDIR_MAX_CALLOUTS - 1));
+  connredir_callout c = make_callout(spec, id);
   if (auto r = store_.update(MapId::Callouts, &id, &c); !r) return tl::unexpected(r.error());
   if (auto r = sync_principals(); !r) {
     // Undo: the callout is not usable without its principals.
     (void)store_.erase(MapId::Callouts, &id);
+    (void)sync_principals();
+    return tl::unexpected(r.error());
+  }
+  return callout_info(c);
+}
+
+Result<CalloutInfo> Control::update_callout(const CalloutSpec& spec) {
+  if (auto v = check_callout_spec(spec); !v) return tl::unexpected(v.error());
+  auto all = read_callouts();
+  if (!all) return tl::unexpected(all.error());
+  auto it = std::find_if(all->begin(), all->end(),
+                         [&](const connredir_callout& c) { return callout_name(c) == spec.name; });
+  if (it == all->end())
+    return fail(ENOENT, fmt::format("no callout named '{}' (add it with `connredir callout add`)",
+                                    spec.name));
+  const connredir_callout old = *it;
+  connredir_callout c = make_callout(spec, old.id);
+  // One map update: a connect classified now sees the old or the new callout,
+  // never a mix. sync_principals adds the new principal before it drops the
+  // old one, so a proxy keeping its principal never loses it in between.
+  if (auto r = store_.update(MapId::Callouts, &c.id, &c); !r) return tl::unexpected(r.error());
+  if (auto r = sync_principals(); !r) {
+    (void)store_.update(MapId::Callouts, &c.id, &old);
     (void)sync_principals();
     return tl::unexpected(r.error());
   }

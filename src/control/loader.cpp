@@ -330,6 +330,8 @@ Result<bool> down(const std::string& pin_dir) {
                                "remove them by hand)",
                                pin_dir, errno_text(e)));
   }
+  // What the last `apply` wrote describes state that is now gone.
+  remove_applied_state(pin_dir);
   return true;
 }
 
