@@ -46,6 +46,8 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
   ctl::Control c(*s->store);
   auto list = c.list_callouts();
   if (!list) return report(list.error());
+  auto src = Sources::read(pin_dir);
+  if (!src) return report(src.error());
   if (as_json) {
     json arr = json::array();
     for (const auto& i : *list)
@@ -57,7 +59,8 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"proxy_cgroup", cgroup_json(i.proxy_cgroup, i.proxy_cgroup_level)},
                      {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
                      {"on_failure", ctl::to_string(i.on_failure)},
-                     {"filters", i.filters}});
+                     {"filters", i.filters},
+                     {"source", Sources::to_json(src->callout(i.name))}});
     fmt::print("{}\n", arr.dump(2));
     return 0;
   }
@@ -65,14 +68,15 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no callouts (add one with `connredir callout add NAME --proxy ADDR:PORT`)\n");
     return 0;
   }
-  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", "ID", "NAME", "PROXY4",
-             "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "PROXY-CGROUP");
+  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<40} {}\n", "ID", "NAME",
+             "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "PROXY-CGROUP",
+             "SOURCE");
   for (const auto& i : *list)
-    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {}\n", i.id, i.name,
+    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<40} {}\n", i.id, i.name,
                i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
                i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
                ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
-               cgroup_text(i.proxy_cgroup));
+               cgroup_text(i.proxy_cgroup), src->callout(i.name));
   return 0;
 }
 

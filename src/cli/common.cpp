@@ -78,3 +78,23 @@ Result<std::string> read_text(const std::string& file, std::string_view what) {
 }
 
 }  // namespace connredir::cli
+
+namespace connredir::cli {
+
+Result<Sources> Sources::read(const std::string& pin_dir) {
+  auto st = ctl::read_applied_state(pin_dir);
+  if (!st) return tl::unexpected(st.error());
+  Sources s;
+  s.st_ = std::move(*st);
+  return s;
+}
+
+std::string Sources::callout(const std::string& name) const {
+  return st_ ? find(st_->callouts, name) : "-";
+}
+std::string Sources::filter(uint32_t id) const { return st_ ? find(st_->filters, id) : "-"; }
+std::string Sources::principal(uint32_t kind, uint64_t id) const {
+  return st_ ? find(st_->principals, std::pair{kind, id}) : "-";
+}
+
+}  // namespace connredir::cli

@@ -58,3 +58,26 @@ inline std::string option_name(std::string_view key) {
   return s;
 }
 }  // namespace connredir::cli
+
+namespace connredir::cli {
+// Where each entry came from, as the last `apply` recorded it: "FILE:LINE",
+// "by hand" for an entry that apply did not make on a host it manages, "-"
+// on a host with no apply since `up`. JSON: the same, null for "-".
+class Sources {
+ public:
+  static Result<Sources> read(const std::string& pin_dir);
+  std::string callout(const std::string& name) const;
+  std::string filter(uint32_t id) const;
+  std::string principal(uint32_t kind, uint64_t id) const;
+  static json to_json(const std::string& text) { return text == "-" ? json(nullptr) : json(text); }
+
+ private:
+  template <class Map, class Key>
+  std::string find(const Map& m, const Key& k) const {
+    if (!st_) return "-";
+    auto it = m.find(k);
+    return it == m.end() ? "by hand" : it->second;
+  }
+  std::optional<ctl::AppliedState> st_;
+};
+}  // namespace connredir::cli

@@ -62,6 +62,8 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
   ctl::Control c(*s->store);
   auto list = c.list_filters();
   if (!list) return report(list.error());
+  auto src = Sources::read(pin_dir);
+  if (!src) return report(src.error());
   if (as_json) {
     json arr = json::array();
     for (const auto& f : *list)
@@ -74,10 +76,11 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
                      {"dst", f.dst.to_string()},
                      {"port_lo", f.ports.lo},
                      {"port_hi", f.ports.hi},
-                     {"proto", f.proto == ctl::kProtoTcp ? "tcp" : "any"},
+                     {"proto", proto_text(f.proto)},
                      {"app_uid", f.app_uid ? json(*f.app_uid) : json(nullptr)},
                      {"app_cgroup", cgroup_json(f.app_cgroup, f.app_cgroup_level)},
-                     {"context", f.context}});
+                     {"context", f.context},
+                     {"source", Sources::to_json(src->filter(f.id))}});
     fmt::print("{}\n", arr.dump(2, ' ', false, json::error_handler_t::replace));
     return 0;
   }
@@ -85,15 +88,15 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no filters (add one with `connredir filter add --callout NAME ...`)\n");
     return 0;
   }
-  fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {}\n", "ID", "CALLOUT", "WEIGHT",
-             "SEQ", "DST", "PORTS", "PROTO", "APP", "CONTEXT");
+  fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", "ID", "CALLOUT",
+             "WEIGHT", "SEQ", "DST", "PORTS", "PROTO", "APP", "SOURCE", "CONTEXT");
   for (const auto& f : *list) {
     std::string app;
     if (f.app_uid) app = fmt::format("uid={}", *f.app_uid);
     if (f.app_cgroup) app += fmt::format("{}cgroup={}", app.empty() ? "" : ",", f.app_cgroup);
-    fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {}\n", f.id, f.callout,
-               f.weight, f.seq, f.dst.to_string(), f.ports.to_string(),
-               f.proto == ctl::kProtoTcp ? "tcp" : "any", app.empty() ? "-" : app,
+    fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", f.id, f.callout,
+               f.weight, f.seq, f.dst.to_string(), f.ports.to_string(), proto_text(f.proto),
+               app.empty() ? "-" : app, src->filter(f.id),
                f.context.empty()
                    ? "-"
                    : json(f.context).dump(-1, ' ', false, json::error_handler_t::replace));

@@ -34,8 +34,9 @@ struct Ctx {
 int line_of(const toml::node& n) { return static_cast<int>(n.source().begin.line); }
 
 Error at(const Ctx& c, int line, std::string_view key, std::string_view msg) {
-  return Error{EINVAL, fmt::format("{}:{}: {}{}{}: {}", c.file, line, c.table,
-                                   key.empty() ? "" : " key ", key, msg)};
+  std::string where = c.table;
+  if (!key.empty()) where += fmt::format("{}key {}", where.empty() ? "" : " ", key);
+  return Error{EINVAL, fmt::format("{}:{}: {}: {}", c.file, line, where, msg)};
 }
 
 // A scalar as the text the CLI would take: strings as they are, integers in
@@ -739,8 +740,11 @@ Result<std::string> export_config(Control& c, const std::optional<std::string>& 
       else
         out += fmt::format("proxy_cgroup = {}\n", toml_string(*path));
     }
-    out += fmt::format("on_proxy_down = \"{}\"\non_failure = \"{}\"\n", to_string(i.on_proxy_down),
-                       to_string(i.on_failure));
+    // The default (no proxy-down lookup) has no value to write: it is the
+    // absence of the key.
+    if (i.on_proxy_down != ProxyDown::Unchecked)
+      out += fmt::format("on_proxy_down = \"{}\"\n", to_string(i.on_proxy_down));
+    out += fmt::format("on_failure = \"{}\"\n", to_string(i.on_failure));
   }
   std::vector<FilterInfo> fs = *filters;
   std::stable_sort(fs.begin(), fs.end(), [](const FilterInfo& a, const FilterInfo& b) {
