@@ -631,8 +631,9 @@ Result<std::optional<AppliedState>> read_applied_state(std::string_view pin_dir)
   AppliedState st;
   try {
     st.files = j.value("files", std::vector<std::string>{});
-    for (const auto& [k, v] : j.value("callouts", json::object()).items())
-      st.callouts[k] = v.get<std::string>();
+    // Named, not a temporary: items() only refers to the object it iterates.
+    const json callouts = j.value("callouts", json::object());
+    for (const auto& [k, v] : callouts.items()) st.callouts[k] = v.get<std::string>();
     for (const auto& f : j.value("filters", json::array()))
       st.filters[f.at("id").get<uint32_t>()] = f.at("source").get<std::string>();
     for (const auto& p : j.value("principals", json::array()))
