@@ -40,7 +40,6 @@ if ip -o link show | awk -F': ' '{print $2}' | grep -vqx lo; then
 fi
 
 PAYLOAD=/srv/rt/payload.bin
-SLOW=/srv/rt/slow.bin
 
 # ---------------------------------------------------------------------------------------------------
 if [[ ! -e $STATE/boot1-done ]]; then
@@ -58,10 +57,9 @@ if [[ ! -e $STATE/boot1-done ]]; then
   [[ $n == 0 ]] || fail "the shipped configuration installed $n callouts, expected none"
   connredir apply >"$OUT/apply-shipped.txt" 2>&1 || fail "connredir apply of the shipped configuration failed"
 
-  step "boot 1: two vendors' drop-ins, their proxy instances, an HTTP server on 127.0.0.1:8080"
+  step "boot 1: two vendors' drop-ins, their proxy instances, HTTP and echo servers on 127.0.0.1:8080-8081"
   mkdir -p /srv/rt
   head -c $((4 * 1024 * 1024)) /dev/urandom >"$PAYLOAD"
-  head -c $((2 * 1024 * 1024)) /dev/urandom >"$SLOW"
   # Lexical file order is vendor-b first; the weights put vendor-a first on the path.
   cat >/etc/connredir/conf.d/10-vendor-b.toml <<'EOF'
 # vendor-b's package: its callout, proxied by connredir-proxy@vendor-b.service.
@@ -74,7 +72,7 @@ on_proxy_down = "refuse"
 [[filter]]
 callout = "vendor-b"
 dst = "127.0.0.1/32"
-port = "8080"
+port = "8080-8081"
 proto = "tcp"
 weight = 100
 EOF
@@ -89,7 +87,7 @@ on_proxy_down = "refuse"
 [[filter]]
 callout = "vendor-a"
 dst = "127.0.0.1/32"
-port = "8080"
+port = "8080-8081"
 proto = "tcp"
 weight = 200
 EOF
@@ -97,6 +95,29 @@ EOF
   echo 'CONNREDIR_PROXY_OPTS="--listen 127.0.0.1:15002"' >/etc/connredir/proxy/vendor-b.conf
   connredir apply --dry-run /etc/connredir/connredir.toml /etc/connredir/conf.d/*.toml \
     >"$OUT/apply-dry-run.txt" 2>&1 || { cat "$OUT/apply-dry-run.txt"; fail "connredir apply --dry-run refused the two-vendor configuration"; }
+  cat >/usr/local/bin/rt-echo <<'EOF'
+#!/usr/bin/python3
+# The reboot test's echo server on 127.0.0.1:8081: holds a flow open for as long as its client.
+import socketserver
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            d = self.request.recv(65536)
+            if not d:
+                return
+            self.request.sendall(d)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("127.0.0.1", 8081), Echo).serve_forever()
+EOF
+  chmod +x /usr/local/bin/rt-echo
+  cat >/etc/systemd/system/rt-echo.service <<EOF
+[Unit]
+Description=reboot test: echo server on 127.0.0.1:8081
+[Service]
+ExecStart=/usr/local/bin/rt-echo
+[Install]
+WantedBy=multi-user.target
+EOF
   cat >/etc/systemd/system/rt-http.service <<EOF
 [Unit]
 Description=reboot test: HTTP server on 127.0.0.1:8080
@@ -105,7 +126,8 @@ ExecStart=/usr/bin/python3 -m http.server 8080 --bind 127.0.0.1 --directory /srv
 [Install]
 WantedBy=multi-user.target
 EOF
-  systemctl enable -q connredir-proxy@vendor-a.service connredir-proxy@vendor-b.service rt-http.service ||
+  systemctl enable -q connredir-proxy@vendor-a.service connredir-proxy@vendor-b.service rt-http.service \
+    rt-echo.service ||
     fail "systemctl enable of the proxy instances failed"
   cat /proc/sys/kernel/random/boot_id >"$STATE/boot1-id"
   touch "$STATE/boot1-done"
@@ -123,7 +145,8 @@ if [[ $sys != running ]]; then
   systemctl --failed --no-pager
   fail "the system is '$sys' after the reboot, not running (failed units above)"
 fi
-for u in connredir.service connredir-proxy@vendor-a.service connredir-proxy@vendor-b.service rt-http.service; do
+for u in connredir.service connredir-proxy@vendor-a.service connredir-proxy@vendor-b.service \
+         rt-http.service rt-echo.service; do
   systemctl is-active -q "$u" || { systemctl status --no-pager "$u"; fail "$u is not active after the reboot"; }
 done
 step "boot 2: boot ordering"
@@ -195,29 +218,74 @@ PY
 step "boot 2: a download passes vendor-a then vendor-b"
 download_through "after the reboot" vendor-a vendor-b
 
-step "boot 2: a slow download runs through both proxies during reload and stop"
-rm -f /tmp/slow.bin
-curl -sS --max-time 240 --limit-rate 48K -o /tmp/slow.bin http://127.0.0.1:8080/slow.bin >/tmp/slow.err 2>&1 &
-slow=$!
-sleep 2
-kill -0 "$slow" 2>/dev/null || fail "the slow download ended at once: $(cat /tmp/slow.err)"
+step "boot 2: an established flow (echo, 127.0.0.1:8081) through both proxies during reload and stop"
+# Echoes 1 MiB, says so, waits for the go, echoes 1 MiB more on the same connection, closes.
+cat >/tmp/echo-client.py <<'PY'
+import os, socket, sys, time
+flag = sys.argv[1]
+s = socket.create_connection(("127.0.0.1", 8081), timeout=120)
+def roundtrip(n):
+    data = os.urandom(n)
+    s.sendall(data)
+    got = b""
+    while len(got) < n:
+        c = s.recv(65536)
+        if not c:
+            sys.exit("the connection was closed")
+        got += c
+    if got != data:
+        sys.exit("the echoed bytes differ")
+roundtrip(1 << 20)
+open(flag + ".up", "w").close()
+deadline = time.time() + 600
+while not os.path.exists(flag + ".go"):
+    if time.time() > deadline:
+        sys.exit("no go within 600 s")
+    time.sleep(0.2)
+roundtrip(1 << 20)
+s.close()
+PY
+rm -f /tmp/echo.up /tmp/echo.go
+python3 /tmp/echo-client.py /tmp/echo >/tmp/echo.err 2>&1 &
+echo_pid=$!
+for _ in $(seq 600); do [[ -e /tmp/echo.up ]] && break; kill -0 "$echo_pid" 2>/dev/null || break; sleep 0.1; done
+[[ -e /tmp/echo.up ]] || fail "the echo flow did not come up: $(cat /tmp/echo.err)"
 
 step "boot 2: reload with the vendors' weights swapped"
 sed -i 's/^weight = 100$/weight = 300/' /etc/connredir/conf.d/10-vendor-b.toml
 systemctl reload connredir.service || fail "systemctl reload connredir failed"
 systemctl is-active -q connredir.service || fail "connredir.service is not active after reload"
+journalctl -u connredir.service -n 20 --no-pager -o cat | sed 's/^/RT-INFO reload| /' | tail -6
 download_through "after reload" vendor-b vendor-a
 
 step "boot 2: stop"
 systemctl stop connredir.service || fail "systemctl stop connredir failed"
-kill -0 "$slow" 2>/dev/null ||
-  fail "the slow download finished before the stop: the test proves nothing (raise its size)"
 systemctl is-active -q connredir.service && fail "connredir.service is still active after stop"
-wait "$slow"; slow_rc=$?
-[[ $slow_rc == 0 ]] || fail "the established download broke across reload and stop: curl rc $slow_rc: $(cat /tmp/slow.err)"
-[[ $(want_sum /tmp/slow.bin) == "$(want_sum "$SLOW")" ]] ||
-  fail "the established download's bytes differ after reload and stop"
-echo "RT-INFO the established download survived reload and stop, byte-exact"
+[[ -e /sys/fs/bpf/connredir ]] && fail "connredir is still pinned after stop (ExecStop=connredir down)"
+kill -0 "$echo_pid" 2>/dev/null || fail "the echo flow ended before the go: $(cat /tmp/echo.err)"
+na=$(lines vendor-a) nb=$(lines vendor-b)
+touch /tmp/echo.go
+wait "$echo_pid"; echo_rc=$?
+[[ $echo_rc == 0 ]] || fail "the established flow broke across reload and stop: $(cat /tmp/echo.err)"
+# It went through both proxies, in the order of when it was made (vendor-a, vendor-b).
+for _ in $(seq 100); do
+  (($(lines vendor-a) > na && $(lines vendor-b) > nb)) && break
+  sleep 0.1
+done
+python3 - "$STATE/callouts.json" "$logs" "$na" "$nb" <<'PY' || fail "the established flow's chain is wrong (above)"
+import json, sys
+ids = {c["id"]: c["name"] for c in json.load(open(sys.argv[1]))}
+for v, before, want in (("vendor-a", int(sys.argv[3]), ["vendor-a"]),
+                        ("vendor-b", int(sys.argv[4]), ["vendor-a", "vendor-b"])):
+    new = [json.loads(l) for l in open(f"{sys.argv[2]}/{v}/flows.log").read().splitlines()[before:] if l.strip()]
+    echo = [f for f in new if str(f.get("orig_dst", "")).endswith(":8081")]
+    if len(echo) != 1:
+        sys.exit(f"RT-FAIL {v} logged {len(echo)} echo flows, expected 1: {new}")
+    chain = [ids.get(h.get("callout_id"), h.get("callout_id")) for h in echo[0].get("chain", [])]
+    if chain != want or echo[0].get("bytes_up", 0) < 2 << 20:
+        sys.exit(f"RT-FAIL {v} saw the echo flow with chain {chain} (expected {want}): {echo[0]}")
+PY
+echo "RT-INFO the established flow (vendor-a -> vendor-b) survived reload and stop, 2 MiB each way, byte-exact"
 sleep 1
 na=$(lines vendor-a) nb=$(lines vendor-b)
 curl -sS --max-time 60 -o /tmp/dl.bin http://127.0.0.1:8080/payload.bin || fail "a download after stop failed"

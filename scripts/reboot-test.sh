@@ -6,16 +6,18 @@
 #  boot 1: installs the .debs of scripts/build-deb.sh with dpkg (the package enables and starts
 #          connredir.service; the shipped configuration must redirect nothing), writes a two-vendor
 #          configuration (two drop-ins in /etc/connredir/conf.d, each a callout whose proxy is a
-#          connredir-proxy@ instance, filters sending 127.0.0.1:8080 through vendor-a then vendor-b
+#          connredir-proxy@ instance, filters sending 127.0.0.1:8080-8081 through vendor-a then vendor-b
 #          by weight, the drop-in files' lexical order being the other way round), enables both
-#          proxy instances and a local HTTP server, and reboots;
-#  boot 2: waits for the boot to finish, checks connredir.service ran before network-pre.target,
+#          proxy instances, a local HTTP server (8080) and echo server (8081), and reboots;
+#  boot 2: waits for the boot to finish, checks connredir.service ran before sysinit.target and
+#          network-pre.target, that a second apply changes nothing,
 #          that each callout's principal is its proxy unit's cgroup of this boot, that a curl
 #          download passes vendor-a then vendor-b (each proxy's flow log shows the chain, by callout
-#          id) byte-exact; then, with a slow download running through both proxies: `systemctl
+#          id) byte-exact; then, with an echo connection open through both proxies: `systemctl
 #          reload connredir` after swapping the vendors' weights (a new download passes vendor-b
-#          then vendor-a), `systemctl stop connredir` (new connects go direct, no proxy sees them),
-#          the slow download finishes byte-exact (an established flow survives reload and stop),
+#          then vendor-a), `systemctl stop connredir` (connredir is unpinned; a new connect goes
+#          direct, no proxy sees it), the echo connection carries on byte-exact (an established
+#          flow survives reload and stop; both proxies log it with its original chain),
 #          and `systemctl start connredir` restores the chain.
 # Prints one line, "reboot-test: PASS ..." or "reboot-test: FAIL ...", and exits 1 on failure.
 #
