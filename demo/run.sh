@@ -7,7 +7,8 @@
 # vendors with overlapping filters, starts two connredir-proxy instances as
 # unprivileged principals, serves a file over HTTP on 127.0.0.1, downloads
 # it with curl from inside the app cgroup, verifies the bytes, prints the
-# chain each proxy saw, and removes everything it created.
+# chain each proxy saw, draws the live chain (build/demo/chains.svg), and
+# removes everything else it created.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -87,8 +88,25 @@ for port in 8080 15001 15002; do
 done
 
 echo "== curl (uid 1000, in the app cgroup) downloads 8 MiB from http://127.0.0.1:8080/"
+# At 1 MiB/s the download lasts a few seconds (less what the socket buffers
+# on the way hold): long enough to picture its live chain.
 cr exec --cgroup "$CG/app" --uid 1000 -- \
-  curl -sS --max-time 30 -o "$WORK/download.bin" http://127.0.0.1:8080/payload.bin
+  curl -sS --max-time 30 --limit-rate 1M -o "$WORK/download.bin" \
+  http://127.0.0.1:8080/payload.bin &
+CURL=$!
+# The chain while it flows: `connredir flows --dot`, rendered by Graphviz.
+PICTURE="$ROOT/build/demo"
+mkdir -p "$PICTURE"
+for _ in $(seq 100); do
+  cr flows --dot >"$PICTURE/chains.dot"
+  grep -q '"callout:vendor-b" -> "dst:' "$PICTURE/chains.dot" && break
+  sleep 0.02
+done
+wait "$CURL"
+grep -q '"callout:vendor-b" -> "dst:' "$PICTURE/chains.dot" || {
+  echo "FAIL: connredir flows --dot never showed the live chain (see $PICTURE/chains.dot)" >&2
+  exit 1
+}
 want=$(sha256sum <"$WORK/payload.bin" | cut -d' ' -f1)
 got=$(sha256sum <"$WORK/download.bin" | cut -d' ' -f1)
 if [[ $want != "$got" ]]; then
@@ -120,4 +138,10 @@ for v in ("vendor-a", "vendor-b"):
           f"{f['duration_ms']} ms, {f['result']}")
 PY
 cr status
+if dot -Tsvg -o "$PICTURE/chains.svg" "$PICTURE/chains.dot"; then
+  echo "== the live chain as a picture: $PICTURE/chains.svg (from \`connredir flows --dot\`: $PICTURE/chains.dot)"
+else
+  echo "FAIL: Graphviz could not render $PICTURE/chains.dot" >&2
+  exit 1
+fi
 echo "== demo passed: one download, two vendors, each exactly once"

@@ -572,8 +572,11 @@ struct AppliedState;
 Result<ApplyPlan> plan_apply(Control& c, const Config& cfg, const AppliedState* prev);
 // Carries the plan out in the order that keeps every connect working:
 // callouts added and changed, principals added, the classifier replaced as
-// `filter load --replace` does, then callouts and principals removed.
-Result<void> apply_plan(Control& c, const ApplyPlan& plan);
+// `filter load --replace` does, then callouts and principals removed. A
+// removed callout's proxy may still be taking over connects the old
+// classifier sent it (accept, then the records query, which needs the
+// proxy's principal): removals wait `drain_ms` after the classifier switched.
+Result<void> apply_plan(Control& c, const ApplyPlan& plan, int drain_ms = 0);
 
 // Which file each applied entry came from, kept per pin dir in
 // $CONNREDIR_STATE_DIR (default /run/connredir, gone at reboot as the maps

@@ -13,6 +13,7 @@ namespace {
 struct ApplyArgs {
   std::vector<std::string> paths;
   bool dry_run = false;
+  int drain_ms = 1000;
 };
 
 // Where connredir is attached, from its pinned links: the cgroup and the
@@ -123,6 +124,11 @@ int cmd_apply(const std::string& pin_dir, const ApplyArgs& a) {
   // Everything is read and checked before anything changes.
   auto cfg = ctl::load_config(*files, &ctl::resolve_cgroup);
   if (!cfg) return usage(fmt::format("{} (nothing was changed)", cfg.error().message));
+  // With the default files, [global] is the administrator's: a vendor's drop-in
+  // that happens to be read first (no connredir.toml) still may not have it.
+  if (a.paths.empty() && cfg->global.source && cfg->global.source->file != ctl::kConfigFile)
+    return usage(fmt::format("{}: [global]: only {} may have [global] (nothing was changed)",
+                             cfg->global.source->to_string(), ctl::kConfigFile));
 
   auto lock = ctl::CliLock::acquire(!a.dry_run);
   if (!lock) return report(lock.error());
@@ -171,7 +177,7 @@ int cmd_apply(const std::string& pin_dir, const ApplyArgs& a) {
   }
   if (a.dry_run) return 0;
   if (!plan->empty())
-    if (auto r = ctl::apply_plan(c, *plan); !r)
+    if (auto r = ctl::apply_plan(c, *plan, a.drain_ms); !r)
       return report(Error{r.error().code,
                           fmt::format("{}; the changes before it were made: fix the cause and run "
                                       "`connredir apply` again",
@@ -210,6 +216,13 @@ void add_config_commands(CLI::App& app, Globals& g, Commands& out) {
                     "configuration files or directories of *.toml (default: "
                     "/etc/connredir/connredir.toml, then /etc/connredir/conf.d/*.toml)");
   apply->add_flag("--dry-run", a->dry_run, "print what would change, change nothing");
+  apply
+      ->add_option("--drain-ms", a->drain_ms,
+                   "before removing callouts, wait this long after the classifier stopped "
+                   "picking them, so their proxies finish taking over the connects already "
+                   "sent to them")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 60000));
   apply->footer(
       "Brings connredir up as [global] says if it is not up. Refuses a configuration with any "
       "error before changing anything. Entries that are not in the configuration (made by hand "

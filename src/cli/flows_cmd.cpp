@@ -43,7 +43,81 @@ const char* tcp_state_name(uint8_t s) {
 
 struct FlowsArgs {
   ctl::FlowQuery query;
+  bool dot = false;
 };
+
+std::string comm_of(const connredir_records& r) {
+  return std::string(r.origin.comm, strnlen(r.origin.comm, sizeof r.origin.comm));
+}
+
+// DOT string literal: the text with '"' and '\\' escaped.
+std::string dot_quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// The chains as a Graphviz picture: application -> each vendor's callout in
+// chain order -> original destination, aggregated over flows. A flow is
+// known by its flow id; of its sockets, the one with the longest chain (the
+// last proxy's) shows how far it got.
+std::string flows_dot(const std::vector<ctl::FlowDump>& flows,
+                      const std::map<uint32_t, std::string>& names) {
+  struct Flow {
+    const connredir_records* records = nullptr;
+    std::string dst;
+  };
+  std::map<uint64_t, Flow> by_id;
+  for (const auto& f : flows) {
+    const auto& r = f.state.records;
+    if (r.hop_count == 0) continue;
+    auto& fl = by_id[r.flow_id];
+    if (!fl.records || r.hop_count > fl.records->hop_count) fl.records = &r;
+    if (fl.dst.empty() && (f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)))
+      fl.dst = Address::from_abi(f.state.context.orig_dst).to_string();
+  }
+  std::map<std::string, std::string> nodes;                  // id -> attributes
+  std::map<std::pair<std::string, std::string>, int> edges;  // (from, to) -> flows
+  for (const auto& [id, fl] : by_id) {
+    const auto& r = *fl.records;
+    std::string app = fmt::format("app:{}:{}", comm_of(r), r.origin.uid);
+    nodes[app] = fmt::format("label={} shape=box style=rounded",
+                             dot_quote(fmt::format("{}\nuid {}", comm_of(r), r.origin.uid)));
+    std::string prev = app;
+    for (unsigned i = 0; i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
+      auto it = names.find(r.hops[i].callout_id);
+      std::string name =
+          it != names.end() ? it->second : fmt::format("callout {}", r.hops[i].callout_id);
+      std::string node = "callout:" + name;
+      nodes[node] =
+          fmt::format("label={} shape=ellipse style=filled fillcolor=lightblue", dot_quote(name));
+      edges[{prev, node}]++;
+      prev = node;
+    }
+    std::string dst = "dst:" + (fl.dst.empty() ? std::string("?") : fl.dst);
+    nodes[dst] = fmt::format("label={} shape=note", dot_quote(fl.dst.empty() ? "?" : fl.dst));
+    edges[{prev, dst}]++;
+  }
+  std::string out =
+      "digraph connredir {\n  rankdir=LR;\n  node [fontname=\"sans-serif\"];\n"
+      "  edge [fontname=\"sans-serif\"];\n";
+  out += fmt::format("  label={};\n  labelloc=t;\n",
+                     dot_quote(fmt::format("connredir: {} live flow{} (application -> vendors in "
+                                           "chain order -> destination)",
+                                           by_id.size(), by_id.size() == 1 ? "" : "s")));
+  for (const auto& [id, attrs] : nodes) out += fmt::format("  {} [{}];\n", dot_quote(id), attrs);
+  for (const auto& [e, n] : edges)
+    out += fmt::format("  {} -> {} [label={}];\n", dot_quote(e.first), dot_quote(e.second),
+                       dot_quote(fmt::format("{} flow{}", n, n == 1 ? "" : "s")));
+  return out + "}\n";
+}
 
 int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
@@ -58,6 +132,10 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
   auto flows = ctl::dump_flows(pin_dir, args.query);
   if (!flows) return report(flows.error());
 
+  if (args.dot) {
+    fmt::print("{}", flows_dot(*flows, names));
+    return 0;
+  }
   if (as_json) {
     json arr = json::array();
     for (const auto& f : *flows) {
@@ -86,9 +164,7 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
         j["orig_dst"] = Address::from_abi(c.orig_dst).to_string();
         j["hop"] = c.hop;
       }
-      j["app"] = {{"pid", r.origin.pid},
-                  {"uid", r.origin.uid},
-                  {"comm", std::string(r.origin.comm, strnlen(r.origin.comm, 16))}};
+      j["app"] = {{"pid", r.origin.pid}, {"uid", r.origin.uid}, {"comm", comm_of(r)}};
       arr.push_back(j);
     }
     fmt::print("{}\n", arr.dump(2));
@@ -102,8 +178,7 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
              "REMOTE", "FLOW", "ORIG-DST", "APP", "CHAIN");
   for (const auto& f : *flows) {
     const auto& r = f.state.records;
-    std::string app =
-        fmt::format("{}/{}", std::string(r.origin.comm, strnlen(r.origin.comm, 16)), r.origin.pid);
+    std::string app = fmt::format("{}/{}", comm_of(r), r.origin.pid);
     std::string dst = f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)
                           ? Address::from_abi(f.state.context.orig_dst).to_string()
                           : "-";
@@ -124,6 +199,9 @@ void add_flows_command(CLI::App& app, Globals& g, Commands& out) {
                   "network namespace to list (a path: /run/netns/NAME, /proc/PID/ns/net); "
                   "repeatable; default: the caller's")
       ->allow_extra_args(false);
+  sub->add_flag("--dot", args->dot,
+                "a Graphviz picture of the chains (application -> vendors -> destination, "
+                "aggregated): `connredir flows --dot | dot -Tsvg > chains.svg`");
   sub->add_flag("--all-netns", args->query.all_netns,
                 "list every network namespace of the host (those of running processes and "
                 "/run/netns)");

@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -80,6 +82,35 @@ Result<const toml::array*> table_array(const Ctx& c, const toml::table& root,
                                          "entry",
                                          key)));
   return arr;
+}
+
+// One key's scalar value handed to `set` (a field table's setter); its error
+// names file, line and key.
+template <class Setter>
+Result<void> set_scalar(const Ctx& tc, const std::string& key, const toml::node& v, Setter set) {
+  auto s = scalar_text(tc, key, v);
+  if (!s) return tl::unexpected(s.error());
+  if (auto r = set(std::move(*s)); !r)
+    return tl::unexpected(at(tc, line_of(v), key, r.error().message));
+  return {};
+}
+
+// Every [[name]] table of a file: `start(source)` once per table, then
+// `set(ctx, key, value)` for each of its keys, in file order.
+template <class Start, class Set>
+Result<void> each_entry(const Ctx& c, const toml::table& root, std::string_view name, Start start,
+                        Set set) {
+  auto arr = table_array(c, root, name);
+  if (!arr) return tl::unexpected(arr.error());
+  if (!*arr) return {};
+  size_t i = 0;
+  for (const auto& n : **arr) {
+    Ctx tc{c.file, fmt::format("[[{}]] #{}", name, ++i)};
+    start(SourceRef{c.file, line_of(n)});
+    for (const auto& [k, v] : *n.as_table())
+      if (auto r = set(tc, std::string(k.str()), v); !r) return r;
+  }
+  return {};
 }
 
 struct ParsedCallout {
@@ -158,73 +189,56 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text) {
                                "[[principal]])"));
     }
   }
-  auto callouts = table_array(c, root, "callout");
-  if (!callouts) return tl::unexpected(callouts.error());
-  if (*callouts) {
-    size_t i = 0;
-    for (const auto& n : **callouts) {
-      Ctx cc{file, fmt::format("[[callout]] #{}", ++i)};
-      ParsedCallout pc;
-      pc.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        std::string key(k.str());
+  auto r = each_entry(
+      c, root, "callout",
+      [&](SourceRef src) {
+        out.callouts.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        auto& line = out.callouts.back().line;
         if (key == "proxy") {
-          auto l = string_list(cc, key, v);
+          auto l = string_list(tc, key, v);
           if (!l) return tl::unexpected(l.error());
-          for (auto& p : *l) pc.line.proxies.push_back(std::move(p));
-          continue;
+          for (auto& p : *l) line.proxies.push_back(std::move(p));
+          return {};
         }
-        auto s = scalar_text(cc, key, v);
-        if (!s) return tl::unexpected(s.error());
-        if (auto r = set_callout_field(pc.line, key, std::move(*s)); !r)
-          return tl::unexpected(at(cc, line_of(v), key, r.error().message));
-      }
-      out.callouts.push_back(std::move(pc));
-    }
-  }
-  auto filters = table_array(c, root, "filter");
-  if (!filters) return tl::unexpected(filters.error());
-  if (*filters) {
-    size_t i = 0;
-    for (const auto& n : **filters) {
-      Ctx fc{file, fmt::format("[[filter]] #{}", ++i)};
-      ParsedFilter pf;
-      pf.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        auto s = scalar_text(fc, k.str(), v);
-        if (!s) return tl::unexpected(s.error());
-        if (auto r = set_filter_field(pf.line, k.str(), std::move(*s)); !r)
-          return tl::unexpected(at(fc, line_of(v), k.str(), r.error().message));
-      }
-      out.filters.push_back(std::move(pf));
-    }
-  }
-  auto principals = table_array(c, root, "principal");
-  if (!principals) return tl::unexpected(principals.error());
-  if (*principals) {
-    size_t i = 0;
-    for (const auto& n : **principals) {
-      Ctx pc{file, fmt::format("[[principal]] #{}", ++i)};
-      ParsedPrincipal pp;
-      pp.source = SourceRef{file, line_of(n)};
-      for (const auto& [k, v] : *n.as_table()) {
-        std::string key(k.str());
-        std::replace(key.begin(), key.end(), '-', '_');
-        auto s = scalar_text(pc, k.str(), v);
-        if (!s) return tl::unexpected(s.error());
-        if (key == "uid")
-          pp.line.uid = *s;
-        else if (key == "cgroup")
-          pp.line.cgroup = *s;
-        else if (key == "cgroup_id")
-          pp.line.cgroup_id = *s;
-        else
-          return tl::unexpected(
-              at(pc, line_of(v), k.str(), "unknown key (keys: uid, cgroup, cgroup_id)"));
-      }
-      out.principals.push_back(std::move(pp));
-    }
-  }
+        return set_scalar(
+            tc, key, v, [&](std::string s) { return set_callout_field(line, key, std::move(s)); });
+      });
+  if (!r) return tl::unexpected(r.error());
+  r = each_entry(
+      c, root, "filter",
+      [&](SourceRef src) {
+        out.filters.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        return set_scalar(tc, key, v, [&](std::string s) {
+          return set_filter_field(out.filters.back().line, key, std::move(s));
+        });
+      });
+  if (!r) return tl::unexpected(r.error());
+  r = each_entry(
+      c, root, "principal",
+      [&](SourceRef src) {
+        out.principals.push_back({{}, std::move(src)});
+      },
+      [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
+        auto& line = out.principals.back().line;
+        return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
+          std::string k = key;
+          std::replace(k.begin(), k.end(), '-', '_');
+          if (k == "uid")
+            line.uid = std::move(s);
+          else if (k == "cgroup")
+            line.cgroup = std::move(s);
+          else if (k == "cgroup_id")
+            line.cgroup_id = std::move(s);
+          else
+            return fail(EINVAL, "unknown key (keys: uid, cgroup, cgroup_id)");
+          return {};
+        });
+      });
+  if (!r) return tl::unexpected(r.error());
   return out;
 }
 
@@ -582,7 +596,7 @@ Result<ApplyPlan> plan_apply(Control& c, const Config& cfg, const AppliedState* 
   return plan;
 }
 
-Result<void> apply_plan(Control& c, const ApplyPlan& plan) {
+Result<void> apply_plan(Control& c, const ApplyPlan& plan, int drain_ms) {
   // Everything a new filter may name exists before the classifier can pick
   // it, and nothing an old filter names goes before the classifier stops
   // picking it: a connect classified at any instant meets a whole, valid
@@ -600,6 +614,8 @@ Result<void> apply_plan(Control& c, const ApplyPlan& plan) {
   if (plan.replace_filters)
     if (auto r = c.load_filters(plan.filters, true); !r)
       return fail(r.error().code, fmt::format("replacing the filters: {}", r.error().message));
+  if (drain_ms > 0 && (!plan.remove_callouts.empty() || !plan.remove_principals.empty()))
+    std::this_thread::sleep_for(std::chrono::milliseconds(drain_ms));
   for (const auto& name : plan.remove_callouts)
     if (auto r = c.delete_callout(name, false); !r)
       return fail(r.error().code, fmt::format("removing callout {}: {}", name, r.error().message));
@@ -631,12 +647,15 @@ Result<std::optional<AppliedState>> read_applied_state(std::string_view pin_dir)
   AppliedState st;
   try {
     st.files = j.value("files", std::vector<std::string>{});
-    // Named, not a temporary: items() only refers to the object it iterates.
+    // Each part held in a variable: a range-for over a member of a temporary
+    // json would iterate a destroyed object.
     const json callouts = j.value("callouts", json::object());
+    const json filters = j.value("filters", json::array());
+    const json principals = j.value("principals", json::array());
     for (const auto& [k, v] : callouts.items()) st.callouts[k] = v.get<std::string>();
-    for (const auto& f : j.value("filters", json::array()))
+    for (const auto& f : filters)
       st.filters[f.at("id").get<uint32_t>()] = f.at("source").get<std::string>();
-    for (const auto& p : j.value("principals", json::array()))
+    for (const auto& p : principals)
       st.principals[{p.at("kind").get<uint32_t>(), p.at("id").get<uint64_t>()}] =
           p.at("source").get<std::string>();
   } catch (const json::exception& e) {

@@ -154,7 +154,8 @@ Result<std::optional<FilterLine>> parse_filter_line(std::string_view line) {
 
 Result<FilterSpec> filter_spec(const FilterLine& l, CgroupResolver resolve) {
   FilterSpec s;
-  if (l.callout.empty()) return fail(EINVAL, "callout is required (callout = NAME; --callout NAME)");
+  if (l.callout.empty())
+    return fail(EINVAL, "callout is required (callout = NAME; --callout NAME)");
   if (auto v = validate_callout_name(l.callout); !v) return tl::unexpected(v.error());
   s.callout = l.callout;
   if (!l.dst.empty() && l.dst != "any") {

@@ -40,13 +40,6 @@ bool write_file(const std::string& path, const std::string& text) {
   return n == static_cast<ssize_t>(text.size());
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // In a forked child: join the cgroup, then drop privileges. _exit on failure
 // so a misconfigured actor can never run in the wrong place.
 void enter(const std::string& cgroup, int uid) {
@@ -88,6 +81,13 @@ void empty_cgroup(const std::string& cg) {
 }
 
 }  // namespace
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 bool lo_up() {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);

@@ -33,6 +33,9 @@ struct CmdResult {
   int status = -1;  // exit code, or -1 if it did not exit normally
   std::string out;  // stdout + stderr
 };
+// A whole file's text ("" if it cannot be read).
+std::string read_file(const std::string& path);
+
 // Run a command (argv[0] is a path), capture output, bounded by timeout.
 CmdResult run(const std::vector<std::string>& argv, int timeout_ms = 30000);
 

@@ -73,13 +73,6 @@ std::vector<std::vector<uint8_t>> map_keys(int fd, uint32_t key_size) {
   return keys;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 bool raise_nofile(uint64_t n) {

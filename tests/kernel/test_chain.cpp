@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <fmt/format.h>
 #include <map>
 #include <vector>
@@ -288,6 +289,30 @@ void Chain::flows_lists_live_chains(bool v6) {
   EXPECT_EQ(ours, flows.size());
   EXPECT_EQ(cli_json({"flows", "--netns", fmt::format("/proc/{}/ns/net", getpid())}).size(),
             flows.size());
+  // The picture: application -> vendor-a -> vendor-b -> destination, one
+  // flow on each edge, and Graphviz renders it.
+  std::string dot = cli({"flows", "--dot"}).out;
+  EXPECT_NE(dot.find("\"callout:vendor-a\" -> \"callout:vendor-b\" [label=\"1 flow\"]"),
+            std::string::npos)
+      << dot;
+  EXPECT_NE(dot.find(fmt::format("\"callout:vendor-b\" -> \"dst:{}\" [label=\"1 flow\"]", addr)),
+            std::string::npos)
+      << dot;
+  EXPECT_NE(dot.find(fmt::format(":{}\" -> \"callout:vendor-a\"", kAppUid)), std::string::npos)
+      << dot;
+  std::string dot_file = dir_ + "/chains.dot", svg_file = dir_ + "/chains.svg";
+  {
+    std::ofstream out(dot_file);
+    out << dot;
+  }
+  auto render = run({"/usr/bin/dot", "-Tsvg", "-o", svg_file, dot_file});
+  EXPECT_EQ(render.status, 0) << "Graphviz (scripts/install-deps.sh installs it): " << render.out;
+  std::string svg = read_file(svg_file);
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  // Graphviz writes '-' in text as "&#45;".
+  EXPECT_TRUE(svg.find("vendor-b") != std::string::npos ||
+              svg.find("vendor&#45;b") != std::string::npos)
+      << svg.substr(0, 2000);
   ASSERT_EQ(write(go[1], "x", 1), 1);
   close(go[1]);
   EXPECT_EQ(app->wait(), "ok");
