@@ -47,6 +47,12 @@ if [[ ! -e $STATE/boot1-done ]]; then
   dpkg -i "$SHARE"/debs/libconnredir0_*.deb "$SHARE"/debs/connredir_*.deb \
     "$SHARE"/debs/libconnredir-dev_*.deb >"$OUT/dpkg.log" 2>&1 ||
     { cat "$OUT/dpkg.log"; fail "dpkg -i of the packages failed"; }
+  # systemd's own check of the units (syntax, dependencies, executables).
+  systemd-analyze verify connredir.service connredir.slice connredir-proxy@check.service \
+    >"$OUT/systemd-analyze-verify.txt" 2>&1
+  if grep -i 'connredir' "$OUT/systemd-analyze-verify.txt"; then
+    fail "systemd-analyze verify reports problems in the connredir units (above)"
+  fi
   en=$(systemctl is-enabled connredir.service 2>&1)
   [[ $en == enabled ]] || fail "connredir.service is '$en' after install, expected enabled"
   systemctl is-active -q connredir.service ||
