@@ -166,8 +166,10 @@ if [[ $ACCEL == auto ]]; then
   if [[ -c /dev/kvm ]] && [[ -w /dev/kvm ]]; then
     ( timeout 20 qemu-system-x86_64 -machine q35 -accel kvm -cpu host -m 256 -nic none \
       -kernel "$IMG/vmlinuz" -append "console=ttyS0 panic=-1" -nographic -nodefaults \
-      -serial "file:$WORK/kvm-probe.log" -monitor none -no-reboot ) >/dev/null 2>&1 || true
+      -serial "file:$WORK/kvm-probe.log" -monitor none -no-reboot || true ) >/dev/null 2>&1
     grep -q 'Kernel panic' "$WORK/kvm-probe.log" 2>/dev/null && ACCEL=kvm
+    [[ $ACCEL == kvm ]] ||
+      echo "reboot-test: /dev/kvm does not run the guest kernel here (a nested or paravirtual KVM?): TCG" >&2
   fi
 fi
 case $ACCEL in
