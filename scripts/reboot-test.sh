@@ -174,7 +174,7 @@ if [[ $ACCEL == auto ]]; then
 fi
 case $ACCEL in
   kvm) QACCEL=(-accel kvm -cpu host) ;;
-  tcg) QACCEL=(-accel tcg,thread=multi -cpu max) ;;
+  tcg) QACCEL=(-accel "tcg,thread=multi" -cpu max) ;;
   *) echo "reboot-test: CONNREDIR_RT_ACCEL must be kvm, tcg or auto" >&2; exit 2 ;;
 esac
 
