@@ -3,12 +3,14 @@
 # (golang-go: the Go example proxy, which a kernel test runs in a chain).
 # Idempotent: only calls apt-get when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev libtomlplusplus-dev bpftool
+pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev libtomlplusplus-dev libcpp-httplib-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
       clang-format clang-tidy nftables socat haproxy linux-perf valgrind
       # `connredir flows --dot` is rendered by the kernel tests
       graphviz
+      # promtool and a real Prometheus server, used by the metrics tests
+      prometheus
       # scripts/kernel-matrix.sh (test.sh's last stage): boots Debian's kernels under qemu
       qemu-system-x86 busybox-static cpio kmod file xz-utils zstd debian-archive-keyring
       # scripts/reboot-test.sh: a Debian 12 guest image (mmdebstrap) booted under qemu

@@ -408,6 +408,7 @@ struct Counts {
 };
 
 const char* stat_name(size_t index);  // "classified", "redirected", ...
+const char* stat_help(size_t index);  // one line, for metrics and docs
 
 class Control {
  public:
@@ -600,6 +601,20 @@ Result<AppliedState> applied_state_of(Control& c, const Config& cfg);
 // pinned links), for [global].
 Result<std::string> export_config(Control& c, const std::optional<std::string>& up_cgroup,
                                   const std::vector<std::string>& proxies_in);
+
+// ---- Metrics (metrics.cpp) -------------------------------------------------------
+
+// Entries and capacity of a pinned map (PIN_DIR/maps/NAME), counted by
+// walking its keys.
+struct MapOccupancy {
+  uint64_t entries = 0;
+  uint64_t capacity = 0;
+};
+Result<MapOccupancy> pinned_map_occupancy(const std::string& pin_dir, std::string_view name);
+// The Prometheus text exposition (format 0.0.4) of connredir's state at
+// PIN_DIR: host-wide counters, callouts, filters, principals, the hand-off
+// map's occupancy and the live flows by role. docs/METRICS.md lists them.
+Result<std::string> metrics_text(const std::string& pin_dir);
 
 // ---- System helpers --------------------------------------------------------
 

@@ -19,6 +19,7 @@ void add_authorize_command(CLI::App& app, Globals& g, Commands& out);  // author
 void add_tool_commands(CLI::App& app, Globals& g, Commands& out);      // decode exec
 void add_config_commands(CLI::App& app, Globals& g, Commands& out);    // apply export
 void add_flows_command(CLI::App& app, Globals& g, Commands& out);      // flows
+void add_metrics_command(CLI::App& app, Globals& g, Commands& out);    // metrics
 
 // `up` as `connredir up` prints it; shared with `apply`, which brings
 // connredir up first.

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   add_system_commands(app, g, commands);
   add_config_commands(app, g, commands);
   add_flows_command(app, g, commands);
+  add_metrics_command(app, g, commands);
   add_callout_commands(app, g, commands);
   add_filter_commands(app, g, commands);
   add_authorize_command(app, g, commands);

@@ -68,6 +68,29 @@ const char* stat_name(size_t index) {
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
 }
 
+const char* stat_help(size_t index) {
+  static const char* const help[] = {
+      "connects whose destination hit the filter index",
+      "connects rewritten to a proxy",
+      "connects a filter selected but the chain was full (connected directly)",
+      "connects a filter selected but its callout has no proxy for the family",
+      "connects not redirected because per-socket storage could not be allocated",
+      "hand-offs published at TCP connect",
+      "hand-offs that could not be published (hand-off map full)",
+      "hand-offs consumed by a socket a proxy accepted",
+      "redirect records attached by a proxy with setsockopt",
+      "redirect records refused as forged, altered or malformed",
+      "records queries and sets refused with EACCES (not a principal)",
+      "callouts skipped because they redirected the connect's flow already (by self)",
+      "callouts skipped because they redirected an earlier hop of the flow",
+      "callouts skipped because their proxy was not listening (on-proxy-down bypass)",
+      "connects refused because the callout's proxy was not listening (on-proxy-down refuse)",
+      "connects refused because they could not be redirected (on-failure refuse)",
+  };
+  static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
+  return index < CONNREDIR_STAT_MAX ? help[index] : "?";
+}
+
 const char* to_string(ProxyDown p) {
   switch (p) {
     case ProxyDown::Refuse:
