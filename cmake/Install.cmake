@@ -91,3 +91,26 @@ if(EXISTS ${PROJECT_SOURCE_DIR}/examples)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/examples/ DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples
           COMPONENT development REGEX "examples/CMakeLists.txt$" EXCLUDE)
 endif()
+
+# systemd units (docs/SERVICE.md): connredir.service applies /etc/connredir at
+# boot; connredir-proxy@.service runs a proxy as its principal in
+# connredir.slice. Debian 12's debhelper and systemd look in /lib/systemd/system
+# (debian/rules passes it); elsewhere PREFIX/lib/systemd/system.
+set(CONNREDIR_SYSTEMD_UNIT_DIR "${CMAKE_INSTALL_PREFIX}/lib/systemd/system" CACHE PATH
+    "where the systemd units are installed")
+set(CONNREDIR_SBINDIR ${CMAKE_INSTALL_FULL_SBINDIR})
+set(CONNREDIR_BINDIR ${CMAKE_INSTALL_FULL_BINDIR})
+set(CONNREDIR_DOCDIR ${CMAKE_INSTALL_FULL_DOCDIR})
+foreach(unit connredir.service connredir-proxy@.service connredir.slice)
+  configure_file(${PROJECT_SOURCE_DIR}/packaging/systemd/${unit}.in
+                 ${CMAKE_BINARY_DIR}/systemd/${unit} @ONLY)
+  install(FILES ${CMAKE_BINARY_DIR}/systemd/${unit} DESTINATION ${CONNREDIR_SYSTEMD_UNIT_DIR}
+          COMPONENT runtime)
+endforeach()
+# The global configuration (a conffile in the package: no callouts, applying it
+# redirects nothing) and the empty drop-in directories: conf.d/ for the
+# vendors' *.toml, proxy/ for the connredir-proxy@NAME instances' NAME.conf.
+install(FILES ${PROJECT_SOURCE_DIR}/packaging/connredir.toml
+        DESTINATION ${CMAKE_INSTALL_FULL_SYSCONFDIR}/connredir COMPONENT runtime)
+install(DIRECTORY DESTINATION ${CMAKE_INSTALL_FULL_SYSCONFDIR}/connredir/conf.d COMPONENT runtime)
+install(DIRECTORY DESTINATION ${CMAKE_INSTALL_FULL_SYSCONFDIR}/connredir/proxy COMPONENT runtime)

@@ -13,6 +13,8 @@ pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev 
       prometheus
       # scripts/kernel-matrix.sh (test.sh's last stage): boots Debian's kernels under qemu
       qemu-system-x86 busybox-static cpio kmod file xz-utils zstd debian-archive-keyring
+      # scripts/reboot-test.sh: a Debian 12 guest image (mmdebstrap) booted under qemu
+      mmdebstrap qemu-utils e2fsprogs
       # the Go example proxy (examples/go), run by the kernel tests
       golang-go
       # the Debian packages (scripts/build-deb.sh, scripts/test-package.sh) and their man pages

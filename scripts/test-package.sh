@@ -75,7 +75,10 @@ for f in usr/sbin/connredir usr/bin/connredir-proxy usr/share/man/man8/connredir
          "usr/lib/$MA/libconnredir_winsock.so.0" "usr/lib/$MA/libconnredir.a" \
          "usr/lib/$MA/pkgconfig/connredir.pc" "usr/lib/$MA/pkgconfig/connredir-winsock.pc" \
          "usr/lib/$MA/cmake/connredir/connredirConfig.cmake" usr/include/connredir/client.hpp \
-         usr/include/connredir/winsock.h usr/include/connredir/connredir_abi.h; do
+         usr/include/connredir/winsock.h usr/include/connredir/connredir_abi.h \
+         lib/systemd/system/connredir.service lib/systemd/system/connredir-proxy@.service \
+         lib/systemd/system/connredir.slice etc/connredir/connredir.toml etc/connredir/conf.d \
+         etc/connredir/proxy; do
   [[ -e $ROOT/$f ]] || { echo "FAIL: the packages lack /$f" >&2; exit 1; }
 done
 [[ ! -e $ROOT/usr/include/connredir/control.hpp ]] ||

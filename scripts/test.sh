@@ -2,8 +2,9 @@
 # The whole test suite on the real kernel: installs what it needs, builds,
 # runs unit + kernel tests, then a Release g++ build's unit tests, the ASan+UBSan
 # build of the user-space suite, bounded fuzzing, the Debian packages
-# (scripts/test-package.sh) and the kernel test subset on Debian's 6.1 and 6.12
-# under qemu (scripts/kernel-matrix.sh). Every build has -Werror. Needs root
+# (scripts/test-package.sh), the packages' systemd units across a reboot of a
+# Debian 12 guest (scripts/reboot-test.sh) and the kernel test subset on Debian's
+# 6.1 and 6.12 under qemu (scripts/kernel-matrix.sh). Every build has -Werror. Needs root
 # (kernel tests load BPF programs into a
 # throwaway cgroup and network namespace they create and remove).
 # Fails if any test failed or was skipped.
@@ -65,6 +66,20 @@ if [[ ${CONNREDIR_SKIP_PACKAGE:-0} != 1 ]]; then
   # The Debian packages, proved from the packages rather than the tree.
   echo "== Debian packages: build, lintian, install/purge, examples built from them in a chain"
   scripts/test-package.sh
+fi
+if [[ ${CONNREDIR_SKIP_REBOOT:-0} != 1 ]]; then
+  # connredir.service across a real reboot: a Debian 12 guest (systemd as PID 1) under qemu
+  # installs the packages, gets a two-vendor configuration, reboots, and the chain must be back
+  # with no manual step (docs/SERVICE.md). Builds and caches the guest image in
+  # build/reboot-test/ (mmdebstrap from deb.debian.org) on its first run.
+  echo "== reboot test (Debian 12 guest under qemu: the packages' units across a reboot)"
+  if [[ ${CONNREDIR_SKIP_PACKAGE:-0} != 1 ]]; then
+    export CONNREDIR_RT_DEBS=$PWD/build-deb  # just built and checked by the package stage
+  fi
+  CONNREDIR_BUILD_DIR="$PWD/build" scripts/reboot-test.sh || {
+    echo "FAIL: the reboot test failed (logs in build/reboot-test/logs/)" >&2
+    exit 1
+  }
 fi
 if [[ ${CONNREDIR_SKIP_KERNEL_MATRIX:-0} != 1 ]]; then
   # The kernels the README claims: Debian 12's own 6.1 and the 6.12 of its backports (and of

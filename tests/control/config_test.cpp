@@ -1,6 +1,10 @@
 // Configuration files: parsing and refusal (file, line and key named, nothing
 // half-read), the apply plan against the in-memory maps (add, change, remove,
 // idempotence, order) and the export round trip.
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -330,6 +334,34 @@ TEST_F(ConfigPlan, AppliedStateNamesEachFiltersSource) {
   ASSERT_EQ(st->filters.size(), 3u);
   for (const auto& fi : *filters)
     EXPECT_EQ(st->filters.at(fi.id).substr(0, 4), fi.callout.substr(0, 4));
+}
+
+// The applied state survives its file: the second `connredir apply` of a boot
+// reads what the first wrote (the proxy units' ExecStartPre apply after
+// connredir.service's; the reboot test found a dangling read of "callouts").
+TEST_F(ConfigPlan, AppliedStateReadsBackWhatWasWritten) {
+  Files f = {{"acme.toml", kAcme}, {"zeta.toml", kZeta}};
+  apply(f);
+  auto cfg = parse(f);
+  ASSERT_TRUE(cfg);
+  auto st = applied_state_of(c, *cfg);
+  ASSERT_TRUE(st) << st.error().message;
+  char tmpl[] = "/tmp/connredir-applied.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl;
+  ASSERT_EQ(setenv("CONNREDIR_STATE_DIR", dir.c_str(), 1), 0);
+  auto w = write_applied_state("/sys/fs/bpf/connredir-test", *st);
+  auto r = read_applied_state("/sys/fs/bpf/connredir-test");
+  remove_applied_state("/sys/fs/bpf/connredir-test");
+  unsetenv("CONNREDIR_STATE_DIR");
+  rmdir(dir.c_str());
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->files, st->files);
+  EXPECT_EQ((*r)->callouts, st->callouts);
+  EXPECT_EQ((*r)->filters, st->filters);
+  EXPECT_EQ((*r)->principals, st->principals);
 }
 
 }  // namespace
