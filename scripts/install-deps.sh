@@ -9,6 +9,8 @@ pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev 
       clang-format clang-tidy nftables socat haproxy linux-perf valgrind
       # `connredir flows --dot` is rendered by the kernel tests
       graphviz
+      # connredir-proxy --metrics (HTTP server); promtool checks its output in a kernel test
+      libcpp-httplib-dev prometheus
       # scripts/kernel-matrix.sh (test.sh's last stage): boots Debian's kernels under qemu
       qemu-system-x86 busybox-static cpio kmod file xz-utils zstd debian-archive-keyring
       # the Go example proxy (examples/go), run by the kernel tests

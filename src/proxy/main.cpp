@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   bool no_propagate = false;
   bool no_splice = false;
   bool splice = false;
+  std::string metrics;
 
   CLI::App app{
       "connredir-proxy: reference proxy for connredir. Accepts connections that connredir "
@@ -49,6 +50,15 @@ int main(int argc, char** argv) {
                  "(recv/send mode)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{4096}, size_t{16} << 20));
+  app.add_option("--metrics", metrics,
+                 "serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR:PORT or "
+                 "[ADDR]:PORT; loopback only unless --metrics-allow-remote): flows active and "
+                 "total, bytes each way, errors by kind, flow setup time; docs/METRICS.md "
+                 "lists them");
+  app.add_flag("--metrics-allow-remote", opt.metrics_allow_remote,
+               "let --metrics listen on a non-loopback address. The metrics show flow counts "
+               "and traffic volumes to anyone who reaches the port and have no "
+               "authentication: firewall it");
   CLI11_PARSE(app, argc, argv);
 
   opt.propagate = !no_propagate;
@@ -57,6 +67,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   opt.splice = splice;
+  if (!metrics.empty()) {
+    auto a = connredir::Address::parse(metrics);
+    if (!a) {
+      std::fprintf(stderr, "connredir-proxy: --metrics %s: %s\n", metrics.c_str(),
+                   a.error().message.c_str());
+      return 2;
+    }
+    opt.metrics = *a;
+  } else if (opt.metrics_allow_remote) {
+    std::fprintf(stderr, "connredir-proxy: --metrics-allow-remote needs --metrics ADDR:PORT\n");
+    return 2;
+  }
   for (const auto& text : listen) {
     auto a = connredir::Address::parse(text);
     if (!a) {
