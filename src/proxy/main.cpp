@@ -59,6 +59,25 @@ int main(int argc, char** argv) {
                "let --metrics listen on a non-loopback address. The metrics show flow counts "
                "and traffic volumes to anyone who reaches the port and have no "
                "authentication: firewall it");
+  std::string kinds;
+  for (size_t k = 1; k < connredir::proxy::kErrorKinds; ++k) {
+    kinds += k == 1 ? "" : (k % 6 == 1 ? "\n      " : " ");
+    kinds += connredir::proxy::kind_name(static_cast<connredir::proxy::ErrorKind>(k));
+  }
+  app.footer(
+      "Metrics served by --metrics (Prometheus text format; docs/METRICS.md):\n"
+      "  connredir_proxy_info{name,version}               gauge: always 1\n"
+      "  connredir_proxy_listen_info{address}             gauge: 1 per listening address\n"
+      "  connredir_proxy_flows_total                      counter: connections accepted\n"
+      "  connredir_proxy_flows_active                     gauge: flows connecting or relaying\n"
+      "  connredir_proxy_flow_errors_total{kind}          counter: flows that did not end ok, "
+      "by kind:\n      " +
+      kinds +
+      "\n"
+      "  connredir_proxy_relayed_bytes_total{direction}   counter: bytes delivered, "
+      "client_to_server or server_to_client\n"
+      "  connredir_proxy_flow_setup_seconds               histogram: accept to onward connection "
+      "established");
   CLI11_PARSE(app, argc, argv);
 
   opt.propagate = !no_propagate;

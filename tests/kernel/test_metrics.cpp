@@ -159,16 +159,16 @@ TEST_F(ProxyMetricsScrape, CountsFlowsBytesErrorsAndSetupTimeAndPassesPromtool) 
 // What --metrics refuses, from the real binary: a non-loopback address
 // without --metrics-allow-remote, and a port another process holds.
 TEST_F(ProxyMetricsScrape, RefusesNonLoopbackAndABusyPort) {
-  auto remote =
-      run({CONNREDIR_PROXY_PATH, "--listen", "127.0.0.1:0", "--metrics", "0.0.0.0:19465"}, 10000);
+  auto remote = run(
+      {CONNREDIR_PROXY_PATH, "--listen", "127.0.0.1:15091", "--metrics", "0.0.0.0:19465"}, 10000);
   EXPECT_EQ(remote.status, 1) << remote.out;
   EXPECT_NE(remote.out.find("not a loopback address"), std::string::npos) << remote.out;
   EXPECT_NE(remote.out.find("--metrics-allow-remote"), std::string::npos) << remote.out;
 
   const int busy = listen_on("127.0.0.1:19466");
   ASSERT_GE(busy, 0);
-  auto taken =
-      run({CONNREDIR_PROXY_PATH, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:19466"}, 10000);
+  auto taken = run(
+      {CONNREDIR_PROXY_PATH, "--listen", "127.0.0.1:15091", "--metrics", "127.0.0.1:19466"}, 10000);
   close(busy);
   EXPECT_EQ(taken.status, 1) << taken.out;
   EXPECT_NE(taken.out.find("already listens on this port"), std::string::npos) << taken.out;
