@@ -72,7 +72,7 @@ measure() {
   if [[ $v == A ]]; then bin=$A args=${A_ARGS:-}; else bin=$B args=${B_ARGS:-}; fi
   # shellcheck disable=SC2086
   inns "$CLI" exec --cgroup "$CG/on/proxy" --uid 4001 -- "$bin" --listen 127.0.0.1:15001 \
-    --max-conns 30000 $args >"$OUT/proxy-$v.log" 2>&1 &
+    $args >"$OUT/proxy-$v.log" 2>&1 &
   local pid=$!
   wait_port 15001
   for w in connect rr; do
@@ -83,12 +83,28 @@ measure() {
       --seconds "$T" "${extra[@]}")
     echo "{\"round\":$r,\"variant\":\"$v\",\"workload\":\"$w\",\"result\":$j}" | tee -a "$OUT/results.jsonl"
   done
-  kill "$pid"
-  wait "$pid" || true
+  if [[ " $args " == *" --metrics "* ]]; then  # the counters were live: scrape once
+    local m=${args#*--metrics }
+    m=${m%% *}
+    echo "# $v scraped: $(nsenter --net="/run/netns/$NS" curl -sS "http://$m/metrics" |
+      grep -E '^connredir_proxy_(flows_total|flow_setup_seconds_count|flows_active) ' | tr '\n' ' ')"
+  fi
+  # `connredir exec` may fork: stop whatever runs in the proxy's cgroup.
+  local procs
+  procs=$(cat "$CG/on/proxy/cgroup.procs")
+  if [[ -z $procs ]]; then
+    echo "proxy_ab: proxy $v exited during the measurement:" >&2
+    cat "$OUT/proxy-$v.log" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  kill $procs
   for _ in $(seq 100); do
-    ip netns exec "$NS" ss -Hltn "sport = :15001" | grep -q . || break
+    [[ -z $(cat "$CG/on/proxy/cgroup.procs") ]] && break
     sleep 0.05
   done
+  [[ -z $(cat "$CG/on/proxy/cgroup.procs") ]] || { echo "proxy_ab: proxy $v did not stop" >&2; exit 1; }
+  wait "$pid" || true
 }
 
 echo "# A: $A ${A_ARGS:-}"
