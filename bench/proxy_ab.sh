@@ -66,6 +66,11 @@ inns "$CLI" exec --cgroup "$CG/off" --uid 0 -- "$LOAD" server --listen 127.0.0.1
 PIDS+=($!)
 wait_port 7002
 
+# The proxy's CPU time (user + system), in clock ticks: CPU per operation is
+# steadier than a rate on a shared machine.
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
 # measure VARIANT ROUND: starts that proxy, runs both workloads, stops it.
 measure() {
   local v=$1 r=$2 bin args
@@ -75,13 +80,21 @@ measure() {
     $args >"$OUT/proxy-$v.log" 2>&1 &
   local pid=$!
   wait_port 15001
+  local ppid=""
+  for p in $(cat "$CG/on/proxy/cgroup.procs"); do
+    [[ $(cat "/proc/$p/comm" 2>/dev/null) == connredir-proxy ]] && ppid=$p
+  done
+  [[ -n $ppid ]] || { echo "proxy_ab: proxy $v is not running" >&2; cat "$OUT/proxy-$v.log" >&2; exit 1; }
   for w in connect rr; do
     local extra=()
     [[ $w == rr ]] && extra=(--size 64)
-    local j
+    local j c0 c1
+    c0=$(cpu_ticks "$ppid")
     j=$(inns "$CLI" exec --cgroup "$CG/on/app" --uid 4100 -- "$LOAD" "$w" --to 127.0.0.1:7002 \
       --seconds "$T" "${extra[@]}")
-    echo "{\"round\":$r,\"variant\":\"$v\",\"workload\":\"$w\",\"result\":$j}" | tee -a "$OUT/results.jsonl"
+    c1=$(cpu_ticks "$ppid")
+    echo "{\"round\":$r,\"variant\":\"$v\",\"workload\":\"$w\",\"proxy_cpu_s\":$(((c1 - c0) * 1000 / TCK))e-3,\"result\":$j}" |
+      tee -a "$OUT/results.jsonl"
   done
   if [[ " $args " == *" --metrics "* ]]; then  # the counters were live: scrape once
     local m=${args#*--metrics }
@@ -125,8 +138,13 @@ for w in ("connect", "rr"):
     a = [rate(by[(r, "A")]) for r in rounds]
     b = [rate(by[(r, "B")]) for r in rounds]
     ratios = [y / x for x, y in zip(a, b)]
+    ops = lambda res: res.get("conns", res.get("exchanges", 1))
+    cpu = {v: statistics.median(
+        next(x["proxy_cpu_s"] for x in rows if x["workload"] == w and x["round"] == r
+             and x["variant"] == v) / ops(by[(r, v)]) * 1e6 for r in rounds) for v in "AB"}
     pa = statistics.median(by[(r, "A")].get("p50_us", 0) for r in rounds)
     pb = statistics.median(by[(r, "B")].get("p50_us", 0) for r in rounds)
     print(f"{w}: A {statistics.median(a):.0f}/s p50 {pa:.1f} us; B {statistics.median(b):.0f}/s "
-          f"p50 {pb:.1f} us; B/A {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+          f"p50 {pb:.1f} us; B/A {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}); "
+          f"proxy CPU per op A {cpu['A']:.2f} us, B {cpu['B']:.2f} us")
 PY
