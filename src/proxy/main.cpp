@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   bool no_propagate = false;
   bool no_splice = false;
   bool splice = false;
+  std::string metrics;
 
   CLI::App app{
       "connredir-proxy: reference proxy for connredir. Accepts connections that connredir "
@@ -49,6 +50,34 @@ int main(int argc, char** argv) {
                  "(recv/send mode)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{4096}, size_t{16} << 20));
+  app.add_option("--metrics", metrics,
+                 "serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR:PORT or "
+                 "[ADDR]:PORT; loopback only unless --metrics-allow-remote): flows active and "
+                 "total, bytes each way, errors by kind, flow setup time; docs/METRICS.md "
+                 "lists them");
+  app.add_flag("--metrics-allow-remote", opt.metrics_allow_remote,
+               "let --metrics listen on a non-loopback address. The metrics show flow counts "
+               "and traffic volumes to anyone who reaches the port and have no "
+               "authentication: firewall it");
+  std::string kinds;
+  for (size_t k = 1; k < connredir::proxy::kErrorKinds; ++k) {
+    kinds += k == 1 ? "" : (k % 6 == 1 ? "\n      " : " ");
+    kinds += connredir::proxy::kind_name(static_cast<connredir::proxy::ErrorKind>(k));
+  }
+  app.footer(
+      "Metrics served by --metrics (Prometheus text format; docs/METRICS.md):\n"
+      "  connredir_proxy_info{name,version}               gauge: always 1\n"
+      "  connredir_proxy_listen_info{address}             gauge: 1 per listening address\n"
+      "  connredir_proxy_flows_total                      counter: connections accepted\n"
+      "  connredir_proxy_flows_active                     gauge: flows connecting or relaying\n"
+      "  connredir_proxy_flow_errors_total{kind}          counter: flows that did not end ok, "
+      "by kind:\n      " +
+      kinds +
+      "\n"
+      "  connredir_proxy_relayed_bytes_total{direction}   counter: bytes delivered, "
+      "client_to_server or server_to_client\n"
+      "  connredir_proxy_flow_setup_seconds               histogram: accept to onward connection "
+      "established");
   CLI11_PARSE(app, argc, argv);
 
   opt.propagate = !no_propagate;
@@ -57,6 +86,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   opt.splice = splice;
+  if (!metrics.empty()) {
+    auto a = connredir::Address::parse(metrics);
+    if (!a) {
+      std::fprintf(stderr, "connredir-proxy: --metrics %s: %s\n", metrics.c_str(),
+                   a.error().message.c_str());
+      return 2;
+    }
+    opt.metrics = *a;
+  } else if (opt.metrics_allow_remote) {
+    std::fprintf(stderr, "connredir-proxy: --metrics-allow-remote needs --metrics ADDR:PORT\n");
+    return 2;
+  }
   for (const auto& text : listen) {
     auto a = connredir::Address::parse(text);
     if (!a) {

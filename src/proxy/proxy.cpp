@@ -18,6 +18,7 @@
 
 #include "connredir/client.hpp"
 #include "connredir/records.hpp"
+#include "metrics_server.hpp"
 
 namespace connredir::proxy {
 
@@ -33,11 +34,12 @@ std::string errtext(int err) {
   return d ? d : "errno " + std::to_string(err);
 }
 
-uint64_t now_ms() {
+uint64_t now_ns() {
   timespec ts{};
   (void)clock_gettime(CLOCK_MONOTONIC, &ts);  // cannot fail for CLOCK_MONOTONIC
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
 }
+uint64_t now_ms() { return now_ns() / 1000000; }
 
 void set_linger_zero(int fd) {
   linger l{};
@@ -94,6 +96,8 @@ struct Conn {
   bool resume_queued = false;
   uint32_t client_events = 0;  // seen while connecting
   uint64_t start_ms = 0;
+  uint64_t start_ns = 0;                          // accepted (flow setup histogram)
+  uint64_t published_up = 0, published_down = 0;  // bytes already in the metrics
   UniqueFd client, server;
   std::optional<Relay> relay;
   FlowRecord rec;
@@ -139,6 +143,10 @@ struct Proxy::Impl {
   uint64_t accept_backoff_ms = 0;
   bool warned_not_loaded = false;
   uint64_t n_ok = 0, n_failed = 0, n_not_redirected = 0;
+  ProxyMetrics metrics;
+  // Last member: destroyed (its thread stopped) first, while `metrics`
+  // still exists.
+  MetricsServer metrics_server;
 
   std::string prefix() const { return "connredir-proxy[" + opt.name + "]: "; }
 
@@ -152,8 +160,10 @@ struct Proxy::Impl {
   void conn_event(Conn* c, Side side, uint32_t events);
   void established(Conn* c, uint32_t events);
   void after_relay(Conn* c);
-  void log_now(FlowRecord& rec, uint64_t start, const std::string& result);
-  void close_conn(Conn* c, const std::string& result, bool reset);
+  std::string start_metrics();
+  void log_now(FlowRecord& rec, uint64_t start, const std::string& result, ErrorKind kind);
+  void publish_bytes(Conn* c);
+  void close_conn(Conn* c, const std::string& result, bool reset, ErrorKind kind);
   void expire_timers();
   void shutdown_all();
 };
@@ -257,6 +267,22 @@ std::string Proxy::Impl::start() {
     std::fprintf(stderr, "%slistening on %s\n", prefix().c_str(), l->text.c_str());
     listeners.push_back(std::move(l));
   }
+  // Last: the server's threads inherit the blocked SIGTERM/SIGINT above.
+  if (opt.metrics) return start_metrics();
+  return {};
+}
+
+std::string Proxy::Impl::start_metrics() {
+  MetricsLabels labels{opt.name, CONNREDIR_VERSION, {}};
+  for (const auto& l : listeners) labels.listen.push_back(l->text);
+  auto err = metrics_server.start(
+      opt.metrics->ip_string(), opt.metrics->port, opt.metrics_allow_remote,
+      [this, labels = std::move(labels)] { return format_metrics(metrics, labels); });
+  if (!err.empty()) return err;
+  Address shown = *opt.metrics;
+  shown.port = metrics_server.port();
+  std::fprintf(stderr, "%smetrics on http://%s/metrics\n", prefix().c_str(),
+               shown.to_string().c_str());
   return {};
 }
 
@@ -434,8 +460,10 @@ void Proxy::Impl::accept_from(Listener& l) {
   }
 }
 
-void Proxy::Impl::log_now(FlowRecord& rec, uint64_t start, const std::string& result) {
+void Proxy::Impl::log_now(FlowRecord& rec, uint64_t start, const std::string& result,
+                          ErrorKind kind) {
   rec.result = result;
+  metrics.flow_error(kind);
   const uint64_t t = now_ms();
   rec.duration_ms = t > start ? t - start : 0;
   if (result == "ok") {
@@ -450,7 +478,9 @@ void Proxy::Impl::log_now(FlowRecord& rec, uint64_t start, const std::string& re
 
 void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_storage& peer,
                                   socklen_t plen) {
-  const uint64_t start = now_ms();
+  const uint64_t start_ns = now_ns();
+  const uint64_t start = start_ns / 1000000;
+  metrics.flow_accepted();
   FlowRecord rec;
   rec.name = opt.name;
   rec.listen = l.text;
@@ -459,9 +489,9 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   }
   // Failures before the outgoing connection exists: reset the client so the
   // application sees its connection fail instead of a clean close.
-  auto reject = [&](const std::string& result) {
+  auto reject = [&](const std::string& result, ErrorKind kind) {
     set_linger_zero(fd.get());
-    log_now(rec, start, result);
+    log_now(rec, start, result, kind);
   };
 
   RecordsBlob blob;
@@ -470,7 +500,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   if (!recs) {
     const int e = recs.error().code;
     if (e != ENOENT && e != EOPNOTSUPP && e != ENOPROTOOPT) {
-      reject("querying the redirect records failed: " + recs.error().message);
+      reject("querying the redirect records failed: " + recs.error().message, ErrorKind::Records);
       return;
     }
     if (e != ENOENT && !warned_not_loaded) {
@@ -494,7 +524,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
       }
     }
     if (!usable) {
-      log_now(rec, start, "not redirected");
+      log_now(rec, start, "not redirected", ErrorKind::NotRedirected);
       return;
     }
     dst = *od;
@@ -528,7 +558,8 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
     }
     if (!dst) {
       reject("redirected, but the original destination is unknown (" +
-             (ctx ? std::string("context has none") : ctx.error().message) + ")");
+                 (ctx ? std::string("context has none") : ctx.error().message) + ")",
+             ErrorKind::NoDestination);
       return;
     }
   }
@@ -537,7 +568,8 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   UniqueFd out(socket(dst->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!out) {
     reject("creating the outgoing socket failed: " + errtext(errno) +
-           "; raise the descriptor limit (ulimit -n) or lower --max-conns");
+               "; raise the descriptor limit (ulimit -n) or lower --max-conns",
+           ErrorKind::Resources);
     return;
   }
   if (opt.propagate && !blob.empty()) {
@@ -545,7 +577,8 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
     if (!r) {
       // Connecting without the records could loop the flow back here.
       reject("setting the redirect records on the outgoing socket failed, not connecting: " +
-             r.error().message);
+                 r.error().message,
+             ErrorKind::Records);
       return;
     }
     rec.propagated = true;
@@ -553,32 +586,36 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   sockaddr_storage ds{};
   const socklen_t dlen = dst->to_sockaddr(ds);
   if (connect(out.get(), reinterpret_cast<sockaddr*>(&ds), dlen) != 0 && errno != EINPROGRESS) {
-    reject("connecting to " + *rec.orig_dst + " failed: " + errtext(errno));
+    const int e = errno;
+    reject("connecting to " + *rec.orig_dst + " failed: " + errtext(e),
+           e == ECONNREFUSED ? ErrorKind::ConnectRefused : ErrorKind::ConnectFailed);
     return;
   }
 
   auto owned = std::make_unique<Conn>();
   Conn* c = owned.get();
   c->start_ms = start;
+  c->start_ns = start_ns;
   c->rec = std::move(rec);
   epoll_event ev{};
   ev.events = kConnEvents;
   ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagClient;
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
     set_linger_zero(fd.get());
-    log_now(c->rec, start, "epoll_ctl(client) failed: " + errtext(errno));
+    log_now(c->rec, start, "epoll_ctl(client) failed: " + errtext(errno), ErrorKind::Resources);
     return;
   }
   ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagServer;
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, out.get(), &ev) != 0) {
     set_linger_zero(fd.get());
-    log_now(c->rec, start, "epoll_ctl(server) failed: " + errtext(errno));
+    log_now(c->rec, start, "epoll_ctl(server) failed: " + errtext(errno), ErrorKind::Resources);
     return;
   }
   c->client = std::move(fd);
   c->server = std::move(out);
   list_append(&connecting, c, start);
   ++active;
+  metrics.set_active(active);
   owned.release();  // owned by the timer lists until close_conn()
 }
 
@@ -591,7 +628,7 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
         close_conn(c,
                    "client reset the connection before the connection to " + *c->rec.orig_dst +
                        " was established",
-                   true);
+                   true, ErrorKind::ClientError);
       }
       return;
     }
@@ -600,7 +637,8 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
       socklen_t len = sizeof soerr;
       if (getsockopt(c->server.get(), SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno;
       if (soerr == 0) soerr = ECONNREFUSED;
-      close_conn(c, "connecting to " + *c->rec.orig_dst + " failed: " + errtext(soerr), true);
+      close_conn(c, "connecting to " + *c->rec.orig_dst + " failed: " + errtext(soerr), true,
+                 soerr == ECONNREFUSED ? ErrorKind::ConnectRefused : ErrorKind::ConnectFailed);
       return;
     }
     if (events & EPOLLOUT) established(c, events);
@@ -612,6 +650,8 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
 }
 
 void Proxy::Impl::established(Conn* c, uint32_t events) {
+  const uint64_t t = now_ns();
+  metrics.observe_setup(t > c->start_ns ? t - c->start_ns : 0);
   c->relay.emplace(
       std::move(c->client), std::move(c->server),
       Relay::Options{
@@ -626,14 +666,28 @@ void Proxy::Impl::established(Conn* c, uint32_t events) {
   after_relay(c);
 }
 
+// Moves the bytes the relay delivered since the last call into the
+// metrics, so a long flow's traffic shows while it runs.
+void Proxy::Impl::publish_bytes(Conn* c) {
+  const uint64_t up = c->relay->bytes_up(), down = c->relay->bytes_down();
+  metrics.bytes(up - c->published_up, down - c->published_down);
+  c->published_up = up;
+  c->published_down = down;
+}
+
 void Proxy::Impl::after_relay(Conn* c) {
+  publish_bytes(c);
   switch (c->relay->state()) {
     case Relay::State::Done:
-      close_conn(c, "ok", false);
+      close_conn(c, "ok", false, ErrorKind::None);
       return;
-    case Relay::State::Failed:
-      close_conn(c, c->relay->error(), true);
+    case Relay::State::Failed: {
+      ErrorKind kind = ErrorKind::Internal;
+      if (c->relay->culprit() == Relay::Culprit::Client) kind = ErrorKind::ClientError;
+      if (c->relay->culprit() == Relay::Culprit::Server) kind = ErrorKind::ServerError;
+      close_conn(c, c->relay->error(), true, kind);
       return;
+    }
     case Relay::State::Running:
       if (c->relay->needs_resume() && !c->resume_queued) {
         c->resume_queued = true;
@@ -643,9 +697,10 @@ void Proxy::Impl::after_relay(Conn* c) {
   }
 }
 
-void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset) {
+void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset, ErrorKind kind) {
   if (c->phase == Conn::Phase::Closed) return;
   if (c->relay) {
+    publish_bytes(c);
     c->rec.bytes_up = c->relay->bytes_up();
     c->rec.bytes_down = c->relay->bytes_down();
     if (c->relay->state() == Relay::State::Running) c->relay->abort(result, reset);
@@ -657,10 +712,11 @@ void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset) {
     c->client.reset();
     c->server.reset();
   }
-  log_now(c->rec, c->start_ms, result);
+  log_now(c->rec, c->start_ms, result, kind);
   list_remove(c);
   c->phase = Conn::Phase::Closed;
   --active;
+  metrics.set_active(active);
   graveyard.emplace_back(c);  // freed after this batch of events
 }
 
@@ -671,13 +727,13 @@ void Proxy::Impl::expire_timers() {
     close_conn(c,
                "connecting to " + *c->rec.orig_dst + " timed out after " +
                    std::to_string(connecting.timeout_ms) + " ms (--connect-timeout-ms)",
-               true);
+               true, ErrorKind::ConnectTimeout);
   }
   while (idle.head && idle.timeout_ms && idle.head->stamp + idle.timeout_ms <= now) {
     close_conn(idle.head,
                "idle for " + std::to_string(idle.timeout_ms) +
                    " ms (--idle-timeout-ms); both connections were reset",
-               true);
+               true, ErrorKind::IdleTimeout);
   }
 }
 
@@ -686,7 +742,7 @@ void Proxy::Impl::shutdown_all() {
   const std::string why = stop_signal ? "proxy stopped by " + std::string(sigabbrev_np(stop_signal))
                                       : std::string("proxy stopped");
   for (TimerList* l : {&connecting, &idle}) {
-    while (l->head) close_conn(l->head, why, false);
+    while (l->head) close_conn(l->head, why, false, ErrorKind::Shutdown);
   }
   graveyard.clear();
   std::fprintf(stderr, "%sexiting: %llu flows ok, %llu failed, %llu not redirected\n",

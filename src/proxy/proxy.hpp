@@ -6,11 +6,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "connredir/address.hpp"
 #include "flow_log.hpp"
+#include "metrics.hpp"
 #include "relay.hpp"
 #include "unique_fd.hpp"
 
@@ -30,6 +32,9 @@ struct ProxyOptions {
   // Per-direction relay buffer once a flow is past its first 64 KiB (copy
   // mode); small flows use 16 KiB.
   size_t buffer_size = 64 * 1024;
+  // --metrics: serve Prometheus metrics at http://ADDR:PORT/metrics.
+  std::optional<Address> metrics;
+  bool metrics_allow_remote = false;  // else a non-loopback ADDR is refused
 };
 
 class Proxy {

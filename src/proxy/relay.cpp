@@ -243,6 +243,7 @@ void Relay::fail(Direction& d, bool reading, int err) {
   const int bad = reading ? d.from : d.to;
   const int other = reading ? d.to : d.from;
   const char* who = to_string(static_cast<Side>(bad));
+  culprit_ = static_cast<Side>(bad) == Side::Client ? Culprit::Client : Culprit::Server;
   // A reset arriving after the peer's FIN is reported as EPIPE by the kernel.
   if (err == ECONNRESET || (err == EPIPE && reading)) {
     error_ = std::string(who) + " reset the connection";
@@ -262,6 +263,7 @@ void Relay::abort(const std::string& reason, bool reset) {
     set_linger_zero(socks_[1].get());
   }
   error_ = reason;
+  culprit_ = Culprit::Internal;
   finish(State::Failed);
 }
 

@@ -95,6 +95,11 @@ class Relay {
   uint64_t bytes_up() const { return dirs_[kUp].bytes; }      // client -> server
   uint64_t bytes_down() const { return dirs_[kDown].bytes; }  // server -> client
   const std::string& error() const { return error_; }
+  // After a failure: the side whose socket failed (reset, read/write
+  // error); Client or Server. Internal when the relay gave up on its own or
+  // was aborted.
+  enum class Culprit : uint8_t { None, Client, Server, Internal };
+  Culprit culprit() const { return culprit_; }
   int fd(Side s) const { return socks_[static_cast<int>(s)].get(); }
   // Bytes read from `from` and not yet delivered to the other side.
   size_t buffered(Side from) const { return dirs_[static_cast<int>(from)].pending(); }
@@ -146,6 +151,7 @@ class Relay {
   State state_ = State::Running;
   unsigned resume_mask_ = 0;
   std::string error_;
+  Culprit culprit_ = Culprit::None;
 };
 
 }  // namespace connredir::proxy
