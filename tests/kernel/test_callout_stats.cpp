@@ -100,7 +100,9 @@ class CalloutStats : public KernelTest {
       std::ofstream out(file);
       out << text;
     }
-    auto r = run({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file});
+    // promtool is a Go binary: under the kernel matrix's emulation it can take
+    // longer than the harness's default 30 s to start.
+    auto r = run({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file}, 120000);
     EXPECT_EQ(r.status, 0) << "promtool (Debian's prometheus package): " << r.out;
     EXPECT_EQ(r.out, "") << "promtool lint";
     std::map<std::string, uint64_t> out;
