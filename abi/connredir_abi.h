@@ -319,6 +319,30 @@ enum connredir_stat {
 	CONNREDIR_STAT_MAX,
 };
 
+/* map `callout_stats` (PERCPU_ARRAY, index = callout id * CONNREDIR_CSTAT_MAX
+ * + CONNREDIR_CSTAT_*): the same decisions as `stats`, per callout. Written
+ * only by the BPF programs (the classifier in connect4/6, the records check
+ * in setsockopt), each next to the host-wide counter it refines; the control
+ * plane zeroes a callout's row when `callout add` (re)uses its id, and
+ * `status`, `callout list` and `metrics` sum it over CPUs. Slot 0 (id 0,
+ * "no callout") is never written. */
+enum connredir_callout_stat {
+	CONNREDIR_CSTAT_REDIRECTED = 0,	  /* connects rewritten to this callout's proxy */
+	CONNREDIR_CSTAT_SELF_SKIP,	  /* skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_CSTAT_PREV_SKIP,	  /* skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_CSTAT_HOP_CAP,	  /* chosen, but the chain was full */
+	CONNREDIR_CSTAT_NO_PROXY_FAMILY,  /* selected, no proxy for the family */
+	CONNREDIR_CSTAT_STORAGE_FAIL,	  /* chosen, no memory for the socket's state */
+	CONNREDIR_CSTAT_DOWN_BYPASS,	  /* proxy not listening: skipped */
+	CONNREDIR_CSTAT_NOT_OWNER,	  /* a listener its principal does not own was there */
+					  /* (also counted as down_bypass or down_refused) */
+	CONNREDIR_CSTAT_DOWN_REFUSED,	  /* proxy not listening: connect refused */
+	CONNREDIR_CSTAT_FAILURE_REFUSED,  /* --on-failure refuse: connect refused */
+	CONNREDIR_CSTAT_RECORDS_REJECTED, /* a blob refused from this callout's principal */
+	CONNREDIR_CSTAT_MAX,
+};
+#define CONNREDIR_CALLOUT_STATS_ENTRIES (CONNREDIR_MAX_CALLOUTS * CONNREDIR_CSTAT_MAX)
+
 /* Redirect state of a flow relative to one callout (WFP's four states). */
 enum connredir_redirect_state {
 	CONNREDIR_NOT_REDIRECTED = 0,

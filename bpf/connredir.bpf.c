@@ -146,6 +146,18 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/* The classifier's decisions per callout (enum connredir_callout_stat, one
+ * row of CONNREDIR_CSTAT_MAX per callout id): what `stats` counts host-wide,
+ * told apart by vendor. Written here only, always through callout_stat_inc()
+ * next to the host-wide stat_inc() it refines; the control plane zeroes a row
+ * when it (re)uses the callout id. Per CPU like `stats`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CONNREDIR_CALLOUT_STATS_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+} callout_stats SEC(".maps");
+
 /* Scratch for an incoming records blob: verified here before it may touch a
  * socket's state (too big for the 512-byte BPF stack). */
 struct {
@@ -169,6 +181,25 @@ static __always_inline void stat_inc(__u32 idx)
 
 	if (v)
 		*v += 1;
+}
+
+/* A global (not inlined, not static) function: the verifier checks it once,
+ * on its own, instead of once per path through the classifier's candidate
+ * loop, where it is called; inlined there it pushed connect4/6 past the
+ * verifier's 1M-instruction budget. Callout ids come from map values: bound
+ * them so a bad id cannot count in another callout's row. */
+__noinline int callout_stat_inc(__u32 cid, __u32 idx)
+{
+	__u32 key;
+	__u64 *v;
+
+	if (cid >= CONNREDIR_MAX_CALLOUTS || idx >= CONNREDIR_CSTAT_MAX)
+		return 0;
+	key = cid * CONNREDIR_CSTAT_MAX + idx;
+	v = bpf_map_lookup_elem(&callout_stats, &key);
+	if (v)
+		*v += 1;
+	return 0;
 }
 
 static __always_inline void addr_set_v4(struct connredir_addr *a, __u32 ip_be, __u16 port_be)
@@ -446,10 +477,11 @@ static __always_inline void handoff_retire(struct connredir_sk_state *st)
  * callout added with --on-failure refuse fails it instead, so no flow its
  * filters select ever passes without it. */
 static __always_inline const struct connredir_addr *cannot_redirect(
-	const struct connredir_callout *c, int *refuse)
+	const struct connredir_callout *c, __u32 cid, int *refuse)
 {
 	if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) {
 		stat_inc(CONNREDIR_STAT_FAILURE_REFUSED);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_FAILURE_REFUSED);
 		*refuse = 1;
 	}
 	return NULL;
@@ -635,10 +667,12 @@ static __always_inline const struct connredir_addr *classify_connect(
 		state = redirect_state(c, cid, hops, seen, last, uid);
 		if (state == CONNREDIR_REDIRECTED_BY_SELF) {
 			stat_inc(CONNREDIR_STAT_SELF_SKIP);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_SELF_SKIP);
 			continue;
 		}
 		if (state == CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF) {
 			stat_inc(CONNREDIR_STAT_PREV_SKIP);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_PREV_SKIP);
 			continue;
 		}
 		if (dst->family == CONNREDIR_AF_INET)
@@ -647,22 +681,27 @@ static __always_inline const struct connredir_addr *classify_connect(
 			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
 		if (!proxy) {
 			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_NO_PROXY_FAMILY);
 			if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED)
-				return cannot_redirect(c, refuse);
+				return cannot_redirect(c, cid, refuse);
 			continue;
 		}
 		verdict = can_take ? proxy_verdict(ctx, proxy, c) : PROXY_OWNED;
 		if (verdict != PROXY_OWNED) {
 			/* Never "deliver to whatever listens": bypass if the
 			 * callout asked for it, else refuse. */
-			if (verdict == PROXY_NOT_OWNER)
+			if (verdict == PROXY_NOT_OWNER) {
 				stat_inc(CONNREDIR_STAT_NOT_OWNER);
+				callout_stat_inc(cid, CONNREDIR_CSTAT_NOT_OWNER);
+			}
 			if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
 				stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
+				callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_BYPASS);
 				proxy = NULL;
 				continue;
 			}
 			stat_inc(CONNREDIR_STAT_DOWN_REFUSED);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_REFUSED);
 			*refuse = 1;
 			return NULL;
 		}
@@ -675,16 +714,18 @@ static __always_inline const struct connredir_addr *classify_connect(
 		return NULL;
 	if (hops >= CONNREDIR_MAX_HOPS) {
 		stat_inc(CONNREDIR_STAT_HOP_CAP);
-		return cannot_redirect(chosen, refuse);
+		callout_stat_inc(chosen_id, CONNREDIR_CSTAT_HOP_CAP);
+		return cannot_redirect(chosen, chosen_id, refuse);
 	}
 	if (!mac_key())
-		return cannot_redirect(chosen, refuse); /* not initialised: no records */
+		return cannot_redirect(chosen, chosen_id, refuse); /* not initialised: no records */
 
 	if (!st) {
 		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
-			return cannot_redirect(chosen, refuse);
+			callout_stat_inc(chosen_id, CONNREDIR_CSTAT_STORAGE_FAIL);
+			return cannot_redirect(chosen, chosen_id, refuse);
 		}
 	}
 	if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
@@ -725,6 +766,7 @@ static __always_inline const struct connredir_addr *classify_connect(
 	st->handoff.proxy_port = proxy->port;
 	st->flags |= CONNREDIR_SK_REDIRECTED;
 	stat_inc(CONNREDIR_STAT_REDIRECTED);
+	callout_stat_inc(chosen_id, CONNREDIR_CSTAT_REDIRECTED);
 	return proxy;
 }
 
@@ -1056,6 +1098,34 @@ static __always_inline int set_fail(int err)
 	return 1;
 }
 
+/* bpf_loop callback: count a refused blob against callout `id` if the
+ * caller is that callout's own principal (its proxy uid or cgroup). */
+static long blame_one(__u32 id, void *data)
+{
+	const struct connredir_callout *c;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+	if (id == 0)
+		return 0;
+	c = bpf_map_lookup_elem(&callouts, &id);
+	if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED) || !callout_has_principal(c))
+		return 0;
+	if ((c->proxy_uid != CONNREDIR_UID_NONE && c->proxy_uid == uid) ||
+	    cgroup_is_or_below(c->proxy_cgroup, c->proxy_cgroup_level))
+		callout_stat_inc(id, CONNREDIR_CSTAT_RECORDS_REJECTED);
+	return 0;
+}
+
+/* A refused blob names no callout we can believe (its MAC did not verify),
+ * so it is attributed to the sender instead: to every callout whose proxy
+ * principal the caller is. Root and `authorize`d principals serve no callout
+ * in particular and are counted host-wide only. Rare path (a proxy bug or an
+ * attack), so a scan of the callouts is affordable here. */
+static __always_inline void blame_rejected_records(void)
+{
+	bpf_loop(CONNREDIR_MAX_CALLOUTS, blame_one, NULL, 0);
+}
+
 static __always_inline int set_records(struct bpf_sockopt *ctx)
 {
 	const struct connredir_secret *k;
@@ -1103,6 +1173,7 @@ static __always_inline int set_records(struct bpf_sockopt *ctx)
 	return 1;
 reject:
 	stat_inc(CONNREDIR_STAT_RECORDS_REJECTED);
+	blame_rejected_records();
 	return set_fail(EINVAL);
 }
 

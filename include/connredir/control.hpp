@@ -157,15 +157,27 @@ std::vector<IndexWrite> index_diff(const Index& from, const Index& to);
 
 // ---- Map access ------------------------------------------------------------
 
-enum class MapId { Callouts, Filters, FilterIndex, Principals, Secret, FlowSeq, Stats };
+enum class MapId {
+  Callouts,
+  Filters,
+  FilterIndex,
+  Principals,
+  Secret,
+  FlowSeq,
+  Stats,
+  CalloutStats,  // per CPU; key = callout id * CONNREDIR_CSTAT_MAX + CONNREDIR_CSTAT_*
+};
 const char* map_name(MapId id);
 size_t map_key_size(MapId id);
-size_t map_value_size(MapId id);  // per CPU for Stats
+size_t map_value_size(MapId id);  // per CPU for Stats and CalloutStats
 
 class MapStore {
  public:
   virtual ~MapStore() = default;
-  // false if the key is absent. value has map_value_size(id) bytes.
+  // false if the key is absent. value has map_value_size(id) bytes; for the
+  // per-CPU maps (Stats, CalloutStats) lookup returns the sum over CPUs and
+  // erase zeroes every CPU's value; update of a per-CPU map is EINVAL on the
+  // kernel (only the BPF programs count).
   virtual Result<bool> lookup(MapId id, const void* key, void* value) = 0;
   virtual Result<void> update(MapId id, const void* key, const void* value) = 0;
   // false if the key was absent. On arrays this zeroes the entry.
@@ -418,6 +430,10 @@ struct Counts {
 
 const char* stat_name(size_t index);  // "classified", "redirected", ...
 const char* stat_help(size_t index);  // one line, for metrics and docs
+// Per-callout counters (CONNREDIR_CSTAT_*): "redirected", "self_skip", ...
+const char* callout_stat_name(size_t index);
+const char* callout_stat_help(size_t index);
+using CalloutCounters = std::array<uint64_t, CONNREDIR_CSTAT_MAX>;
 
 class Control {
  public:
@@ -476,6 +492,8 @@ class Control {
   // it was written.
   Result<bool> init_secret(std::span<const uint8_t, 16> random);
   Result<Counts> counts();
+  // Callout `id`'s counters (summed over CPUs); zero for an unused id.
+  Result<CalloutCounters> callout_counters(uint32_t id);
   Result<std::vector<uint64_t>> stats() { return store_.stats(); }
 
  private:

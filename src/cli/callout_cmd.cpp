@@ -48,9 +48,16 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
   if (!list) return report(list.error());
   auto src = Sources::read(pin_dir);
   if (!src) return report(src.error());
+  std::vector<ctl::CalloutCounters> counters;
+  for (const auto& i : *list) {
+    auto n = c.callout_counters(i.id);
+    if (!n) return report(n.error());
+    counters.push_back(*n);
+  }
   if (as_json) {
     json arr = json::array();
-    for (const auto& i : *list)
+    for (size_t k = 0; k < list->size(); ++k) {
+      const auto& i = (*list)[k];
       arr.push_back({{"id", i.id},
                      {"name", i.name},
                      {"proxy4", i.proxy4 ? json(i.proxy4->to_string()) : json(nullptr)},
@@ -61,7 +68,9 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"on_failure", ctl::to_string(i.on_failure)},
                      {"shared_principal", i.shared_principal},
                      {"filters", i.filters},
+                     {"counters", counters_json(counters[k])},
                      {"source", Sources::to_json(src->callout(i.name))}});
+    }
     fmt::print("{}\n", arr.dump(2));
     return 0;
   }
@@ -79,6 +88,9 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
         i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
         ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
         i.shared_principal ? "yes" : "no", cgroup_text(i.proxy_cgroup), src->callout(i.name));
+  fmt::print("\ncounters:\n");
+  for (size_t k = 0; k < list->size(); ++k)
+    fmt::print("  {:<20} {}\n", (*list)[k].name, counters_text(counters[k]));
   return 0;
 }
 

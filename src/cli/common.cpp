@@ -44,6 +44,19 @@ json cgroup_json(uint64_t id, uint32_t level) {
   return j;
 }
 
+json counters_json(const ctl::CalloutCounters& c) {
+  json j = json::object();
+  for (size_t i = 0; i < c.size(); ++i) j[ctl::callout_stat_name(i)] = c[i];
+  return j;
+}
+
+std::string counters_text(const ctl::CalloutCounters& c) {
+  std::string out;
+  for (size_t i = 0; i < c.size(); ++i)
+    out += fmt::format("{}{}={}", i ? " " : "", ctl::callout_stat_name(i), c[i]);
+  return out;
+}
+
 const char* family_text(uint8_t f) {
   return f == CONNREDIR_AF_INET ? "ipv4" : f == CONNREDIR_AF_INET6 ? "ipv6" : "any";
 }

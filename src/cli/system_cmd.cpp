@@ -135,6 +135,7 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
 
   std::optional<ctl::Counts> counts;
   std::vector<uint64_t> stats;
+  std::vector<std::pair<std::string, ctl::CalloutCounters>> callout_counters;
   bool secret_set = false;
   if (state->maps_pinned) {
     auto store = ctl::KernelMapStore::open(pin_dir);
@@ -159,6 +160,16 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
     json js = json::object();
     for (size_t i = 0; i < stats.size(); ++i) js[ctl::stat_name(i)] = stats[i];
     j["stats"] = js;
+    auto list = c.list_callouts();
+    if (!list) return report(list.error());
+    json jc = json::object();
+    for (const auto& ci : *list) {
+      auto n = c.callout_counters(ci.id);
+      if (!n) return report(n.error());
+      callout_counters.emplace_back(ci.name, *n);
+      jc[ci.name] = counters_json(*n);
+    }
+    j["callout_stats"] = jc;
     j["secret_initialised"] = secret_set;
   }
   auto features = ctl::probe_kernel_features(pin_dir);
@@ -213,6 +224,9 @@ int cmd_status(const std::string& pin_dir, bool as_json) {
     fmt::print("stats:\n");
     for (size_t i = 0; i < stats.size(); ++i)
       fmt::print("  {:<18} {}\n", ctl::stat_name(i), stats[i]);
+    if (!callout_counters.empty()) fmt::print("per callout:\n");
+    for (const auto& [name, n] : callout_counters)
+      fmt::print("  {:<18} {}\n", name, counters_text(n));
   }
   print_features(features);
   if (foreign == 0) {

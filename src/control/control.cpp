@@ -116,6 +116,36 @@ const char* stat_help(size_t index) {
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
 }
 
+const char* callout_stat_name(size_t index) {
+  static const char* const names[] = {
+      "redirected",      "self_skip",       "prev_skip",        "hop_cap",
+      "no_proxy_family", "storage_fail",    "down_bypass",      "not_owner",
+      "down_refused",    "failure_refused", "records_rejected",
+  };
+  static_assert(sizeof names / sizeof names[0] == CONNREDIR_CSTAT_MAX, "a name per counter");
+  return index < CONNREDIR_CSTAT_MAX ? names[index] : "?";
+}
+
+const char* callout_stat_help(size_t index) {
+  static const char* const help[] = {
+      "connects rewritten to the callout's proxy",
+      "skipped: the callout redirected this flow already (REDIRECTED_BY_SELF)",
+      "skipped: the callout redirected an earlier hop of the flow",
+      "chosen, but the chain was full (connected directly)",
+      "selected, but the callout has no proxy for the family",
+      "chosen, but per-socket storage could not be allocated",
+      "skipped: the proxy was not listening (on-proxy-down bypass)",
+      "a listener the callout's principal does not own was at the proxy address (also counted "
+      "as down_bypass or down_refused)",
+      "connect refused: the proxy was not listening (on-proxy-down refuse)",
+      "connect refused: it could not be redirected (on-failure refuse)",
+      "redirect records from the callout's proxy principal refused as forged, altered or "
+      "malformed",
+  };
+  static_assert(sizeof help / sizeof help[0] == CONNREDIR_CSTAT_MAX, "a help text per counter");
+  return index < CONNREDIR_CSTAT_MAX ? help[index] : "?";
+}
+
 const char* to_string(ProxyDown p) { return p == ProxyDown::Bypass ? "bypass" : "refuse"; }
 
 Result<ProxyDown> parse_proxy_down(std::string_view text) {
@@ -396,6 +426,12 @@ Result<CalloutInfo> Control::add_callout(const CalloutSpec& spec) {
     return fail(ENOSPC, fmt::format("all {} callout ids are in use; delete a callout first",
                                     CONNREDIR_MAX_CALLOUTS - 1));
   connredir_callout c = make_callout(spec, id);
+  // The id may have served a deleted callout: its counters start from zero,
+  // before the callout exists (nothing counts against an unused id).
+  for (uint32_t i = 0; i < CONNREDIR_CSTAT_MAX; ++i) {
+    uint32_t key = id * CONNREDIR_CSTAT_MAX + i;
+    if (auto r = store_.erase(MapId::CalloutStats, &key); !r) return tl::unexpected(r.error());
+  }
   if (auto r = store_.update(MapId::Callouts, &id, &c); !r) return tl::unexpected(r.error());
   if (auto r = sync_principals(); !r) {
     // Undo: the callout is not usable without its principals.
@@ -796,6 +832,19 @@ Result<bool> Control::init_secret(std::span<const uint8_t, 16> random) {
   if (s.k0 == 0 && s.k1 == 0) return fail(EINVAL, "refusing an all-zero secret");
   if (auto u = store_.update(MapId::Secret, &zero, &s); !u) return tl::unexpected(u.error());
   return true;
+}
+
+Result<CalloutCounters> Control::callout_counters(uint32_t id) {
+  CalloutCounters out{};
+  if (id == 0 || id >= CONNREDIR_MAX_CALLOUTS)
+    return fail(EINVAL, fmt::format("callout id {} is out of range (1..{})", id,
+                                    CONNREDIR_MAX_CALLOUTS - 1));
+  for (uint32_t i = 0; i < CONNREDIR_CSTAT_MAX; ++i) {
+    uint32_t key = id * CONNREDIR_CSTAT_MAX + i;
+    auto r = store_.lookup(MapId::CalloutStats, &key, &out[i]);
+    if (!r) return tl::unexpected(r.error());
+  }
+  return out;
 }
 
 Result<Counts> Control::counts() {

@@ -26,12 +26,14 @@
 namespace connredir::control {
 namespace {
 
-constexpr MapId kAllMaps[] = {MapId::Callouts,   MapId::Filters, MapId::FilterIndex,
-                              MapId::Principals, MapId::Secret,  MapId::FlowSeq,
-                              MapId::Stats};
+constexpr MapId kAllMaps[] = {MapId::Callouts,   MapId::Filters,     MapId::FilterIndex,
+                              MapId::Principals, MapId::Secret,      MapId::FlowSeq,
+                              MapId::Stats,      MapId::CalloutStats};
+
+bool is_per_cpu(MapId id) { return id == MapId::Stats || id == MapId::CalloutStats; }
 
 bool is_array(MapId id) {
-  return id == MapId::Callouts || id == MapId::Secret || id == MapId::FlowSeq || id == MapId::Stats;
+  return id == MapId::Callouts || id == MapId::Secret || id == MapId::FlowSeq || is_per_cpu(id);
 }
 
 uint32_t capacity(MapId id) {
@@ -49,6 +51,8 @@ uint32_t capacity(MapId id) {
       return 1;
     case MapId::Stats:
       return CONNREDIR_STAT_MAX;
+    case MapId::CalloutStats:
+      return CONNREDIR_CALLOUT_STATS_ENTRIES;
   }
   return 0;
 }
@@ -71,6 +75,8 @@ const char* map_name(MapId id) {
       return "flowseq";
     case MapId::Stats:
       return "stats";
+    case MapId::CalloutStats:
+      return "callout_stats";
   }
   return "?";
 }
@@ -100,6 +106,7 @@ size_t map_value_size(MapId id) {
       return sizeof(connredir_secret);
     case MapId::FlowSeq:
     case MapId::Stats:
+    case MapId::CalloutStats:
       return sizeof(uint64_t);
   }
   return 0;
@@ -210,7 +217,32 @@ KernelMapStore::~KernelMapStore() {
   for (auto& [_, fd] : fds_) close(fd);
 }
 
+// Per-CPU maps hold one value per possible CPU: a buffer of map_value_size
+// bytes would be overrun by the kernel.
+namespace {
+Result<size_t> possible_cpus() {
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0)
+    return fail(-ncpu, "cannot count possible CPUs (/sys/devices/system/cpu/possible)");
+  return static_cast<size_t>(ncpu);
+}
+}  // namespace
+
 Result<bool> KernelMapStore::lookup(MapId id, const void* key, void* value) {
+  if (is_per_cpu(id)) {
+    auto ncpu = possible_cpus();
+    if (!ncpu) return tl::unexpected(ncpu.error());
+    std::vector<uint64_t> per(*ncpu);
+    if (bpf_map_lookup_elem(fds_.at(id), key, per.data()) != 0) {
+      int e = errno;
+      if (e == ENOENT) return false;
+      return fail(e, fmt::format("reading map {}: {}", map_name(id), errno_text(e)));
+    }
+    uint64_t sum = 0;
+    for (uint64_t v : per) sum += v;
+    std::memcpy(value, &sum, sizeof sum);
+    return true;
+  }
   if (bpf_map_lookup_elem(fds_.at(id), key, value) == 0) return true;
   int e = errno;
   if (e == ENOENT) return false;
@@ -218,12 +250,26 @@ Result<bool> KernelMapStore::lookup(MapId id, const void* key, void* value) {
 }
 
 Result<void> KernelMapStore::update(MapId id, const void* key, const void* value) {
+  if (is_per_cpu(id))
+    return fail(EINVAL, fmt::format("map {} is per CPU and written by the BPF programs only; "
+                                    "erase zeroes an entry",
+                                    map_name(id)));
   if (bpf_map_update_elem(fds_.at(id), key, value, BPF_ANY) == 0) return {};
   int e = errno;
   return fail(e, fmt::format("writing map {}: {}", map_name(id), errno_text(e)));
 }
 
 Result<bool> KernelMapStore::erase(MapId id, const void* key) {
+  if (is_per_cpu(id)) {
+    auto ncpu = possible_cpus();
+    if (!ncpu) return tl::unexpected(ncpu.error());
+    std::vector<uint64_t> zero(*ncpu, 0);
+    if (bpf_map_update_elem(fds_.at(id), key, zero.data(), BPF_ANY) != 0) {
+      int e = errno;
+      return fail(e, fmt::format("zeroing an entry of map {}: {}", map_name(id), errno_text(e)));
+    }
+    return true;
+  }
   if (is_array(id)) {
     std::vector<uint8_t> zero(map_value_size(id), 0);
     auto r = update(id, key, zero.data());

@@ -127,6 +127,58 @@ Result<std::string> metrics_text(const std::string& pin_dir) {
   for (const auto& ci : *callouts)
     x.sample("connredir_callout_filters", ci.filters, {{"callout", ci.name}});
 
+  // Per-callout counters (callout_stats). Causes overlap on purpose, as in
+  // the kernel: a connect refused by --on-failure refuse is also counted
+  // under its cause (hop_cap, no_proxy_family, storage_fail), and not_owner
+  // comes with down_bypass or down_refused; docs/METRICS.md says so.
+  std::vector<CalloutCounters> per;
+  for (const auto& ci : *callouts) {
+    auto n = c.callout_counters(ci.id);
+    if (!n) return tl::unexpected(n.error());
+    per.push_back(*n);
+  }
+  struct Reason {
+    const char* label;
+    uint32_t index;
+  };
+  const Reason skipped[] = {{"self_skip", CONNREDIR_CSTAT_SELF_SKIP},
+                            {"prev_skip", CONNREDIR_CSTAT_PREV_SKIP},
+                            {"hop_cap", CONNREDIR_CSTAT_HOP_CAP},
+                            {"no_proxy_family", CONNREDIR_CSTAT_NO_PROXY_FAMILY},
+                            {"storage_fail", CONNREDIR_CSTAT_STORAGE_FAIL},
+                            {"down_bypass", CONNREDIR_CSTAT_DOWN_BYPASS}};
+  const Reason refused[] = {{"down_refused", CONNREDIR_CSTAT_DOWN_REFUSED},
+                            {"failure_refused", CONNREDIR_CSTAT_FAILURE_REFUSED}};
+  x.family("connredir_redirected_total", "counter", "Connects redirected to each callout's proxy.");
+  for (size_t k = 0; k < per.size(); ++k)
+    x.sample("connredir_redirected_total", per[k][CONNREDIR_CSTAT_REDIRECTED],
+             {{"callout", (*callouts)[k].name}});
+  x.family("connredir_skipped_total", "counter",
+           "Connects a callout's filter selected that the callout did not redirect, by reason "
+           "(the connect went on to the next callout or its destination).");
+  for (size_t k = 0; k < per.size(); ++k)
+    for (const auto& r : skipped)
+      x.sample("connredir_skipped_total", per[k][r.index],
+               {{"callout", (*callouts)[k].name}, {"reason", r.label}});
+  x.family("connredir_refused_total", "counter",
+           "Connects failed with ECONNREFUSED because of a callout's policy, by reason.");
+  for (size_t k = 0; k < per.size(); ++k)
+    for (const auto& r : refused)
+      x.sample("connredir_refused_total", per[k][r.index],
+               {{"callout", (*callouts)[k].name}, {"reason", r.label}});
+  x.family("connredir_not_owner_total", "counter",
+           "Connects that found a listener the callout's principal does not own at its proxy "
+           "address (also counted as down_bypass or down_refused).");
+  for (size_t k = 0; k < per.size(); ++k)
+    x.sample("connredir_not_owner_total", per[k][CONNREDIR_CSTAT_NOT_OWNER],
+             {{"callout", (*callouts)[k].name}});
+  x.family("connredir_records_rejected_total", "counter",
+           "Redirect records refused as forged, altered or malformed, sent by the callout's "
+           "proxy principal.");
+  for (size_t k = 0; k < per.size(); ++k)
+    x.sample("connredir_records_rejected_total", per[k][CONNREDIR_CSTAT_RECORDS_REJECTED],
+             {{"callout", (*callouts)[k].name}});
+
   auto counts = c.counts();
   if (!counts) return tl::unexpected(counts.error());
   x.family("connredir_callouts", "gauge", "Callouts registered.");

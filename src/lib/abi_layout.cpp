@@ -150,3 +150,10 @@ static_assert(offsetof(struct connredir_records, mac) + sizeof(__u64) ==
 static_assert(CONNREDIR_MAX_HOPS <= 0xff, "hop_count is a __u8");
 static_assert(CONNREDIR_USER_CONTEXT_MAX <= 0xffff, "user_len is a __u16");
 static_assert(CONNREDIR_CONTEXT_SIZE <= 0xffff, "context size is a __u16");
+
+// callout_stats: the counter numbers are part of the ABI (pinned maps outlive a
+// binary), so pin them and the map's size down.
+static_assert(CONNREDIR_CSTAT_REDIRECTED == 0);
+static_assert(CONNREDIR_CSTAT_RECORDS_REJECTED == 10);
+static_assert(CONNREDIR_CSTAT_MAX == 11);
+static_assert(CONNREDIR_CALLOUT_STATS_ENTRIES == 64 * 11);

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "test_util.hpp"
@@ -203,6 +204,65 @@ TEST_F(ControlTest, CalloutIdsLowestFreeAndExhaustion) {
   ASSERT_TRUE(ctl.delete_callout("c3", false));
   EXPECT_EQ(add_callout("again").id, 3u);
   EXPECT_EQ(add_callout("again2").id, 5u);
+}
+
+// A reused callout id starts with zero counters: the kernel's row of the
+// deleted callout must not be reported as the new one's.
+TEST_F(ControlTest, CalloutCountersZeroedWhenIdReused) {
+  auto a = add_callout("a");
+  auto b = add_callout("b");
+  ASSERT_EQ(a.id, 1u);
+  ASSERT_EQ(b.id, 2u);
+  // What the BPF programs would have counted (the fake lets a test write).
+  auto put = [&](uint32_t id, uint32_t idx, uint64_t v) {
+    uint32_t key = id * CONNREDIR_CSTAT_MAX + idx;
+    ASSERT_TRUE(store.update(MapId::CalloutStats, &key, &v));
+  };
+  put(1, CONNREDIR_CSTAT_REDIRECTED, 7);
+  put(1, CONNREDIR_CSTAT_RECORDS_REJECTED, 3);
+  put(2, CONNREDIR_CSTAT_SELF_SKIP, 5);
+  auto n1 = ctl.callout_counters(1);
+  ASSERT_TRUE(n1) << n1.error().message;
+  EXPECT_EQ((*n1)[CONNREDIR_CSTAT_REDIRECTED], 7u);
+  EXPECT_EQ((*n1)[CONNREDIR_CSTAT_RECORDS_REJECTED], 3u);
+  EXPECT_EQ((*n1)[CONNREDIR_CSTAT_SELF_SKIP], 0u);
+
+  ASSERT_TRUE(ctl.delete_callout("a", false));
+  EXPECT_EQ(add_callout("a2").id, 1u);
+  auto again = ctl.callout_counters(1);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again, CalloutCounters{}) << "the new callout inherited the old one's counters";
+  // Its neighbour's row is untouched.
+  EXPECT_EQ((*ctl.callout_counters(2))[CONNREDIR_CSTAT_SELF_SKIP], 5u);
+  // The zeroing precedes the callout entry: nothing counts against an id
+  // before it is used.
+  store.log.clear();
+  add_callout("c");
+  ASSERT_FALSE(store.log.empty());
+  EXPECT_EQ(store.log.front(), "erase callout_stats");
+  EXPECT_EQ(std::count(store.log.begin(), store.log.end(), "erase callout_stats"),
+            CONNREDIR_CSTAT_MAX);
+  auto pos = std::find(store.log.begin(), store.log.end(), "update callouts");
+  ASSERT_NE(pos, store.log.end());
+  EXPECT_EQ(pos - store.log.begin(), CONNREDIR_CSTAT_MAX);
+
+  auto bad = ctl.callout_counters(CONNREDIR_MAX_CALLOUTS);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, EINVAL);
+  EXPECT_STREQ(callout_stat_name(CONNREDIR_CSTAT_REDIRECTED), "redirected");
+  EXPECT_STREQ(callout_stat_name(CONNREDIR_CSTAT_RECORDS_REJECTED), "records_rejected");
+}
+
+// A failed zeroing leaves no callout behind.
+TEST_F(ControlTest, CalloutAddFailsCleanlyWhenCountersCannotBeZeroed) {
+  store.fail_after = 1;
+  CalloutSpec s;
+  s.name = "x";
+  s.proxy4 = *Address::parse("127.0.0.1:80");
+  auto r = ctl.add_callout(s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EIO);
+  EXPECT_TRUE(ctl.list_callouts()->empty());
 }
 
 TEST_F(ControlTest, DeleteReferencedCalloutRefusedOrForced) {

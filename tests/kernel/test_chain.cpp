@@ -440,6 +440,22 @@ TEST_F(Chain, OnFailureRefuseAtAFullChain) {
   EXPECT_EQ(s["failure_refused"], 1u);
   EXPECT_EQ(s["redirected"], static_cast<uint64_t>(CONNREDIR_MAX_HOPS));
   EXPECT_EQ(dst.peers().size(), 0u) << "nothing may reach the destination past the refusal";
+  // Per callout: the late vendor met the cap and refused; each of the eight
+  // redirected once.
+  auto counters = [&](const std::string& name) {
+    for (auto& c : cli_json({"callout", "list"}))
+      if (c.value("name", "") == name) return c["counters"];
+    return nlohmann::json();
+  };
+  auto late_c = counters(late);
+  EXPECT_EQ(late_c.value("hop_cap", 99ull), 1u) << late_c.dump();
+  EXPECT_EQ(late_c.value("failure_refused", 99ull), 1u) << late_c.dump();
+  EXPECT_EQ(late_c.value("redirected", 99ull), 0u) << late_c.dump();
+  for (int i = 0; i < CONNREDIR_MAX_HOPS; i++)
+    EXPECT_EQ(
+        counters("vendor-" + std::string(1, static_cast<char>('a' + i))).value("redirected", 99ull),
+        1u)
+        << i;
 
   cli({"callout", "del", late, "--force"});
   add_late(false);
@@ -447,6 +463,10 @@ TEST_F(Chain, OnFailureRefuseAtAFullChain) {
   s = stats();
   EXPECT_EQ(s["hop_cap"], 2u);
   EXPECT_EQ(s["failure_refused"], 1u);
+  // Re-added under the same id: its counters started again from zero.
+  late_c = counters(late);
+  EXPECT_EQ(late_c.value("hop_cap", 99ull), 1u) << late_c.dump();
+  EXPECT_EQ(late_c.value("failure_refused", 99ull), 0u) << late_c.dump();
 }
 
 // `up --proxies-in`: the socket-option programs attach only to the proxies'
