@@ -198,8 +198,16 @@ TEST_F(Netns, DownDetachesEverythingAndUpIsIdempotent) {
   EXPECT_EQ(attached, 10u) << before.out;
   cli({"down"});
   EXPECT_NE(access(pin_dir_.c_str(), F_OK), 0) << pin_dir_ << " still exists";
-  auto after = run({bpftool, "cgroup", "show", cgroup_});
-  EXPECT_EQ(after.out.find("connredir_"), std::string::npos) << after.out;
+  // Unpinning drops the links' last reference; the kernel detaches and frees
+  // them asynchronously, so a listing right after `down` may still show them.
+  CmdResult after;
+  EXPECT_TRUE(eventually(
+      [&] {
+        after = run({bpftool, "cgroup", "show", cgroup_});
+        return after.out.find("connredir_") == std::string::npos;
+      },
+      5000, 50))
+      << after.out;
 }
 
 }  // namespace
