@@ -82,6 +82,27 @@ void empty_cgroup(const std::string& cg) {
 
 }  // namespace
 
+std::map<std::string, double> metric_samples(const std::string& text) {
+  std::map<std::string, double> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto sp = line.rfind(' ');
+    if (sp == std::string::npos) continue;
+    out[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+  }
+  return out;
+}
+
+CmdResult promtool_check(const std::string& text, const std::string& file) {
+  {
+    std::ofstream out(file);
+    out << text;
+  }
+  return run({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file}, 120000);
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;

@@ -39,6 +39,14 @@ std::string read_file(const std::string& path);
 // Run a command (argv[0] is a path), capture output, bounded by timeout.
 CmdResult run(const std::vector<std::string>& argv, int timeout_ms = 30000);
 
+// Prometheus text exposition: "name{labels}" (or "name") -> value of every
+// sample line.
+std::map<std::string, double> metric_samples(const std::string& text);
+// Debian's `promtool check metrics` on `text` (written to `file` first).
+// promtool is a Go binary: under the kernel matrix's emulation it can take
+// longer than the default 30 s to start, so it gets 120 s.
+CmdResult promtool_check(const std::string& text, const std::string& file);
+
 // Runs `fn` in a forked child that first joins `cgroup` (a directory) and
 // drops to `uid` (if >= 0). The child's return string is sent back; the
 // call waits for it up to timeout_ms (then kills the child).

@@ -95,24 +95,11 @@ class CalloutStats : public KernelTest {
   // "name{labels}" -> value of an exposition.
   std::map<std::string, uint64_t> metrics() {
     auto text = cli({"metrics", "--once"}).out;
-    std::string file = dir_ + "/metrics.txt";
-    {
-      std::ofstream out(file);
-      out << text;
-    }
-    // promtool is a Go binary: under the kernel matrix's emulation it can take
-    // longer than the harness's default 30 s to start.
-    auto r = run({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file}, 120000);
+    auto r = promtool_check(text, dir_ + "/metrics.txt");
     EXPECT_EQ(r.status, 0) << "promtool (Debian's prometheus package): " << r.out;
     EXPECT_EQ(r.out, "") << "promtool lint";
     std::map<std::string, uint64_t> out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.empty() || line[0] == '#') continue;
-      auto sp = line.rfind(' ');
-      if (sp != std::string::npos) out[line.substr(0, sp)] = std::stoull(line.substr(sp + 1));
-    }
+    for (const auto& [k, v] : metric_samples(text)) out[k] = static_cast<uint64_t>(v);
     return out;
   }
 };

@@ -14,20 +14,6 @@ namespace {
 
 constexpr int kAppUid = 1000;
 
-// "name{labels} value" lines of an exposition, by the part before the value.
-std::map<std::string, uint64_t> samples(const std::string& text) {
-  std::map<std::string, uint64_t> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    auto sp = line.rfind(' ');
-    if (sp == std::string::npos) continue;
-    out[line.substr(0, sp)] = std::stoull(line.substr(sp + 1));
-  }
-  return out;
-}
-
 class Metrics : public KernelTest {
  protected:
   // One vendor's chain and `n` echo round trips through it.
@@ -47,9 +33,7 @@ class Metrics : public KernelTest {
 
   // promtool's verdict on a text; "" when it has nothing to say.
   std::string promtool(const std::string& text) {
-    std::string file = dir_ + "/metrics.txt";
-    std::ofstream(file) << text;
-    auto r = run({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + file});
+    auto r = promtool_check(text, dir_ + "/metrics.txt");
     EXPECT_EQ(r.status, 0) << "promtool (Debian's prometheus package; scripts/install-deps.sh): "
                            << r.out;
     return r.out;
@@ -61,7 +45,7 @@ TEST_F(Metrics, AgreeWithStatusAndPassPromtool) {
   traffic(dst, 20);
   auto text = cli({"metrics", "--once"}).out;
   EXPECT_EQ(promtool(text), "");
-  auto m = samples(text);
+  auto m = metric_samples(text);
   auto st = stats();
   EXPECT_EQ(m["connredir_up"], 1u);
   EXPECT_EQ(st["redirected"], 20u);
@@ -73,8 +57,8 @@ TEST_F(Metrics, AgreeWithStatusAndPassPromtool) {
   EXPECT_EQ(m["connredir_handoff_entries"], 0u) << "every hand-off was taken over";
   EXPECT_GT(m["connredir_handoff_capacity"], 0u);
   // Down: the exporter says so rather than failing.
-  auto down =
-      samples(run({CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_ + "-none", "metrics", "--once"}).out);
+  auto down = metric_samples(
+      run({CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_ + "-none", "metrics", "--once"}).out);
   EXPECT_EQ(down.count("connredir_up"), 1u);
   EXPECT_EQ(down["connredir_up"], 0u);
 }

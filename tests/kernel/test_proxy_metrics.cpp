@@ -21,20 +21,6 @@ constexpr int kProxyUid = 4001;
 constexpr const char* kCurl = "/usr/bin/curl";
 constexpr const char* kPromtool = "/usr/bin/promtool";
 
-// "name{labels}" (or "name") -> value, for every sample line.
-std::map<std::string, double> samples(const std::string& text) {
-  std::map<std::string, double> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto sp = line.rfind(' ');
-    if (sp == std::string::npos) continue;
-    out[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
-  }
-  return out;
-}
-
 // A loopback port nobody listens on (bound once, then closed).
 uint16_t closed_port() {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -78,7 +64,7 @@ TEST_F(ProxyMetricsScrape, CountsFlowsBytesErrorsAndSetupTimeAndPassesPromtool) 
   ASSERT_TRUE(wait_listening(mport)) << read_file(dir_ + "/vendor-a.out");
 
   // Before any flow: everything at zero, and already valid.
-  auto m0 = samples(scrape(mport));
+  auto m0 = metric_samples(scrape(mport));
   EXPECT_EQ(m0["connredir_proxy_flows_total"], 0);
   EXPECT_EQ(m0["connredir_proxy_flow_setup_seconds_count"], 0);
 
@@ -114,7 +100,7 @@ TEST_F(ProxyMetricsScrape, CountsFlowsBytesErrorsAndSetupTimeAndPassesPromtool) 
   ASSERT_TRUE(eventually(
       [&] {
         text = scrape(mport);
-        m = samples(text);
+        m = metric_samples(text);
         return m["connredir_proxy_flows_total"] == static_cast<double>(n + 1) &&
                m["connredir_proxy_flows_active"] == 0;
       },
@@ -146,14 +132,7 @@ TEST_F(ProxyMetricsScrape, CountsFlowsBytesErrorsAndSetupTimeAndPassesPromtool) 
   EXPECT_EQ(m["connredir_proxy_listen_info{address=\"127.0.0.1:15001\"}"], 1) << text;
 
   // Debian's promtool: any complaint fails the test.
-  const std::string file = dir_ + "/metrics-check.txt";
-  {
-    FILE* f = fopen(file.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    ASSERT_EQ(fwrite(text.data(), 1, text.size(), f), text.size());
-    ASSERT_EQ(fclose(f), 0);
-  }
-  auto check = run({"/bin/sh", "-c", std::string(kPromtool) + " check metrics < " + file});
+  auto check = promtool_check(text, dir_ + "/metrics-check.txt");
   EXPECT_EQ(check.status, 0) << check.out << "\n" << text;
   EXPECT_EQ(check.out, "") << text;
 }
