@@ -109,8 +109,7 @@ const char* stat_help(size_t index) {
       "callouts skipped because their proxy was not listening (on-proxy-down bypass)",
       "connects refused because the callout's proxy was not listening (on-proxy-down refuse)",
       "connects refused because they could not be redirected (on-failure refuse)",
-      "callouts whose proxy address had a listener their principal does not own (an impostor "
-      "or another vendor)",
+      "callouts whose proxy address had a listener their principal does not own",
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
@@ -135,12 +134,12 @@ const char* callout_stat_help(size_t index) {
       "selected, but the callout has no proxy for the family",
       "chosen, but per-socket storage could not be allocated",
       "skipped: the proxy was not listening (on-proxy-down bypass)",
-      "a listener the callout's principal does not own was at the proxy address (also counted "
-      "as down_bypass or down_refused)",
+      ("a listener the callout's principal does not own was at the proxy address (also counted "
+       "as down_bypass or down_refused)"),
       "connect refused: the proxy was not listening (on-proxy-down refuse)",
       "connect refused: it could not be redirected (on-failure refuse)",
-      "redirect records from the callout's proxy principal refused as forged, altered or "
-      "malformed",
+      ("redirect records from the callout's proxy principal refused as forged, altered or "
+       "malformed"),
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_CSTAT_MAX, "a help text per counter");
   return index < CONNREDIR_CSTAT_MAX ? help[index] : "?";
