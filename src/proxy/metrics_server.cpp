@@ -1,3 +1,4 @@
+#include "connredir/error.hpp"
 #include "metrics_server.hpp"
 
 #include <arpa/inet.h>
@@ -15,11 +16,6 @@
 namespace connredir::proxy {
 
 namespace {
-
-std::string errtext(int err) {
-  const char* d = strerrordesc_np(err);
-  return d ? d : "errno " + std::to_string(err);
-}
 
 std::string bind_hint(int err) {
   switch (err) {
@@ -93,13 +89,13 @@ std::string MetricsServer::start(const std::string& ip, uint16_t port, bool allo
   // the operator needs the reason (port in use, address not local, ...).
   if (port != 0) {
     UniqueFd probe(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!probe) return what + "socket: " + errtext(errno) + "; " + bind_hint(errno);
+    if (!probe) return what + "socket: " + connredir::errno_text(errno) + "; " + bind_hint(errno);
     const int one = 1;
     if (setsockopt(probe.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
-      return what + "SO_REUSEADDR: " + errtext(errno);
+      return what + "SO_REUSEADDR: " + connredir::errno_text(errno);
     if (bind(probe.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
       const int e = errno;
-      return what + "bind: " + errtext(e) + "; " + bind_hint(e);
+      return what + "bind: " + connredir::errno_text(e) + "; " + bind_hint(e);
     }
   }
 

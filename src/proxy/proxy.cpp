@@ -1,3 +1,4 @@
+#include "connredir/error.hpp"
 #include "proxy.hpp"
 
 #include <errno.h>
@@ -28,11 +29,6 @@ namespace {
 enum Tag : uint64_t { kTagSignal = 0, kTagListener = 1, kTagClient = 2, kTagServer = 3 };
 constexpr uint64_t kTagMask = 3;
 constexpr uint32_t kConnEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-
-std::string errtext(int err) {
-  const char* d = strerrordesc_np(err);
-  return d ? d : "errno " + std::to_string(err);
-}
 
 uint64_t now_ns() {
   timespec ts{};
@@ -189,7 +185,8 @@ std::string Proxy::Impl::start() {
   // A closed peer must not kill the proxy: splice/send report EPIPE instead.
   struct sigaction sa {};
   sa.sa_handler = SIG_IGN;
-  if (sigaction(SIGPIPE, &sa, nullptr) != 0) return "ignoring SIGPIPE failed: " + errtext(errno);
+  if (sigaction(SIGPIPE, &sa, nullptr) != 0)
+    return "ignoring SIGPIPE failed: " + connredir::errno_text(errno);
 
   // Each relayed flow needs up to 6 descriptors (2 sockets, 2 pipes).
   rlimit rl{};
@@ -215,43 +212,45 @@ std::string Proxy::Impl::start() {
   }
 
   ep.reset(epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) return "epoll_create1 failed: " + errtext(errno) + "; raise the descriptor limit";
+  if (!ep)
+    return "epoll_create1 failed: " + connredir::errno_text(errno) + "; raise the descriptor limit";
 
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
-    return "blocking SIGTERM/SIGINT failed: " + errtext(errno);
+    return "blocking SIGTERM/SIGINT failed: " + connredir::errno_text(errno);
   sigfd.reset(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
-  if (!sigfd) return "signalfd failed: " + errtext(errno) + "; raise the descriptor limit";
+  if (!sigfd)
+    return "signalfd failed: " + connredir::errno_text(errno) + "; raise the descriptor limit";
   epoll_event sev{};
   sev.events = EPOLLIN;
   sev.data.u64 = kTagSignal;
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, sigfd.get(), &sev) != 0)
-    return "epoll_ctl(signalfd) failed: " + errtext(errno);
+    return "epoll_ctl(signalfd) failed: " + connredir::errno_text(errno);
 
   for (const Address& a : opt.listen) {
     auto l = std::make_unique<Listener>();
     l->addr = a;
     const std::string what = "listening on " + a.to_string() + " failed: ";
     l->fd.reset(socket(a.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!l->fd) return what + "socket: " + errtext(errno) + "; " + listen_hint(errno);
+    if (!l->fd) return what + "socket: " + connredir::errno_text(errno) + "; " + listen_hint(errno);
     const int one = 1;
     if (setsockopt(l->fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
-      return what + "SO_REUSEADDR: " + errtext(errno);
+      return what + "SO_REUSEADDR: " + connredir::errno_text(errno);
     if (a.family == AF_INET6 &&
         setsockopt(l->fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
-      return what + "IPV6_V6ONLY: " + errtext(errno);
+      return what + "IPV6_V6ONLY: " + connredir::errno_text(errno);
     sockaddr_storage ss{};
     const socklen_t len = a.to_sockaddr(ss);
     if (bind(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
       const int e = errno;
-      return what + "bind: " + errtext(e) + "; " + listen_hint(e);
+      return what + "bind: " + connredir::errno_text(e) + "; " + listen_hint(e);
     }
     if (listen(l->fd.get(), SOMAXCONN) != 0) {
       const int e = errno;
-      return what + "listen: " + errtext(e) + "; " + listen_hint(e);
+      return what + "listen: " + connredir::errno_text(e) + "; " + listen_hint(e);
     }
     socklen_t blen = sizeof ss;
     if (getsockname(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), &blen) == 0) {
@@ -263,7 +262,7 @@ std::string Proxy::Impl::start() {
     ev.events = EPOLLIN;
     ev.data.u64 = reinterpret_cast<uint64_t>(l.get()) | kTagListener;
     if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, l->fd.get(), &ev) != 0)
-      return what + "epoll_ctl: " + errtext(errno);
+      return what + "epoll_ctl: " + connredir::errno_text(errno);
     std::fprintf(stderr, "%slistening on %s\n", prefix().c_str(), l->text.c_str());
     listeners.push_back(std::move(l));
   }
@@ -309,7 +308,7 @@ int Proxy::Impl::run() {
     if (n < 0) {
       if (errno == EINTR) continue;
       std::fprintf(stderr, "%sepoll_wait failed: %s; exiting\n", prefix().c_str(),
-                   errtext(errno).c_str());
+                   connredir::errno_text(errno).c_str());
       shutdown_all();
       return 1;
     }
@@ -378,7 +377,7 @@ void Proxy::Impl::arm(Listener& l, bool on) {
     // Cannot happen for a registered descriptor short of ENOMEM; disarmed
     // it would only spin while accepts pause, armed it would stall accepts.
     std::fprintf(stderr, "%sepoll_ctl(listener %s) failed: %s\n", prefix().c_str(), l.text.c_str(),
-                 errtext(errno).c_str());
+                 connredir::errno_text(errno).c_str());
     return;
   }
   l.armed = on;
@@ -447,7 +446,7 @@ void Proxy::Impl::accept_from(Listener& l) {
                          "%saccept on %s failed: %s; pausing accepts (up to 1 s at a time) until "
                          "resources free up. Raise the descriptor limit (ulimit -n) or lower "
                          "--max-conns\n",
-                         prefix().c_str(), l.text.c_str(), errtext(e).c_str());
+                         prefix().c_str(), l.text.c_str(), connredir::errno_text(e).c_str());
           }
           return;
         }
@@ -567,7 +566,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
 
   UniqueFd out(socket(dst->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!out) {
-    reject("creating the outgoing socket failed: " + errtext(errno) +
+    reject("creating the outgoing socket failed: " + connredir::errno_text(errno) +
                "; raise the descriptor limit (ulimit -n) or lower --max-conns",
            ErrorKind::Resources);
     return;
@@ -587,7 +586,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   const socklen_t dlen = dst->to_sockaddr(ds);
   if (connect(out.get(), reinterpret_cast<sockaddr*>(&ds), dlen) != 0 && errno != EINPROGRESS) {
     const int e = errno;
-    reject("connecting to " + *rec.orig_dst + " failed: " + errtext(e),
+    reject("connecting to " + *rec.orig_dst + " failed: " + connredir::errno_text(e),
            e == ECONNREFUSED ? ErrorKind::ConnectRefused : ErrorKind::ConnectFailed);
     return;
   }
@@ -602,13 +601,15 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagClient;
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
     set_linger_zero(fd.get());
-    log_now(c->rec, start, "epoll_ctl(client) failed: " + errtext(errno), ErrorKind::Resources);
+    log_now(c->rec, start, "epoll_ctl(client) failed: " + connredir::errno_text(errno),
+            ErrorKind::Resources);
     return;
   }
   ev.data.u64 = reinterpret_cast<uint64_t>(c) | kTagServer;
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, out.get(), &ev) != 0) {
     set_linger_zero(fd.get());
-    log_now(c->rec, start, "epoll_ctl(server) failed: " + errtext(errno), ErrorKind::Resources);
+    log_now(c->rec, start, "epoll_ctl(server) failed: " + connredir::errno_text(errno),
+            ErrorKind::Resources);
     return;
   }
   c->client = std::move(fd);
@@ -637,8 +638,9 @@ void Proxy::Impl::conn_event(Conn* c, Side side, uint32_t events) {
       socklen_t len = sizeof soerr;
       if (getsockopt(c->server.get(), SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno;
       if (soerr == 0) soerr = ECONNREFUSED;
-      close_conn(c, "connecting to " + *c->rec.orig_dst + " failed: " + errtext(soerr), true,
-                 soerr == ECONNREFUSED ? ErrorKind::ConnectRefused : ErrorKind::ConnectFailed);
+      close_conn(
+          c, "connecting to " + *c->rec.orig_dst + " failed: " + connredir::errno_text(soerr), true,
+          soerr == ECONNREFUSED ? ErrorKind::ConnectRefused : ErrorKind::ConnectFailed);
       return;
     }
     if (events & EPOLLOUT) established(c, events);
