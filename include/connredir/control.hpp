@@ -754,6 +754,24 @@ bool proxy_scoped_program(std::string_view name);
 inline bool proxy_scoped_link(std::string_view pin) {
   return pin.find('@') != std::string_view::npos;
 }
+// A TCP listener that was bound before connredir's bind hook ran, given the
+// owner record the hook would have written (src/control/adopt.cpp).
+struct AdoptedListener {
+  Address local;
+  int pid = 0;
+  std::string comm;
+  uint32_t uid = 0;
+  std::string cgroup;  // the holding process's, relative to the cgroup2 root
+};
+struct AdoptReport {
+  std::vector<AdoptedListener> adopted;
+  std::vector<std::string> problems;  // listeners left without an owner, and why
+};
+// Gives every TCP listener of the processes in `attached` (and below) that has
+// no sk_owner record the one the bind hook would have written: its socket's
+// uid and the holding process's cgroup. Needs CAP_SYS_PTRACE (pidfd_getfd).
+Result<AdoptReport> adopt_listeners(const std::string& pin_dir, const CgroupRef& attached);
+
 struct UpResult {
   bool already_up = false;
   std::vector<KernelFeature> features;  // as probed by this call
@@ -761,6 +779,7 @@ struct UpResult {
   std::vector<CgroupRef> proxies_in;
   std::vector<std::string> attached;  // programs attached by this call
   bool secret_initialised = false;
+  AdoptReport adopted;  // listeners bound before the bind hook ran (adopt_listeners)
 };
 // Mount bpffs if needed, check the kernel, load with pinned maps, initialise
 // the secret, attach every program to the cgroup and pin the links.

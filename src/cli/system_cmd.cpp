@@ -267,6 +267,12 @@ int print_up(const std::string& pin_dir, const ctl::UpResult& r) {
         "proxy socket options (records, context, SO_ORIGINAL_DST) attached only to cgroup {} (id "
         "{})\n",
         p.path, p.id);
+  for (const auto& l : r.adopted.adopted)
+    fmt::print(
+        "adopted the listener {} of pid {} ({}, uid {}, cgroup {}): it was bound before "
+        "connredir was up\n",
+        l.local.to_string(), l.pid, l.comm, l.uid, l.cgroup);
+  for (const auto& p : r.adopted.problems) fmt::print(stderr, "warning: {}\n", p);
   return 0;
 }
 

@@ -291,6 +291,14 @@ Result<UpResult> up(const UpOptions& opts) {
     return tl::unexpected(err.error());
   }
   res.attached = created;
+  // From here on every bind records its owner; listeners bound before are
+  // given theirs now (src/control/adopt.cpp). Not a reason to fail `up`: a
+  // listener left without an owner only meets its callout's policy.
+  if (auto a = adopt_listeners(opts.pin_dir, *cg); a)
+    res.adopted = std::move(*a);
+  else
+    res.adopted.problems.push_back(a.error().message +
+                                   " (listeners bound before connredir was up are not adopted)");
   // Now that the maps are pinned, the optional sock_diag probe can run.
   for (auto& f : res.features)
     if (f.name == "sock_diag_bpf_storage") f = sock_diag_feature(opts.pin_dir);

@@ -548,6 +548,98 @@ TEST_F(Ownership, PrincipalOfAnotherVendorCannotQueryItsFlows) {
   EXPECT_EQ(query_as(kProxyUid), "OK OK");
 }
 
+// Listeners that exist when connredir comes up (`down` dropped the owner
+// records with the maps while the proxies kept running: `systemctl stop` +
+// `start`, an upgrade) are adopted by `up` with their own identity: the
+// socket's uid and the holding process's cgroup. So the real proxies serve
+// again at once (vendor-a: uid principal; vendor-c: cgroup principal), while
+// a listener of the wrong uid inside the attached cgroup stays a non-owner,
+// and one outside the attached cgroup is not even looked at, although its
+// uid is the callout's principal.
+TEST_F(Ownership, ListenersBoundBeforeUpAreAdoptedWithTheirOwnIdentity) {
+  constexpr int kPortC = 15993;
+  cli({"down"});
+  EchoServer dst_a("127.0.0.1:0"), dst_c("127.0.0.1:0"), dst_b4("127.0.0.1:0"), dst_b6("[::1]:0");
+  start_proxy("vendor-a", kProxyUid, proxy_addr(false));
+  start_proxy("vendor-c", kNobody, "127.0.0.1:" + std::to_string(kPortC));
+  int go[2];
+  ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
+  auto squatter = [&](const std::string& where) {
+    return [&go, where]() -> std::string {
+      close(go[1]);
+      int l = squat(where);
+      if (l < 0) return std::string("squat: ") + strerror(errno);
+      int accepted = 0;
+      size_t bytes = 0;
+      char b;
+      for (;;) {
+        drain(l, 50, accepted, bytes);
+        pollfd p{go[0], POLLIN, 0};
+        if (poll(&p, 1, 0) > 0 && read(go[0], &b, 1) >= 0) break;
+      }
+      close(l);
+      return impostor_report(1, accepted, bytes);
+    };
+  };
+  // In the attached cgroup with the wrong uid; outside it with vendor-b's.
+  auto inside = fork_in(cg("squat"), kNobody, squatter("127.0.0.1:" + std::to_string(kPortB)));
+  auto outside = fork_in("", kVendorBUid, squatter("[::1]:" + std::to_string(kPortB)));
+  close(go[0]);
+  ASSERT_TRUE(wait_listening(kPort));
+  ASSERT_TRUE(wait_listening(kPortC));
+  ASSERT_TRUE(wait_listening(kPortB));
+
+  auto up = cli({"up", "--cgroup", cgroup_});
+  auto adopted = [&](const std::string& addr) {
+    return up.out.find("adopted the listener " + addr + " of pid") != std::string::npos;
+  };
+  EXPECT_TRUE(adopted(proxy_addr(false))) << up.out;
+  EXPECT_TRUE(adopted("127.0.0.1:" + std::to_string(kPortC))) << up.out;
+  EXPECT_TRUE(adopted("127.0.0.1:" + std::to_string(kPortB))) << up.out;  // as itself
+  EXPECT_FALSE(adopted("[::1]:" + std::to_string(kPortB))) << up.out;     // outside
+  EXPECT_EQ(up.out.find("warning"), std::string::npos) << up.out;
+
+  add_vendor_a(dst_a, false);
+  add_vendor_b();
+  cli({"callout", "add", "vendor-c", "--proxy", "127.0.0.1:" + std::to_string(kPortC),
+       "--proxy-cgroup", cg("vendor-c")});
+  cli({"filter", "add", "--callout", "vendor-c", "--dst", "127.0.0.1/32", "--port",
+       std::to_string(dst_c.port())});
+  for (const auto* d : {&dst_b4, &dst_b6})
+    cli({"filter", "add", "--callout", "vendor-b", "--dst",
+         d == &dst_b4 ? "127.0.0.1/32" : "::1/128", "--port", std::to_string(d->port())});
+
+  EXPECT_EQ(app_connects(dst_a, 3), "echoed=3");
+  EXPECT_EQ(app_connects(dst_c, 3), "echoed=3");
+  EXPECT_EQ(app_connects(dst_b4, 3), "ERR:connect Connection refused=3");
+  EXPECT_EQ(app_connects(dst_b6, 3), "ERR:connect Connection refused=3");
+  (void)!write(go[1], "x", 1);
+  close(go[1]);
+  EXPECT_EQ(inside->wait(10000), "listened=1 accepted=0 bytes=0");
+  EXPECT_EQ(outside->wait(10000), "listened=1 accepted=0 bytes=0");
+  auto st = stats();
+  EXPECT_EQ(st["redirected"], 6u);
+  EXPECT_EQ(st["not_owner"], 6u);
+  EXPECT_EQ(dst_b4.peers().size() + dst_b6.peers().size(), 0u);
+  // The proxies saw the flows with their records (one hop, their callout).
+  for (const char* v : {"vendor-a", "vendor-c"}) {
+    bool logged = eventually(
+        [&] {
+          std::ifstream in(proxy_log(v));
+          std::string line;
+          int n = 0;
+          while (std::getline(in, line)) n += line.find("\"chain\"") != std::string::npos;
+          return n == 3;
+        },
+        3000);
+    EXPECT_TRUE(logged) << v;
+  }
+  // A second `up` finds connredir up and adopts nothing (every listener that
+  // is still there has a record now).
+  auto again = cli({"up", "--cgroup", cgroup_});
+  EXPECT_NE(again.out.find("already up"), std::string::npos) << again.out;
+}
+
 // Sharing a principal between callouts is explicit configuration.
 TEST_F(Ownership, SharingAPrincipalNeedsSharedPrincipal) {
   add_vendor_b();
