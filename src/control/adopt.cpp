@@ -18,7 +18,8 @@
 //
 // sk_storage is written from user space through a file descriptor of the
 // socket, so connredir takes a copy of the process's descriptor with
-// pidfd_getfd(2) (needs CAP_SYS_PTRACE over the process), writes the record
+// pidfd_getfd(2) (CAP_SYS_PTRACE over the process; listing another uid's
+// descriptors in /proc also needs CAP_DAC_READ_SEARCH), writes the record
 // with BPF_NOEXIST (a record the hook wrote meanwhile wins) and closes the
 // copy. The process and its socket are not otherwise touched.
 #include <bpf/bpf.h>
@@ -77,15 +78,16 @@ void listening_inodes(int pid, std::set<uint64_t>& out) {
   }
 }
 
-// "socket:[12345]" -> 12345.
-std::optional<uint64_t> socket_inode(const fs::path& fd_link) {
+// "socket:[12345]" -> 12345. `denied` is set when the link may not be read.
+std::optional<uint64_t> socket_inode(const fs::path& fd_link, bool& denied) {
   std::error_code ec;
   auto target = fs::read_symlink(fd_link, ec).string();
   constexpr std::string_view kPrefix = "socket:[";
+  if (ec) denied = denied || ec.value() == EACCES || ec.value() == EPERM;
   if (ec || target.rfind(kPrefix, 0) != 0 || target.back() != ']') return std::nullopt;
   uint64_t ino = 0;
-  if (!parse_num(std::string_view(target).substr(kPrefix.size(), target.size() - kPrefix.size() - 1),
-                 ino))
+  if (!parse_num(
+          std::string_view(target).substr(kPrefix.size(), target.size() - kPrefix.size() - 1), ino))
     return std::nullopt;
   return ino;
 }
@@ -99,25 +101,24 @@ std::optional<std::string> process_cgroup(int pid) {
   return std::nullopt;
 }
 
-// Every process (thread group) in `dir` and the cgroups below it.
-std::vector<int> cgroup_processes(const std::string& dir) {
-  std::vector<int> pids;
-  auto add_procs = [&](const fs::path& d) {
-    std::istringstream in(slurp((d / "cgroup.procs").string()));
-    int pid = 0;
-    while (in >> pid) pids.push_back(pid);
-  };
-  add_procs(dir);
+// Every process (thread group) in `dir` and the cgroups below it. A cgroup
+// removed while this runs just has no processes: one directory's error never
+// ends the walk of the others.
+void cgroup_processes(const fs::path& dir, std::vector<int>& pids, int depth = 0) {
+  std::istringstream in(slurp((dir / "cgroup.procs").string()));
+  for (int pid = 0; in >> pid;) pids.push_back(pid);
+  if (depth >= 64) return;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied,
-                                                  ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_directory(ec)) add_procs(it->path());
-  return pids;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::error_code dec;
+    if (e.is_directory(dec) && !e.is_symlink(dec)) cgroup_processes(e.path(), pids, depth + 1);
+  }
 }
 
 int pidfd_open(int pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-int pidfd_getfd(int pidfd, int fd) { return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)); }
+int pidfd_getfd(int pidfd, int fd) {
+  return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
 
 // The sk_owner record the bind hook would write for a task of `uid` in the
 // cgroup at `rel` (relative to the cgroup2 root `root`).
@@ -167,26 +168,37 @@ Result<AdoptReport> adopt_listeners(const std::string& pin_dir, const CgroupRef&
   std::set<uint64_t> netns_seen;
   std::set<uint64_t> listening;
   std::set<uint64_t> done;
-  for (int pid : cgroup_processes(attached.path)) {
-    // The listening sockets of each network namespace the processes use.
-    struct stat ns {};
-    if (stat(fmt::format("/proc/{}/ns/net", pid).c_str(), &ns) != 0) continue;  // exited
-    if (netns_seen.insert(ns.st_ino).second) listening_inodes(pid, listening);
-
-    std::vector<std::pair<int, uint64_t>> fds;  // fd number, socket inode
+  std::vector<int> pids;
+  cgroup_processes(attached.path, pids);
+  std::vector<std::string> unreadable;  // processes whose descriptors may not be listed
+  for (int pid : pids) {
+    std::vector<std::pair<int, uint64_t>> socks;  // fd number, socket inode
     std::error_code ec;
+    bool denied = false;
     for (const auto& e : fs::directory_iterator(fmt::format("/proc/{}/fd", pid), ec)) {
-      auto ino = socket_inode(e.path());
+      auto ino = socket_inode(e.path(), denied);
       int fdnum = 0;
-      if (ino && listening.count(*ino) && !done.count(*ino) &&
-          parse_num(e.path().filename().string(), fdnum))
-        fds.emplace_back(fdnum, *ino);
+      if (ino && parse_num(e.path().filename().string(), fdnum)) socks.emplace_back(fdnum, *ino);
     }
+    std::string comm = slurp(fmt::format("/proc/{}/comm", pid));
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    // Another uid's descriptors: listing them needs CAP_DAC_READ_SEARCH,
+    // reading their links CAP_SYS_PTRACE.
+    if (denied || ec.value() == EACCES || ec.value() == EPERM)
+      unreadable.push_back(fmt::format("{} ({})", pid, comm));
+    if (socks.empty()) continue;
+    // The listening sockets of each network namespace the processes use
+    // (read once per namespace).
+    struct stat ns {};
+    if (stat(fmt::format("/proc/{}/ns/net", pid).c_str(), &ns) != 0 ||
+        netns_seen.insert(ns.st_ino).second)
+      listening_inodes(pid, listening);
+    std::vector<std::pair<int, uint64_t>> fds;
+    for (auto [fdnum, ino] : socks)
+      if (listening.count(ino) && !done.count(ino)) fds.emplace_back(fdnum, ino);
     if (fds.empty()) continue;
     auto rel = process_cgroup(pid);
     if (!rel) continue;  // exited, or not in a cgroup v2 hierarchy
-    std::string comm = slurp(fmt::format("/proc/{}/comm", pid));
-    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
     UniqueFd pidfd(pidfd_open(pid));
     if (pidfd.get() < 0) continue;  // exited meanwhile
     for (auto [fdnum, ino] : fds) {
@@ -199,7 +211,7 @@ Result<AdoptReport> adopt_listeners(const std::string& pin_dir, const CgroupRef&
             errno_message(e, fmt::format("cannot adopt the listening socket of {}: "
                                          "pidfd_getfd",
                                          who)) +
-            (e == EPERM ? " (adopting needs CAP_SYS_PTRACE; or restart that process so that it "
+            (e == EPERM ? " (adopting needs CAP_SYS_PTRACE, or restart that process so that it "
                           "binds again while connredir is up)"
                         : ""));
         continue;
@@ -231,6 +243,17 @@ Result<AdoptReport> adopt_listeners(const std::string& pin_dir, const CgroupRef&
       a.cgroup = *rel;
       rep.adopted.push_back(std::move(a));
     }
+  }
+  if (!unreadable.empty()) {
+    std::string some;
+    for (size_t i = 0; i < unreadable.size() && i < 5; ++i) some += (i ? ", " : "") + unreadable[i];
+    if (unreadable.size() > 5) some += ", ...";
+    rep.problems.push_back(fmt::format(
+        "cannot read the descriptors of {} process{} in {} (pid {}): listeners they bound before "
+        "connredir was up are not adopted and get no redirected flow until they bind again. "
+        "Adopting needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE: run `connredir up`/`apply` as "
+        "root with them, or restart those proxies",
+        unreadable.size(), unreadable.size() == 1 ? "" : "es", attached.path, some));
   }
   return rep;
 }

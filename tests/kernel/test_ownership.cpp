@@ -640,6 +640,41 @@ TEST_F(Ownership, ListenersBoundBeforeUpAreAdoptedWithTheirOwnIdentity) {
   EXPECT_NE(again.out.find("already up"), std::string::npos) << again.out;
 }
 
+// Without the capabilities adopting needs, `up` says which processes it
+// could not look at and what to do; their listeners stay without an owner
+// (the callout's policy applies) until an `up` with them adopts them.
+TEST_F(Ownership, UpWithoutPtraceWarnsAndTheListenerMeetsThePolicy) {
+  cli({"down"});
+  EchoServer dst("127.0.0.1:0");
+  start_proxy("vendor-a", kProxyUid, proxy_addr(false));
+  ASSERT_TRUE(wait_listening(kPort));
+  // The capabilities connredir.service has (packaging/systemd/connredir.service.in),
+  // minus the two adopting needs.
+  auto up = run(
+      {"/usr/bin/setpriv", "--bounding-set=-all,+bpf,+perfmon,+net_admin,+sys_admin,+sys_resource",
+       "--no-new-privs", CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_, "up", "--cgroup", cgroup_});
+  ASSERT_EQ(up.status, 0) << up.out;
+  EXPECT_NE(up.out.find("warning: cannot read the descriptors of"), std::string::npos) << up.out;
+  EXPECT_NE(up.out.find("CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE"), std::string::npos) << up.out;
+  EXPECT_EQ(up.out.find("adopted the listener"), std::string::npos) << up.out;
+  add_vendor_a(dst, false);
+  EXPECT_EQ(app_connects(dst, 2), "ERR:connect Connection refused=2");
+  EXPECT_EQ(stats()["not_owner"], 2u);
+  // down + up with exactly connredir.service's capabilities: adopted, served.
+  cli({"down"});
+  auto again =
+      run({"/usr/bin/setpriv",
+           "--bounding-set=-all,+bpf,+perfmon,+net_admin,+sys_admin,+sys_resource,+sys_"
+           "ptrace,+dac_read_search",
+           "--no-new-privs", CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_, "up", "--cgroup", cgroup_});
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_EQ(again.out.find("warning"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find("adopted the listener " + proxy_addr(false)), std::string::npos)
+      << again.out;
+  add_vendor_a(dst, false);
+  EXPECT_EQ(app_connects(dst, 2), "echoed=2");
+}
+
 // Sharing a principal between callouts is explicit configuration.
 TEST_F(Ownership, SharingAPrincipalNeedsSharedPrincipal) {
   add_vendor_b();
