@@ -305,6 +305,10 @@ echo "RT-INFO after stop, a new connect goes direct"
 step "boot 2: start again"
 systemctl start connredir.service || fail "systemctl start connredir failed"
 connredir --json callout list >"$STATE/callouts.json" 2>&1 || fail "connredir --json callout list failed"
+# The proxies kept running across stop + start: `up` adopted their listeners (their owner records
+# went with the maps at stop), each once.
+n=$(journalctl -u connredir.service -b 0 --no-pager -o cat | grep -c 'adopted the listener 127\.0\.0\.1:1500[12] ')
+[[ $n == 2 ]] || fail "start after stop adopted $n of the 2 proxies' listeners (journalctl -u connredir)"
 download_through "after stop and start" vendor-b vendor-a
 
-finish "PASS: after a reboot the two-vendor chain was restored (vendor-a -> vendor-b, byte-exact); reload re-applied (vendor-b -> vendor-a); stop sent new connects direct and kept an established flow; start restored the chain"
+finish "PASS: after a reboot the two-vendor chain was restored (vendor-a -> vendor-b, byte-exact); reload re-applied (vendor-b -> vendor-a); stop sent new connects direct and kept an established flow; start adopted the running proxies and restored the chain"
