@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "connredir/error.hpp"
+
 namespace connredir::proxy {
 
 namespace {
@@ -58,7 +60,7 @@ std::string FlowLog::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) {
     const int e = errno;
-    return "cannot open log file " + path + ": " + strerrordesc_np(e) +
+    return "cannot open log file " + path + ": " + errno_text(e) +
            "; check that the directory exists and is writable by this user, or pass another "
            "--log path";
   }
@@ -81,7 +83,7 @@ void FlowLog::write(const FlowRecord& r) {
         std::fprintf(stderr,
                      "connredir-proxy: writing the flow log %s failed: %s; flow lines are being "
                      "lost, free disk space or fix the file's permissions\n",
-                     path_.c_str(), strerrordesc_np(e));
+                     path_.c_str(), errno_text(e).c_str());
         last_errno_ = e;
       }
       return;

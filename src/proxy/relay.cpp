@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <string>
 
+#include "connredir/error.hpp"
+
 namespace connredir::proxy {
 
 namespace {
@@ -17,11 +19,6 @@ namespace {
 // holds so one call empties the socket's queue when the pipe has room.
 constexpr size_t kSpliceChunk = size_t{1} << 20;
 constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
-
-std::string errtext(int err) {
-  const char* d = strerrordesc_np(err);
-  return d ? d : "errno " + std::to_string(err);
-}
 
 void set_linger_zero(int fd) {
   if (fd < 0) return;
@@ -226,7 +223,7 @@ bool Relay::to_copy_mode(Direction& d) {
     const ssize_t n = ::read(d.pipe_r.get(), d.buf.get() + d.buf_len, d.in_pipe);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
-      abort("relay: cannot recover data from the splice pipe (" + errtext(n < 0 ? errno : EIO) +
+      abort("relay: cannot recover data from the splice pipe (" + errno_text(n < 0 ? errno : EIO) +
                 "); both connections were reset",
             true);
       return false;
@@ -250,7 +247,7 @@ void Relay::fail(Direction& d, bool reading, int err) {
   } else if (err == EPIPE) {
     error_ = std::string(who) + " reset the connection while data was still being sent to it";
   } else {
-    error_ = std::string(reading ? "reading from " : "writing to ") + who + ": " + errtext(err);
+    error_ = std::string(reading ? "reading from " : "writing to ") + who + ": " + errno_text(err);
   }
   set_linger_zero(socks_[other].get());
   finish(State::Failed);
