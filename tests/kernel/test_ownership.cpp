@@ -94,6 +94,23 @@ std::string impostor_report(int listened, int accepted, size_t bytes) {
          " bytes=" + std::to_string(bytes);
 }
 
+// An impostor's life: listens at `where`, drains whatever arrives until the
+// test writes to `go_fd` (its "app is done"), then reports.
+std::string squat_until_go(const std::string& where, int go_fd) {
+  int l = squat(where);
+  if (l < 0) return std::string("squat: ") + strerror(errno);
+  int accepted = 0;
+  size_t bytes = 0;
+  char b;
+  for (;;) {
+    drain(l, 50, accepted, bytes);
+    pollfd p{go_fd, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0 && read(go_fd, &b, 1) >= 0) break;
+  }
+  close(l);
+  return impostor_report(1, accepted, bytes);
+}
+
 class Ownership : public KernelTest {
  protected:
   void SetUp() override {
@@ -420,18 +437,7 @@ TEST_F(Ownership, ListenerBoundBeforeTheCalloutByAnotherPrincipalGetsNothing) {
   std::string where = proxy_addr(false);
   auto early = fork_in(cg("vendor-b"), kVendorBUid, [&]() -> std::string {
     close(go[1]);
-    int l = squat(where);
-    if (l < 0) return std::string("squat: ") + strerror(errno);
-    int accepted = 0;
-    size_t bytes = 0;
-    char b;
-    for (;;) {
-      drain(l, 50, accepted, bytes);
-      pollfd p{go[0], POLLIN, 0};
-      if (poll(&p, 1, 0) > 0 && read(go[0], &b, 1) >= 0) break;
-    }
-    close(l);
-    return impostor_report(1, accepted, bytes);
+    return squat_until_go(where, go[0]);
   });
   close(go[0]);
   ASSERT_TRUE(wait_listening(kPort));
@@ -567,18 +573,7 @@ TEST_F(Ownership, ListenersBoundBeforeUpAreAdoptedWithTheirOwnIdentity) {
   auto squatter = [&](const std::string& where) {
     return [&go, where]() -> std::string {
       close(go[1]);
-      int l = squat(where);
-      if (l < 0) return std::string("squat: ") + strerror(errno);
-      int accepted = 0;
-      size_t bytes = 0;
-      char b;
-      for (;;) {
-        drain(l, 50, accepted, bytes);
-        pollfd p{go[0], POLLIN, 0};
-        if (poll(&p, 1, 0) > 0 && read(go[0], &b, 1) >= 0) break;
-      }
-      close(l);
-      return impostor_report(1, accepted, bytes);
+      return squat_until_go(where, go[0]);
     };
   };
   // In the attached cgroup with the wrong uid; outside it with vendor-b's.
