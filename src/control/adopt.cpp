@@ -41,6 +41,7 @@
 
 #include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
+#include "pinned_map.hpp"
 
 namespace connredir::control {
 namespace {
@@ -153,13 +154,9 @@ connredir_sk_owner owner_record(MapStore& store, uint32_t uid, const std::string
 
 Result<AdoptReport> adopt_listeners(const std::string& pin_dir, const CgroupRef& attached) {
   AdoptReport rep;
-  std::string map_path = pin_dir + "/maps/sk_owner";
-  UniqueFd map(bpf_obj_get(map_path.c_str()));
-  if (map.get() < 0) {
-    int e = errno;
-    return fail(e, errno_message(e, fmt::format("cannot open {}", map_path)) +
-                       fmt::format("; is connredir up at {}? (`connredir up`)", pin_dir));
-  }
+  auto opened = open_pinned_map(pin_dir, "sk_owner");
+  if (!opened) return tl::unexpected(opened.error());
+  UniqueFd map = std::move(*opened);
   auto store = KernelMapStore::open(pin_dir);
   if (!store) return tl::unexpected(store.error());
   auto root = find_cgroup2_mount();

@@ -30,6 +30,7 @@
 
 #include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
+#include "pinned_map.hpp"
 
 namespace connredir::control {
 namespace {
@@ -249,12 +250,9 @@ std::vector<std::string> all_netns_paths() {
 
 Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQuery& query) {
   std::string map_path = pin_dir + "/maps/sk_state";
-  UniqueFd map(bpf_obj_get(map_path.c_str()));
-  if (map.get() < 0) {
-    int e = errno;
-    return fail(e, errno_message(e, fmt::format("cannot open {}", map_path)) +
-                       fmt::format("; is connredir up at {}? (`connredir up`)", pin_dir));
-  }
+  auto opened = open_pinned_map(pin_dir, "sk_state");
+  if (!opened) return tl::unexpected(opened.error());
+  UniqueFd map = std::move(*opened);
   bpf_map_info info{};
   uint32_t len = sizeof info;
   if (bpf_obj_get_info_by_fd(map.get(), &info, &len) != 0) {

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
+#include "pinned_map.hpp"
 
 namespace connredir::control {
 namespace {
@@ -62,18 +63,14 @@ const char* flow_role(uint32_t flags) {
 
 Result<MapOccupancy> pinned_map_occupancy(const std::string& pin_dir, std::string_view name) {
   std::string path = fmt::format("{}/maps/{}", pin_dir, name);
-  int fd = bpf_obj_get(path.c_str());
-  if (fd < 0) {
-    int e = errno;
-    return fail(e, fmt::format("cannot open pinned map {}: {}{}", path, errno_text(e),
-                               e == ENOENT ? " (run `connredir up`)" : ""));
-  }
+  auto opened = open_pinned_map(pin_dir, name);
+  if (!opened) return tl::unexpected(opened.error());
+  const int fd = opened->get();
   MapOccupancy o;
   bpf_map_info info{};
   uint32_t len = sizeof info;
   if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) {
     int e = errno;
-    ::close(fd);
     return fail(e, fmt::format("cannot inspect pinned map {}: {}", path, errno_text(e)));
   }
   o.capacity = info.max_entries;
@@ -87,7 +84,6 @@ Result<MapOccupancy> pinned_map_occupancy(const std::string& pin_dir, std::strin
     prev = key.data();
   }
   int e = errno;
-  ::close(fd);
   if (e != ENOENT && o.entries <= o.capacity)
     return fail(e, fmt::format("walking pinned map {}: {}", path, errno_text(e)));
   return o;

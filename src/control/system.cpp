@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
+#include "pinned_map.hpp"
 
 namespace connredir::control {
 namespace {
@@ -232,6 +233,19 @@ Result<CliLock> CliLock::acquire(bool exclusive) {
 
 CliLock::~CliLock() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+Result<UniqueFd> open_pinned_map(const std::string& pin_dir, std::string_view name) {
+  std::string path = fmt::format("{}/maps/{}", pin_dir, name);
+  UniqueFd fd(bpf_obj_get(path.c_str()));
+  if (!fd) {
+    int e = errno;
+    return fail(e, fmt::format("cannot open pinned map {}: {}{}", path, errno_text(e),
+                               e == ENOENT                 ? " (is connredir up? `connredir up`)"
+                               : e == EPERM || e == EACCES ? " (run as root)"
+                                                           : ""));
+  }
+  return fd;
 }
 
 }  // namespace connredir::control
