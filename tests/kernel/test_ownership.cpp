@@ -94,6 +94,16 @@ std::string impostor_report(int listened, int accepted, size_t bytes) {
          " bytes=" + std::to_string(bytes);
 }
 
+// Drains listener `l` until the test writes to `go_fd`.
+void drain_until_go(int l, int go_fd, int& accepted, size_t& bytes) {
+  char b;
+  for (;;) {
+    drain(l, 50, accepted, bytes);
+    pollfd p{go_fd, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0 && read(go_fd, &b, 1) >= 0) break;
+  }
+}
+
 // An impostor's life: listens at `where`, drains whatever arrives until the
 // test writes to `go_fd` (its "app is done"), then reports.
 std::string squat_until_go(const std::string& where, int go_fd) {
@@ -101,12 +111,7 @@ std::string squat_until_go(const std::string& where, int go_fd) {
   if (l < 0) return std::string("squat: ") + strerror(errno);
   int accepted = 0;
   size_t bytes = 0;
-  char b;
-  for (;;) {
-    drain(l, 50, accepted, bytes);
-    pollfd p{go_fd, POLLIN, 0};
-    if (poll(&p, 1, 0) > 0 && read(go_fd, &b, 1) >= 0) break;
-  }
+  drain_until_go(l, go_fd, accepted, bytes);
   close(l);
   return impostor_report(1, accepted, bytes);
 }
@@ -225,11 +230,7 @@ class Ownership : public KernelTest {
       char b;
       // Serve until the test says the app is done.
       if (l >= 0) {
-        for (;;) {
-          drain(l, 50, accepted, bytes);
-          pollfd p{go[0], POLLIN, 0};
-          if (poll(&p, 1, 0) > 0 && read(go[0], &b, 1) >= 0) break;
-        }
+        drain_until_go(l, go[0], accepted, bytes);
         close(l);
       } else {
         (void)!read(go[0], &b, 1);  // the test writes once either way
@@ -397,18 +398,7 @@ TEST_F(Ownership, BypassPolicySendsTheAppOnwardNotToTheImpostor) {
     ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
     auto imp = fork_in("", kNobody, [&]() -> std::string {
       close(go[1]);
-      int l = squat(where);
-      if (l < 0) return std::string("squat: ") + strerror(errno);
-      int accepted = 0;
-      size_t bytes = 0;
-      char b;
-      for (;;) {
-        drain(l, 50, accepted, bytes);
-        pollfd p{go[0], POLLIN, 0};
-        if (poll(&p, 1, 0) > 0 && read(go[0], &b, 1) >= 0) break;
-      }
-      close(l);
-      return impostor_report(1, accepted, bytes);
+      return squat_until_go(where, go[0]);
     });
     close(go[0]);
     ASSERT_TRUE(wait_listening(kPort));
@@ -484,12 +474,7 @@ TEST_F(Ownership, AddressBoundListenerWinsOverWildcardAsForTheSyn) {
           return std::string("listen ") + where + ": " + strerror(errno);
         int accepted = 0;
         size_t bytes = 0;
-        char b;
-        for (;;) {
-          drain(fd, 50, accepted, bytes);
-          pollfd p{go_fd, POLLIN, 0};
-          if (poll(&p, 1, 0) > 0 && read(go_fd, &b, 1) >= 0) break;
-        }
+        drain_until_go(fd, go_fd, accepted, bytes);
         close(fd);
         return "accepted=" + std::to_string(accepted);
       };
