@@ -355,7 +355,7 @@ enum connredir_callout_stat {
  * classified connect while the lease holds; full ring = the event is dropped
  * and counted (CONNREDIR_STAT_TRACE_LOST). */
 #define CONNREDIR_TRACE_RING_BYTES   (1u << 20)
-#define CONNREDIR_TRACE_VERDICTS_MAX 8 /* candidates recorded per event */
+#define CONNREDIR_TRACE_VERDICTS_MAX 16 /* candidates recorded per event (> CONNREDIR_MAX_HOPS: a full chain and the callout meeting its cap fit) */
 
 /* A candidate callout's verdict (struct connredir_trace_verdict.verdict). */
 enum connredir_trace_verdict_kind {

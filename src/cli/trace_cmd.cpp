@@ -34,7 +34,6 @@ constexpr int kPollMs = 100;
 
 struct TraceArgs {
   std::string callout, cgroup, dst;
-  bool json = false;
   uint64_t count = 0;  // 0 = until interrupted
   uint64_t timeout_ms = 0;
 };
@@ -110,10 +109,11 @@ const char* outcome_name(uint8_t o) {
 
 class Tracer {
  public:
-  Tracer(const TraceArgs& a, std::map<uint32_t, ctl::CalloutInfo> callouts,
+  Tracer(const TraceArgs& a, bool as_json, std::map<uint32_t, ctl::CalloutInfo> callouts,
          std::optional<uint32_t> callout, std::optional<ctl::CgroupRef> cgroup,
          std::optional<ctl::Prefix> dst)
       : a_(a),
+        json_(as_json),
         callouts_(std::move(callouts)),
         callout_(callout),
         cgroup_(std::move(cgroup)),
@@ -191,7 +191,7 @@ class Tracer {
     auto cg_path = ctl::cgroup_path_by_id(ev.cgroup_id);
     std::optional<std::string> final_dst;
     if (ev.final_dst.family) final_dst = Address::from_abi(ev.final_dst).to_string();
-    if (a_.json) {
+    if (json_) {
       json verdicts = json::array();
       for (uint32_t i = 0; i < n; ++i) {
         const auto& v = ev.verdicts[i];
@@ -244,6 +244,7 @@ class Tracer {
   }
 
   const TraceArgs& a_;
+  bool json_;
   std::map<uint32_t, ctl::CalloutInfo> callouts_;
   std::optional<uint32_t> callout_;
   std::optional<ctl::CgroupRef> cgroup_;
@@ -272,7 +273,7 @@ uint64_t lost_now(ctl::KernelMapStore& store) {
   return s && s->size() > CONNREDIR_STAT_TRACE_LOST ? (*s)[CONNREDIR_STAT_TRACE_LOST] : 0;
 }
 
-int cmd_trace(const std::string& pin_dir, const TraceArgs& a) {
+int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
   if (auto r = ctl::require_root(); !r) return report(r.error());
   std::optional<ctl::Prefix> dst;
   if (!a.dst.empty()) {
@@ -309,7 +310,7 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a) {
     return report(on_fd.error());
   }
   const uint64_t lost_before = lost_now(**store);
-  Tracer tracer(a, std::move(callouts), callout, cgroup, dst);
+  Tracer tracer(a, as_json, std::move(callouts), callout, cgroup, dst);
   ring_buffer* rb = ring_buffer__new(*ring_fd, &Tracer::handle, &tracer, nullptr);
   if (!rb) {
     int e = errno;
@@ -388,14 +389,14 @@ void add_trace_command(CLI::App& app, Globals& g, Commands& out) {
   t->add_option("--callout", a->callout, "only connects this callout was a candidate for");
   t->add_option("--cgroup", a->cgroup, "only applications in this cgroup (or below)");
   t->add_option("--dst", a->dst, "only connects to this CIDR");
-  t->add_flag("--json", a->json, "one JSON object per line");
+  t->add_flag("--json", g.as_json, "one JSON object per line");
   t->add_option("--count", a->count, "stop after N events (default: until Ctrl-C)");
   t->add_option("--timeout-ms", a->timeout_ms, "stop after this many milliseconds");
   t->footer(
       "Events are built in the kernel only while a trace runs (a lease renewed every 250 ms, "
       "lapsing 2 s after a tracer dies). Lost events (ring buffer full) are counted and "
       "reported on exit. docs/TRACE.md.");
-  out.push_back({t, [&g, a] { return cmd_trace(g.pin_dir, *a); }});
+  out.push_back({t, [&g, a] { return cmd_trace(g.pin_dir, *a, g.as_json); }});
 }
 
 }  // namespace connredir::cli

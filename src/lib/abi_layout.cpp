@@ -162,7 +162,7 @@ CR_SIZE(connredir_trace_verdict, 12);
 CR_OFF(connredir_trace_verdict, filter_id, 4);
 CR_OFF(connredir_trace_verdict, verdict, 8);
 CR_OFF(connredir_trace_verdict, flags, 9);
-CR_SIZE(connredir_trace_event, 184);
+CR_SIZE(connredir_trace_event, 280);
 CR_OFF(connredir_trace_event, cgroup_id, 8);
 CR_OFF(connredir_trace_event, pid, 16);
 CR_OFF(connredir_trace_event, comm, 24);
@@ -174,3 +174,5 @@ CR_OFF(connredir_trace_event, truncated, 84);
 CR_OFF(connredir_trace_event, verdicts, 88);
 static_assert((CONNREDIR_TRACE_VERDICTS_MAX & (CONNREDIR_TRACE_VERDICTS_MAX - 1)) == 0);
 static_assert(CONNREDIR_TRACE_VERDICTS_MAX <= 0xff, "count is a __u8");
+static_assert(CONNREDIR_TRACE_VERDICTS_MAX > CONNREDIR_MAX_HOPS,
+              "an event holds a full chain and the callout that meets its cap");
