@@ -3,11 +3,15 @@
 // once the tracer is gone, even when it was killed.
 #include <bpf/bpf.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -235,6 +239,45 @@ TEST_F(Trace, KilledTracerLeavesNoTracingOnAndDstFilters) {
   EXPECT_EQ(ev[0].value("outcome", ""), "direct");
   EXPECT_NE(summary("trace.out").find("1 events shown, 0 events lost"), std::string::npos);
   EXPECT_EQ(cli_json({"status"})["stats"].value("trace_lost", 99ull), 0u);
+}
+
+// A tracer that does not read (stopped) while connects keep coming: the full
+// ring drops events, never connects; every drop is counted (stat trace_lost)
+// and the tracer reports them on exit, so shown + lost = the connects.
+TEST_F(Trace, CountsAndReportsLostEvents) {
+  constexpr int kConnects = 4500;  // the 1 MiB ring holds ~3,600 events
+  // A port nothing listens on: each connect is classified (vendor-a is down
+  // and bypassed) and refused at once by the kernel.
+  add_vendor("vendor-a", 15001, 4001, "127.0.0.1/32", 1, 100, {"--on-proxy-down", "bypass"});
+  auto& tracer = start_trace({"--timeout-ms", "30000"}, "trace.out");
+  ASSERT_EQ(::kill(tracer.pid, SIGSTOP), 0);
+  // Well within the 2 s lease the stopped tracer still holds.
+  std::string refused = run_in(cg("app"), kAppUid, [] {
+    int n = 0;
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(1);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < kConnects; i++) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 && errno == ECONNREFUSED)
+        n++;
+      close(fd);
+    }
+    return std::to_string(n);
+  });
+  EXPECT_EQ(refused, std::to_string(kConnects));
+  ASSERT_EQ(::kill(tracer.pid, SIGCONT), 0);
+  ASSERT_EQ(::kill(tracer.pid, SIGINT), 0);
+  std::string sum = summary("trace.out");
+  unsigned long long shown = 0, lost = 0;
+  ASSERT_EQ(sscanf(sum.c_str(), "trace: %llu events shown, %llu events lost", &shown, &lost), 2)
+      << sum;
+  EXPECT_GT(lost, 0u) << sum;
+  EXPECT_GT(shown, 0u) << sum;
+  EXPECT_EQ(shown + lost, static_cast<unsigned long long>(kConnects)) << sum;
+  EXPECT_NE(sum.find("the ring buffer was full"), std::string::npos) << sum;
+  EXPECT_EQ(cli_json({"status"})["stats"].value("trace_lost", 0ull), lost);
 }
 
 }  // namespace
