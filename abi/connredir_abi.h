@@ -354,20 +354,22 @@ enum connredir_callout_stat {
 /* map `trace_events` (RINGBUF): one struct connredir_trace_event per
  * classified connect while the lease holds; full ring = the event is dropped
  * and counted (CONNREDIR_STAT_TRACE_LOST). */
-#define CONNREDIR_TRACE_RING_BYTES   (1u << 20)
-#define CONNREDIR_TRACE_VERDICTS_MAX 16 /* candidates recorded per event (> CONNREDIR_MAX_HOPS: a full chain and the callout meeting its cap fit) */
+#define CONNREDIR_TRACE_RING_BYTES (1u << 20)
+/* Candidates recorded per event: more than CONNREDIR_MAX_HOPS, so a full
+ * chain's skips and the callout that meets its cap all fit. */
+#define CONNREDIR_TRACE_VERDICTS_MAX 16
 
 /* A candidate callout's verdict (struct connredir_trace_verdict.verdict). */
 enum connredir_trace_verdict_kind {
-	CONNREDIR_TV_REDIRECTED = 1,   /* redirected to its proxy */
-	CONNREDIR_TV_SELF_SKIP,	       /* skipped: REDIRECTED_BY_SELF */
-	CONNREDIR_TV_PREV_SKIP,	       /* skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
-	CONNREDIR_TV_HOP_CAP,	       /* chosen, chain at CONNREDIR_MAX_HOPS */
-	CONNREDIR_TV_NO_PROXY_FAMILY,  /* no proxy for the family */
-	CONNREDIR_TV_STORAGE_FAIL,     /* chosen, no memory for the socket's state */
-	CONNREDIR_TV_NO_KEY,	       /* chosen, MAC key not initialised */
-	CONNREDIR_TV_DOWN_BYPASS,      /* proxy down (or not owned): skipped */
-	CONNREDIR_TV_DOWN_REFUSED,     /* proxy down (or not owned): connect refused */
+	CONNREDIR_TV_REDIRECTED = 1,  /* redirected to its proxy */
+	CONNREDIR_TV_SELF_SKIP,	      /* skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_TV_PREV_SKIP,	      /* skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_TV_HOP_CAP,	      /* chosen, chain at CONNREDIR_MAX_HOPS */
+	CONNREDIR_TV_NO_PROXY_FAMILY, /* no proxy for the family */
+	CONNREDIR_TV_STORAGE_FAIL,    /* chosen, no memory for the socket's state */
+	CONNREDIR_TV_NO_KEY,	      /* chosen, MAC key not initialised */
+	CONNREDIR_TV_DOWN_BYPASS,     /* proxy down (or not owned): skipped */
+	CONNREDIR_TV_DOWN_REFUSED,    /* proxy down (or not owned): connect refused */
 };
 #define CONNREDIR_TV_F_NOT_OWNER       0x1u /* a listener its principal does not own was there */
 #define CONNREDIR_TV_F_FAILURE_REFUSED 0x2u /* --on-failure refuse failed the connect */

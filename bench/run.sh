@@ -2,7 +2,7 @@
 # connredir benchmark suite (issue 5). See bench/README.md.
 #
 #   bench/run.sh                 every part, both placements (~15 min)
-#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory
+#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory trace
 #   bench/run.sh --smoke         seconds-long version of every part (CI)
 # Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
 #          --placements "1cpu free", --rounds N,
@@ -36,12 +36,12 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift ;;
     --profile) PROFILE=1 ;;
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
-    connect|classifier|relay|chain|sockopt|memory) PARTS+=("$1") ;;
+    connect|classifier|relay|chain|sockopt|memory|trace) PARTS+=("$1") ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory)
+((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory trace)
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "run.sh: needs root (namespaces, cgroups, BPF); skipped" >&2
@@ -581,6 +581,45 @@ part_memory() {
 }
 
 START=$EPOCHREALTIME
+# ---- part 7: connredir trace ---------------------------------------------------
+# What trace support costs: a classified connect that no filter matches
+# (127.0.0.1:7020: the base filters cover the address, not the port, so every
+# connect walks their candidates) and a redirected one (as 1c), with nobody
+# tracing (`idle`: one lease lookup per classified connect) and while
+# `connredir trace` runs (`traced`: output to /dev/null; on 1cpu the tracer
+# shares CPU 0 with the client, so its own cost is in the figure). Built
+# without `trace` (the tree before it, --build-dir), only the idle configs run,
+# for the A/B across trees.
+HAS_TRACE=0
+"$CLI" trace --help >/dev/null 2>&1 && HAS_TRACE=1
+measure_trace() {
+  local pl=$1 c=$2 to=127.0.0.1:7002 tracer="" rc=0
+  [[ $c == walk-* ]] && to=127.0.0.1:7020
+  if [[ $c == *-traced ]]; then
+    local pin=()
+    [[ $pl == 1cpu ]] && pin=(taskset -c 0)
+    # --timeout-ms: never outlives the run, even if this script is killed.
+    "${pin[@]}" "$CLI" --pin-dir "$PIN" trace --timeout-ms "$(python3 -c "print(int($T * 1000 + 5000))")" \
+      >/dev/null 2>>"$OUT/logs/tracer.log" &
+    tracer=$!
+    sleep 0.3
+  fi
+  run_client "$pl" "$NS" "$CG_ON/app" "$LOAD" connect --to "$to" --seconds $T || rc=$?
+  if [[ -n $tracer ]]; then
+    kill -INT "$tracer" 2>/dev/null
+    wait "$tracer" 2>/dev/null || true
+  fi
+  return $rc
+}
+part_trace() {
+  local configs=(walk-idle redirected-idle)
+  ((HAS_TRACE)) && configs+=(walk-traced redirected-traced)
+  for pl in $PLACEMENTS; do
+    log "part 7 (trace), $pl"
+    rounds trace "$pl" "$ROUNDS" "${configs[@]}"
+  done
+}
+
 for p in "${PARTS[@]}"; do "part_$p"; done
 python3 "$HERE/report.py" "$OUT" >"$OUT/summary.md"
 log "done in $(python3 -c "print(round(($EPOCHREALTIME-$START)/60,1))") min: $OUT/summary.md"

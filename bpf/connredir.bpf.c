@@ -5,7 +5,9 @@
  *
  *   connect4/6      classify the connect against the filter index, pick the
  *                   first callout whose redirect state allows it, append a
- *                   hop to the flow's records, rewrite the destination.
+ *                   hop to the flow's records, rewrite the destination;
+ *                   while `connredir trace` holds its lease, queue an event
+ *                   saying why (trace_events).
  *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
  *                   has left yet, so publish the flow (records + context) in
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
@@ -667,17 +669,17 @@ static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
 struct classify_walk {
 	struct bpf_sock_addr *ctx;
 	const struct connredir_candidates *cands;
-	__u64 seen;	/* a bit per callout already in the chain */
-	__u32 n;	/* candidates in use */
-	__u32 hops;	/* chain length before this connect */
-	__u32 last;	/* the newest hop's callout */
+	__u64 seen; /* a bit per callout already in the chain */
+	__u32 n;    /* candidates in use */
+	__u32 hops; /* chain length before this connect */
+	__u32 last; /* the newest hop's callout */
 	__u32 uid;
 	__u16 port_host;
-	__u8 family;	/* CONNREDIR_AF_* of the destination */
-	__u8 can_take;	/* chain not full and MAC key set: worth a listener lookup */
-	__u8 trace;	/* a trace lease holds: note the verdicts in ts */
-	__u8 refuse;	/* out: fail the connect */
-	__u8 found;	/* out: chosen_* name the callout that takes the flow */
+	__u8 family;   /* CONNREDIR_AF_* of the destination */
+	__u8 can_take; /* chain not full and MAC key set: worth a listener lookup */
+	__u8 trace;    /* a trace lease holds: note the verdicts in ts */
+	__u8 refuse;   /* out: fail the connect */
+	__u8 found;    /* out: chosen_* name the callout that takes the flow */
 	__u8 pad;
 	__u32 chosen_id;
 	__u32 chosen_fid;

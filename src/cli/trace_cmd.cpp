@@ -220,9 +220,9 @@ class Tracer {
                 {"final_dst", final_dst ? json(*final_dst) : json(nullptr)}};
       fmt::print("{}\n", j.dump());
     } else {
-      fmt::print("{} pid {} uid {} comm {} cgroup {} tcp {} (chain {} long)\n", wall_time(ev.time_ns),
-                 ev.pid, ev.uid, comm, cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id),
-                 dst.to_string(), ev.hops);
+      fmt::print("{} pid {} uid {} comm {} cgroup {} tcp {} (chain {} long)\n",
+                 wall_time(ev.time_ns), ev.pid, ev.uid, comm,
+                 cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id), dst.to_string(), ev.hops);
       for (uint32_t i = 0; i < n; ++i) {
         const auto& v = ev.verdicts[i];
         std::string extra;
@@ -299,8 +299,8 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
     if (ci.name == a.callout) callout = ci.id;
   }
   if (!a.callout.empty() && !callout)
-    return report(Error{ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`)",
-                                            a.callout)});
+    return report(Error{
+        ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`)", a.callout)});
 
   auto ring_fd = open_pinned(pin_dir, "trace_events");
   if (!ring_fd) return report(ring_fd.error());

@@ -82,9 +82,9 @@ std::string principal_text(uint32_t kind, uint64_t id) {
 
 const char* stat_name(size_t index) {
   static const char* const names[] = {
-      "classified",      "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
-      "published",       "publish_fail", "accepted",  "records_set",     "records_rejected",
-      "denied",          "self_skip",    "prev_skip", "down_bypass",     "down_refused",
+      "classified",      "redirected",   "hop_cap",    "no_proxy_family", "storage_fail",
+      "published",       "publish_fail", "accepted",   "records_set",     "records_rejected",
+      "denied",          "self_skip",    "prev_skip",  "down_bypass",     "down_refused",
       "failure_refused", "not_owner",    "trace_lost",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");

@@ -79,9 +79,12 @@ class Trace : public KernelTest {
 
   void add_vendor(const std::string& name, int port, int uid, const std::string& cidr,
                   uint16_t dst_port, int weight, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args{"callout",     "add",
-                                  name,          "--proxy",
-                                  fmt::format("127.0.0.1:{}", port), "--proxy-uid",
+    std::vector<std::string> args{"callout",
+                                  "add",
+                                  name,
+                                  "--proxy",
+                                  fmt::format("127.0.0.1:{}", port),
+                                  "--proxy-uid",
                                   std::to_string(uid)};
     args.insert(args.end(), extra.begin(), extra.end());
     cli(args);
@@ -201,8 +204,8 @@ TEST_F(Trace, ExplainsProxyDownAndFailurePolicies) {
             (std::vector<std::string>{"vendor-a:down_bypass", "vendor-b:down_refused"}));
   EXPECT_EQ(ev[0].value("outcome", ""), "refused");
   EXPECT_TRUE(ev[0]["final_dst"].is_null()) << ev[0].dump();
-  EXPECT_EQ(verdicts(ev[1]), (std::vector<std::string>{"vendor-a:down_bypass",
-                                                       "vendor-b:down_refused+not_owner"}));
+  EXPECT_EQ(verdicts(ev[1]),
+            (std::vector<std::string>{"vendor-a:down_bypass", "vendor-b:down_refused+not_owner"}));
   EXPECT_EQ(verdicts(ev[2]),
             (std::vector<std::string>{"vendor-c:no_proxy_family+failure_refused"}));
   EXPECT_EQ(ev[2].value("dst", ""), dst6.addr());
