@@ -9,7 +9,8 @@
 #          --profile (connect part: syscalls per connection of each proxy and a
 #          system-wide perf profile of (c) and (d) on 1cpu, and, when the free
 #          placement is measured, scheduler events per connection and wake-up
-#          latencies of (c) and (d) unpinned; in OUT/profile-*).
+#          latencies of (c) and (d) unpinned; trace part: BPF run time per
+#          connection of each config, 1cpu; in OUT/profile-*).
 #
 # (Programs enter a namespace with nsenter --net, not `ip netns exec`, which
 # remounts /sys and would hide the cgroup2 mount.)
@@ -35,7 +36,7 @@ while (($#)); do
     --placements) PLACEMENTS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --profile) PROFILE=1 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     connect|classifier|relay|chain|sockopt|memory|trace) PARTS+=("$1") ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -304,15 +305,18 @@ part_connect() {
 # Kernel-side cost of connredir per connection of (b) and (c): run count and
 # run time of each of its programs (kernel.bpf_stats_enabled, which itself
 # adds ~20 ns per run; restored afterwards).
-profile_bpf() {
-  local ids c j before after old
+profile_bpf() {  # [PART CONFIG...]: default the connect part's (b) and (c)
+  local part=${1:-connect} ids c j before after old
+  (($#)) && shift
+  local cfgs=("$@")
+  ((${#cfgs[@]})) || cfgs=(b-loaded-no-match c-connredir-proxy)
   ids=$(for l in "$PIN"/links/*; do bpftool link show pinned "$l" -j; done |
     python3 -c 'import json,sys; print(",".join(str(json.loads(l)["prog_id"]) for l in sys.stdin if l.strip()))')
   old=$(sysctl -n kernel.bpf_stats_enabled)
-  for c in b-loaded-no-match c-connredir-proxy; do
+  for c in "${cfgs[@]}"; do
     sysctl -qw kernel.bpf_stats_enabled=1
     before=$(bpftool prog show -j)
-    j=$(measure_connect 1cpu "$c")
+    j=$("measure_$part" 1cpu "$c")
     after=$(bpftool prog show -j)
     sysctl -qw kernel.bpf_stats_enabled="$old"
     python3 - "$c" "$ids" "$before" "$after" "$j" >>"$OUT/profile-bpf.jsonl" <<'PY'
@@ -618,6 +622,11 @@ part_trace() {
     log "part 7 (trace), $pl"
     rounds trace "$pl" "$ROUNDS" "${configs[@]}"
   done
+  if ((PROFILE)); then
+    place 1cpu
+    profile_bpf trace "${configs[@]}"
+  fi
+  return 0
 }
 
 for p in "${PARTS[@]}"; do "part_$p"; done

@@ -155,10 +155,20 @@ class Tracer {
       if (!dst_->contains_address(fam, d.ip)) return false;
     }
     if (cgroup_ && ev.cgroup_id != cgroup_->id) {
-      auto p = ctl::cgroup_path_by_id(ev.cgroup_id);
+      const auto& p = cgroup_path(ev.cgroup_id);
       if (!p || p->rfind(cgroup_->path + "/", 0) != 0) return false;
     }
     return true;
+  }
+
+  // A cgroup's path by id, remembered: finding it walks the whole cgroup
+  // tree, far too slow to do per event (the ring overflowed). Cgroup ids are
+  // never reused, so an entry cannot go stale; the cache is bounded anyway.
+  const std::optional<std::string>& cgroup_path(uint64_t id) const {
+    auto it = cg_paths_.find(id);
+    if (it != cg_paths_.end()) return it->second;
+    if (cg_paths_.size() >= 4096) cg_paths_.clear();
+    return cg_paths_.emplace(id, ctl::cgroup_path_by_id(id)).first->second;
   }
 
   std::string callout_name(uint32_t id) const {
@@ -188,7 +198,7 @@ class Tracer {
     const auto dst = Address::from_abi(ev.dst);
     const uint32_t n = std::min<uint32_t>(ev.count, CONNREDIR_TRACE_VERDICTS_MAX);
     std::string comm(ev.comm, strnlen(ev.comm, sizeof ev.comm));
-    auto cg_path = ctl::cgroup_path_by_id(ev.cgroup_id);
+    const auto& cg_path = cgroup_path(ev.cgroup_id);
     std::optional<std::string> final_dst;
     if (ev.final_dst.family) final_dst = Address::from_abi(ev.final_dst).to_string();
     if (json_) {
@@ -240,7 +250,6 @@ class Tracer {
                                   ? std::string("ECONNREFUSED")
                                   : (final_dst ? *final_dst : dst.to_string()));
     }
-    std::fflush(stdout);
   }
 
   const TraceArgs& a_;
@@ -252,6 +261,7 @@ class Tracer {
   uint64_t start_boot_;
   int64_t wall_minus_boot_;
   uint64_t shown_ = 0;
+  mutable std::map<uint64_t, std::optional<std::string>> cg_paths_;
 };
 
 // The pinned map PIN_DIR/maps/NAME, or an error that says what to do.
@@ -351,6 +361,9 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
     uint64_t last_renew = t0;
     while (!g_stop && !tracer.done()) {
       int n = ring_buffer__poll(rb, kPollMs);
+      // Once per batch, not per event: a write per event is what made a
+      // tracer writing to a pipe fall behind under load.
+      std::fflush(stdout);
       if (n < 0 && n != -EINTR) {
         err = fail(-n, fmt::format("reading the trace ring buffer: {}", errno_text(-n)));
         break;
@@ -364,6 +377,7 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
     }
     // Events already in the ring when we stopped.
     if (!tracer.done()) ring_buffer__consume(rb);
+    std::fflush(stdout);
   }
   // Withdraw our lease unless another tracer holds a later one.
   uint64_t cur = 0;
