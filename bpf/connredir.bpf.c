@@ -181,6 +181,32 @@ struct {
 	__uint(max_entries, CONNREDIR_TRACE_RING_BYTES);
 } trace_events SEC(".maps");
 
+/* A classified connect's verdicts, gathered during the walk only while a
+ * `connredir trace` lease holds and turned into one ring buffer event at the
+ * end (trace_emit). */
+struct trace_summary {
+	struct connredir_addr dst;
+	struct connredir_addr final_dst; /* family 0 if refused */
+	__u32 hops;
+	__u32 outcome; /* CONNREDIR_TRACE_OUT_* */
+	__u32 count;   /* v[] in use */
+	__u32 truncated;
+	struct connredir_trace_verdict v[CONNREDIR_TRACE_VERDICTS_MAX];
+};
+
+/* The trace summary of the connect being classified on this CPU, filled by
+ * connect4/6 only while a trace lease holds. Not on the stack: next to the
+ * classifier's frame and its bpf_loop step's it went past the 512-byte
+ * combined stack limit on Linux 6.1 ("combined stack size of 3 calls is
+ * 544"). A connect preempted by another on the same CPU could only
+ * mislabel a trace event, never a verdict (tracing reads no decision). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_summary);
+} trace_scratch SEC(".maps");
+
 /* Scratch for an incoming records blob: verified here before it may touch a
  * socket's state (too big for the 512-byte BPF stack). */
 struct {
@@ -494,20 +520,15 @@ static __always_inline void handoff_retire(struct connredir_sk_state *st)
 
 /* ---- Tracing ------------------------------------------------------------ */
 
-/* A classified connect's verdicts, gathered during the walk only while a
- * `connredir trace` lease holds and turned into one ring buffer event at the
- * end. Scalars only: it is the argument of the global trace_emit(). */
-struct trace_summary {
-	struct connredir_addr dst;
-	struct connredir_addr final_dst; /* family 0 if refused */
-	__u32 hops;
-	__u32 outcome; /* CONNREDIR_TRACE_OUT_* */
-	__u32 count;   /* v[] in use */
-	__u32 truncated;
-	struct connredir_trace_verdict v[CONNREDIR_TRACE_VERDICTS_MAX];
-};
 _Static_assert((CONNREDIR_TRACE_VERDICTS_MAX & (CONNREDIR_TRACE_VERDICTS_MAX - 1)) == 0,
 	       "verdict slots index with a mask");
+
+static __always_inline struct trace_summary *trace_summary(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&trace_scratch, &zero);
+}
 
 /* Is a `connredir trace` lease in force? This is the whole cost of trace
  * support while nobody traces: one inlined array load and a compare per
@@ -526,9 +547,11 @@ static __always_inline int tracing(void)
  * so the verifier checks it once on its own rather than on every path of
  * the classifier. A full ring drops the event and counts it (the tracer
  * reports the count); it never touches the connect. */
-__noinline int trace_emit(const struct trace_summary *s)
+__noinline int trace_emit(void)
 {
+	const struct trace_summary *s = trace_summary();
 	struct connredir_trace_event *ev;
+	__u64 wake;
 	__u32 n;
 
 	if (!s)
@@ -553,7 +576,13 @@ __noinline int trace_emit(const struct trace_summary *s)
 	ev->count = n > CONNREDIR_TRACE_VERDICTS_MAX ? CONNREDIR_TRACE_VERDICTS_MAX : n;
 	ev->truncated = s->truncated ? 1 : 0;
 	__builtin_memcpy(ev->verdicts, s->v, sizeof(ev->verdicts));
-	bpf_ringbuf_submit(ev, 0);
+	/* Wake the tracer only once a quarter of the ring waits (it also polls
+	 * on its own every 100 ms): a wake-up per event, a self-IPI, cost
+	 * ~10 us per traced connect here. */
+	wake = bpf_ringbuf_query(&trace_events, BPF_RB_AVAIL_DATA) >= CONNREDIR_TRACE_RING_BYTES / 4
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(ev, wake);
 	return 0;
 }
 
@@ -677,13 +706,12 @@ struct classify_walk {
 	__u16 port_host;
 	__u8 family;   /* CONNREDIR_AF_* of the destination */
 	__u8 can_take; /* chain not full and MAC key set: worth a listener lookup */
-	__u8 trace;    /* a trace lease holds: note the verdicts in ts */
+	__u8 trace;    /* a trace lease holds: note the verdicts in trace_scratch */
 	__u8 refuse;   /* out: fail the connect */
 	__u8 found;    /* out: chosen_* name the callout that takes the flow */
 	__u8 pad;
 	__u32 chosen_id;
 	__u32 chosen_fid;
-	struct trace_summary ts;
 };
 
 /* Notes one candidate's verdict in a trace summary; past
@@ -691,9 +719,9 @@ struct classify_walk {
  * function: the verifier checks it once, and to the classifier the summary
  * it writes is opaque, so the slot count does not multiply the classifier's
  * states (inlined, it pushed connect4 past the 1M-instruction budget). */
-__noinline int trace_verdict(struct trace_summary *ts, __u32 cid, __u32 fid, __u32 verdict,
-			     __u32 flags)
+__noinline int trace_verdict(__u32 cid, __u32 fid, __u32 verdict, __u32 flags)
 {
+	struct trace_summary *ts = trace_summary();
 	struct connredir_trace_verdict *v;
 	__u32 k;
 
@@ -719,7 +747,7 @@ static __always_inline void trace_note(struct classify_walk *w, __u32 cid, __u32
 				       __u8 flags)
 {
 	if (w->trace)
-		trace_verdict(&w->ts, cid, fid, verdict, flags);
+		trace_verdict(cid, fid, verdict, flags);
 }
 
 /* A connect that callout `c` selected but cannot take (chain full, no proxy
@@ -855,7 +883,6 @@ static __always_inline const struct connredir_addr *classify_candidates(
 	w->hops = hops;
 	w->last = last;
 	w->seen = seen;
-	w->ts.hops = hops;
 	/* A flow the chosen callout cannot take anyway (full chain, no key)
 	 * meets its --on-failure policy below; looking for its listener first
 	 * would only cost a lookup and answer the wrong question. */
@@ -960,6 +987,7 @@ static __always_inline const struct connredir_addr *classify_connect(
 	struct connredir_lpm_key key = {};
 	struct connredir_candidates *cands;
 	const struct connredir_addr *proxy;
+	struct trace_summary *ts;
 
 	if (dst->family == CONNREDIR_AF_INET) {
 		key.prefixlen = 8 + 32;
@@ -979,22 +1007,32 @@ static __always_inline const struct connredir_addr *classify_connect(
 	w.cands = cands;
 	w.family = dst->family;
 	w.port_host = bpf_ntohs(dst->port);
-	w.trace = tracing();
+	if (tracing()) {
+		ts = trace_summary();
+		if (ts) {
+			__builtin_memset(ts, 0, sizeof(*ts));
+			w.trace = 1;
+		}
+	}
 	proxy = classify_candidates(&w, dst);
 	*refuse = w.refuse;
 	if (!w.trace)
 		return proxy;
-	w.ts.dst = *dst;
+	ts = trace_summary();
+	if (!ts)
+		return proxy;
+	ts->dst = *dst;
+	ts->hops = w.hops;
 	if (w.refuse) {
-		w.ts.outcome = CONNREDIR_TRACE_OUT_REFUSED;
+		ts->outcome = CONNREDIR_TRACE_OUT_REFUSED;
 	} else if (proxy) {
-		w.ts.outcome = CONNREDIR_TRACE_OUT_REDIRECTED;
-		w.ts.final_dst = *proxy;
+		ts->outcome = CONNREDIR_TRACE_OUT_REDIRECTED;
+		ts->final_dst = *proxy;
 	} else {
-		w.ts.outcome = CONNREDIR_TRACE_OUT_DIRECT;
-		w.ts.final_dst = *dst;
+		ts->outcome = CONNREDIR_TRACE_OUT_DIRECT;
+		ts->final_dst = *dst;
 	}
-	trace_emit(&w.ts);
+	trace_emit();
 	return proxy;
 }
 
