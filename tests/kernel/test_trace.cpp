@@ -29,9 +29,12 @@ constexpr int kAppUid = 1000;
 
 class Trace : public KernelTest {
  protected:
-  // Starts `connredir trace --json ARGS` and waits until its lease is set.
-  Process& start_trace(const std::vector<std::string>& args, const std::string& log) {
-    std::vector<std::string> argv{CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_, "trace", "--json"};
+  // Starts `connredir trace --json ARGS` (the text form with json = false)
+  // and waits until its lease is set.
+  Process& start_trace(const std::vector<std::string>& args, const std::string& log,
+                       bool json = true) {
+    std::vector<std::string> argv{CONNREDIR_CLI_PATH, "--pin-dir", pin_dir_, "trace"};
+    if (json) argv.push_back("--json");
     argv.insert(argv.end(), args.begin(), args.end());
     procs_.push_back(spawn_in(cg("tracer"), -1, argv, dir_ + "/" + log));
     EXPECT_TRUE(eventually(
@@ -151,6 +154,30 @@ TEST_F(Trace, ExplainsEachHopOfAChain) {
   EXPECT_NE(summary("trace.out").find("trace: 3 events shown, 0 events lost"), std::string::npos);
   // A clean exit withdraws the lease at once.
   EXPECT_EQ(lease(), 0u);
+}
+
+// The text form says the same in words: the application, each candidate's
+// verdict and where the connect went.
+TEST_F(Trace, TextFormSaysWhy) {
+  EchoServer dst("127.0.0.1:0");
+  add_vendor("vendor-a", 15001, 4001, "127.0.0.1/32", dst.port(), 200,
+             {"--on-proxy-down", "bypass"});
+  add_vendor("vendor-b", 15002, 4002, "127.0.0.1/32", dst.port(), 100);
+  start_proxy("vendor-b", 4002, "127.0.0.1:15002");
+  start_trace({"--count", "2", "--timeout-ms", "20000"}, "trace.txt", false);
+  std::string payload = make_payload(100, 44);
+  EXPECT_EQ(app_roundtrip(dst.addr(), payload), payload);
+  std::string text = summary("trace.txt");
+  std::string all = read_file(dir_ + "/trace.txt");
+  EXPECT_NE(text.find("trace: 2 events shown, 0 events lost"), std::string::npos) << all;
+  EXPECT_NE(all.find(fmt::format("uid {} ", kAppUid)), std::string::npos) << all;
+  EXPECT_NE(all.find(fmt::format("tcp {} (chain 0 long)", dst.addr())), std::string::npos) << all;
+  EXPECT_NE(all.find("vendor-a (filter "), std::string::npos) << all;
+  EXPECT_NE(all.find("): bypassed: proxy down"), std::string::npos) << all;
+  EXPECT_NE(all.find("): redirected to 127.0.0.1:15002"), std::string::npos) << all;
+  EXPECT_NE(all.find("  => 127.0.0.1:15002"), std::string::npos) << all;
+  EXPECT_NE(all.find("(chain 1 long)"), std::string::npos) << all;  // vendor-b's onward connect
+  EXPECT_NE(all.find(fmt::format("  => {}", dst.addr())), std::string::npos) << all;
 }
 
 // A chain CONNREDIR_MAX_HOPS long: the last proxy's onward connect skips
