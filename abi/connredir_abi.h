@@ -316,6 +316,7 @@ enum connredir_stat {
 	CONNREDIR_STAT_FAILURE_REFUSED,	 /* --on-failure refuse: connect refused */
 	CONNREDIR_STAT_NOT_OWNER,	 /* a listener not owned by the callout's principal */
 					 /* was at the proxy address: not redirected to it */
+	CONNREDIR_STAT_TRACE_LOST,	 /* trace events dropped: ring buffer full */
 	CONNREDIR_STAT_MAX,
 };
 
@@ -342,6 +343,65 @@ enum connredir_callout_stat {
 	CONNREDIR_CSTAT_MAX,
 };
 #define CONNREDIR_CALLOUT_STATS_ENTRIES (CONNREDIR_MAX_CALLOUTS * CONNREDIR_CSTAT_MAX)
+
+/* ---- Tracing (`connredir trace`) -------------------------------------------- */
+
+/* map `trace_on` (ARRAY, 1 entry, __u64): a lease, the bpf_ktime_get_boot_ns()
+ * deadline until which the classifier emits events; 0 = nobody traces.
+ * Written by `connredir trace` only (renewed while it runs, so a tracer that
+ * dies cannot leave tracing on past the deadline); read by connect4/6 before
+ * anything of an event is built. */
+/* map `trace_events` (RINGBUF): one struct connredir_trace_event per
+ * classified connect while the lease holds; full ring = the event is dropped
+ * and counted (CONNREDIR_STAT_TRACE_LOST). */
+#define CONNREDIR_TRACE_RING_BYTES (1u << 20)
+/* Candidates recorded per event: more than CONNREDIR_MAX_HOPS, so a full
+ * chain's skips and the callout that meets its cap all fit. */
+#define CONNREDIR_TRACE_VERDICTS_MAX 16
+
+/* A candidate callout's verdict (struct connredir_trace_verdict.verdict). */
+enum connredir_trace_verdict_kind {
+	CONNREDIR_TV_REDIRECTED = 1,  /* redirected to its proxy */
+	CONNREDIR_TV_SELF_SKIP,	      /* skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_TV_PREV_SKIP,	      /* skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_TV_HOP_CAP,	      /* chosen, chain at CONNREDIR_MAX_HOPS */
+	CONNREDIR_TV_NO_PROXY_FAMILY, /* no proxy for the family */
+	CONNREDIR_TV_STORAGE_FAIL,    /* chosen, no memory for the socket's state */
+	CONNREDIR_TV_NO_KEY,	      /* chosen, MAC key not initialised */
+	CONNREDIR_TV_DOWN_BYPASS,     /* proxy down (or not owned): skipped */
+	CONNREDIR_TV_DOWN_REFUSED,    /* proxy down (or not owned): connect refused */
+};
+#define CONNREDIR_TV_F_NOT_OWNER       0x1u /* a listener its principal does not own was there */
+#define CONNREDIR_TV_F_FAILURE_REFUSED 0x2u /* --on-failure refuse failed the connect */
+
+struct connredir_trace_verdict {
+	__u32 callout_id;
+	__u32 filter_id; /* the filter that selected it */
+	__u8 verdict;	 /* enum connredir_trace_verdict_kind */
+	__u8 flags;	 /* CONNREDIR_TV_F_* */
+	__u16 reserved;
+};
+
+#define CONNREDIR_TRACE_OUT_DIRECT     0 /* went on to its destination */
+#define CONNREDIR_TRACE_OUT_REDIRECTED 1 /* rewritten to final_dst (a proxy) */
+#define CONNREDIR_TRACE_OUT_REFUSED    2 /* failed with ECONNREFUSED */
+
+struct connredir_trace_event {
+	__u64 time_ns; /* bpf_ktime_get_boot_ns() */
+	__u64 cgroup_id;
+	__u32 pid; /* tgid */
+	__u32 uid;
+	char comm[16];
+	struct connredir_addr dst;	 /* what the connect asked for */
+	struct connredir_addr final_dst; /* where it goes; unset (family 0) if refused */
+	__u8 proto;			 /* IPPROTO_TCP */
+	__u8 hops;			 /* chain length before this connect */
+	__u8 outcome;			 /* CONNREDIR_TRACE_OUT_* */
+	__u8 count;			 /* verdicts[] in use */
+	__u8 truncated;			 /* more candidates than verdicts[] holds */
+	__u8 reserved[3];
+	struct connredir_trace_verdict verdicts[CONNREDIR_TRACE_VERDICTS_MAX];
+};
 
 /* Redirect state of a flow relative to one callout (WFP's four states). */
 enum connredir_redirect_state {

@@ -2,14 +2,15 @@
 # connredir benchmark suite (issue 5). See bench/README.md.
 #
 #   bench/run.sh                 every part, both placements (~15 min)
-#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory
+#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory trace
 #   bench/run.sh --smoke         seconds-long version of every part (CI)
 # Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
 #          --placements "1cpu free", --rounds N,
 #          --profile (connect part: syscalls per connection of each proxy and a
 #          system-wide perf profile of (c) and (d) on 1cpu, and, when the free
 #          placement is measured, scheduler events per connection and wake-up
-#          latencies of (c) and (d) unpinned; in OUT/profile-*).
+#          latencies of (c) and (d) unpinned; trace part: BPF run time per
+#          connection of each config, 1cpu; in OUT/profile-*).
 #
 # (Programs enter a namespace with nsenter --net, not `ip netns exec`, which
 # remounts /sys and would hide the cgroup2 mount.)
@@ -35,13 +36,13 @@ while (($#)); do
     --placements) PLACEMENTS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --profile) PROFILE=1 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
-    connect|classifier|relay|chain|sockopt|memory) PARTS+=("$1") ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    connect|classifier|relay|chain|sockopt|memory|trace) PARTS+=("$1") ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory)
+((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory trace)
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "run.sh: needs root (namespaces, cgroups, BPF); skipped" >&2
@@ -304,15 +305,18 @@ part_connect() {
 # Kernel-side cost of connredir per connection of (b) and (c): run count and
 # run time of each of its programs (kernel.bpf_stats_enabled, which itself
 # adds ~20 ns per run; restored afterwards).
-profile_bpf() {
-  local ids c j before after old
+profile_bpf() {  # [PART CONFIG...]: default the connect part's (b) and (c)
+  local part=${1:-connect} ids c j before after old
+  (($#)) && shift
+  local cfgs=("$@")
+  ((${#cfgs[@]})) || cfgs=(b-loaded-no-match c-connredir-proxy)
   ids=$(for l in "$PIN"/links/*; do bpftool link show pinned "$l" -j; done |
     python3 -c 'import json,sys; print(",".join(str(json.loads(l)["prog_id"]) for l in sys.stdin if l.strip()))')
   old=$(sysctl -n kernel.bpf_stats_enabled)
-  for c in b-loaded-no-match c-connredir-proxy; do
+  for c in "${cfgs[@]}"; do
     sysctl -qw kernel.bpf_stats_enabled=1
     before=$(bpftool prog show -j)
-    j=$(measure_connect 1cpu "$c")
+    j=$("measure_$part" 1cpu "$c")
     after=$(bpftool prog show -j)
     sysctl -qw kernel.bpf_stats_enabled="$old"
     python3 - "$c" "$ids" "$before" "$after" "$j" >>"$OUT/profile-bpf.jsonl" <<'PY'
@@ -581,6 +585,52 @@ part_memory() {
 }
 
 START=$EPOCHREALTIME
+# ---- part 7: connredir trace ---------------------------------------------------
+# What trace support costs: a classified connect that no filter matches
+# (127.0.0.1:7020: the base filters cover the address, not the port, so every
+# connect walks their candidates) and a redirected one (as 1c), with nobody
+# tracing (`idle`: one lease lookup per classified connect) and while
+# `connredir trace` runs (`traced`: output to /dev/null; on 1cpu the tracer
+# shares CPU 0 with the client, so its own cost is in the figure). Built
+# without `trace` (the tree before it, --build-dir), only the idle configs run,
+# for the A/B across trees.
+# (Not `$CLI trace --help`: CLI11 answers --help with exit 0 before it
+# checks the subcommand. The map is what the loaded programs support.)
+HAS_TRACE=0
+[[ -e $PIN/maps/trace_on ]] && HAS_TRACE=1
+measure_trace() {
+  local pl=$1 c=$2 to=127.0.0.1:7002 tracer="" rc=0
+  [[ $c == walk-* ]] && to=127.0.0.1:7020
+  if [[ $c == *-traced ]]; then
+    local pin=()
+    [[ $pl == 1cpu ]] && pin=(taskset -c 0)
+    # --timeout-ms: never outlives the run, even if this script is killed.
+    "${pin[@]}" "$CLI" --pin-dir "$PIN" trace --timeout-ms "$(python3 -c "print(int($T * 1000 + 5000))")" \
+      >/dev/null 2>>"$OUT/logs/tracer.log" &
+    tracer=$!
+    sleep 0.3
+  fi
+  run_client "$pl" "$NS" "$CG_ON/app" "$LOAD" connect --to "$to" --seconds $T || rc=$?
+  if [[ -n $tracer ]]; then
+    kill -INT "$tracer" 2>/dev/null
+    wait "$tracer" 2>/dev/null || true
+  fi
+  return $rc
+}
+part_trace() {
+  local configs=(walk-idle redirected-idle)
+  ((HAS_TRACE)) && configs+=(walk-traced redirected-traced)
+  for pl in $PLACEMENTS; do
+    log "part 7 (trace), $pl"
+    rounds trace "$pl" "$ROUNDS" "${configs[@]}"
+  done
+  if ((PROFILE)); then
+    place 1cpu
+    profile_bpf trace "${configs[@]}"
+  fi
+  return 0
+}
+
 for p in "${PARTS[@]}"; do "part_$p"; done
 python3 "$HERE/report.py" "$OUT" >"$OUT/summary.md"
 log "done in $(python3 -c "print(round(($EPOCHREALTIME-$START)/60,1))") min: $OUT/summary.md"

@@ -5,7 +5,9 @@
  *
  *   connect4/6      classify the connect against the filter index, pick the
  *                   first callout whose redirect state allows it, append a
- *                   hop to the flow's records, rewrite the destination.
+ *                   hop to the flow's records, rewrite the destination;
+ *                   while `connredir trace` holds its lease, queue an event
+ *                   saying why (trace_events).
  *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
  *                   has left yet, so publish the flow (records + context) in
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
@@ -157,6 +159,53 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } callout_stats SEC(".maps");
+
+/* `connredir trace`'s lease: the bpf_ktime_get_boot_ns() deadline until
+ * which connect4/6 emit events, 0 when nobody traces. Written only by
+ * `connredir trace` (renewed while it runs, so a tracer that dies cannot
+ * leave tracing on past the deadline); read by connect4/6 once per
+ * classified connect, before anything of an event is built. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} trace_on SEC(".maps");
+
+/* `connredir trace`'s events: one struct connredir_trace_event per
+ * classified connect while the lease holds. Written by connect4/6 (through
+ * trace_emit), read by `connredir trace`; a full ring drops the event and
+ * counts it in CONNREDIR_STAT_TRACE_LOST. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, CONNREDIR_TRACE_RING_BYTES);
+} trace_events SEC(".maps");
+
+/* A classified connect's verdicts, gathered during the walk only while a
+ * `connredir trace` lease holds and turned into one ring buffer event at the
+ * end (trace_emit). */
+struct trace_summary {
+	struct connredir_addr dst;
+	struct connredir_addr final_dst; /* family 0 if refused */
+	__u32 hops;
+	__u32 outcome; /* CONNREDIR_TRACE_OUT_* */
+	__u32 count;   /* v[] in use */
+	__u32 truncated;
+	struct connredir_trace_verdict v[CONNREDIR_TRACE_VERDICTS_MAX];
+};
+
+/* The trace summary of the connect being classified on this CPU, filled by
+ * connect4/6 only while a trace lease holds. Not on the stack: next to the
+ * classifier's frame and its bpf_loop step's it went past the 512-byte
+ * combined stack limit on Linux 6.1 ("combined stack size of 3 calls is
+ * 544"). A connect preempted by another on the same CPU could only
+ * mislabel a trace event, never a verdict (tracing reads no decision). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_summary);
+} trace_scratch SEC(".maps");
 
 /* Scratch for an incoming records blob: verified here before it may touch a
  * socket's state (too big for the 512-byte BPF stack). */
@@ -469,23 +518,75 @@ static __always_inline void handoff_retire(struct connredir_sk_state *st)
 		bpf_map_delete_elem(&handoff, &st->handoff);
 }
 
-/* ---- Classification (connect4/6) --------------------------------------- */
+/* ---- Tracing ------------------------------------------------------------ */
 
-/* A connect that callout `c` selected but cannot take (chain full, no proxy
- * for the family, no MAC key, no memory for the socket's state). By default
- * it goes on uninspected by `c` (the cause is counted by the caller); a
- * callout added with --on-failure refuse fails it instead, so no flow its
- * filters select ever passes without it. */
-static __always_inline const struct connredir_addr *cannot_redirect(
-	const struct connredir_callout *c, __u32 cid, int *refuse)
+_Static_assert((CONNREDIR_TRACE_VERDICTS_MAX & (CONNREDIR_TRACE_VERDICTS_MAX - 1)) == 0,
+	       "verdict slots index with a mask");
+
+static __always_inline struct trace_summary *trace_summary(void)
 {
-	if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) {
-		stat_inc(CONNREDIR_STAT_FAILURE_REFUSED);
-		callout_stat_inc(cid, CONNREDIR_CSTAT_FAILURE_REFUSED);
-		*refuse = 1;
-	}
-	return NULL;
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&trace_scratch, &zero);
 }
+
+/* Is a `connredir trace` lease in force? This is the whole cost of trace
+ * support while nobody traces: one inlined array load and a compare per
+ * classified connect (the clock is read only while a lease is set). */
+static __always_inline int tracing(void)
+{
+	__u32 zero = 0;
+	__u64 *until = bpf_map_lookup_elem(&trace_on, &zero);
+
+	if (!until || *until == 0)
+		return 0;
+	return bpf_ktime_get_boot_ns() < *until; /* a dead tracer's lease lapses */
+}
+
+/* Builds and queues the event of one classified connect. A global function,
+ * so the verifier checks it once on its own rather than on every path of
+ * the classifier. A full ring drops the event and counts it (the tracer
+ * reports the count); it never touches the connect. */
+__noinline int trace_emit(void)
+{
+	const struct trace_summary *s = trace_summary();
+	struct connredir_trace_event *ev;
+	__u64 wake;
+	__u32 n;
+
+	if (!s)
+		return 0;
+	ev = bpf_ringbuf_reserve(&trace_events, sizeof(*ev), 0);
+	if (!ev) {
+		stat_inc(CONNREDIR_STAT_TRACE_LOST);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->time_ns = bpf_ktime_get_boot_ns();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	ev->dst = s->dst;
+	ev->final_dst = s->final_dst;
+	ev->proto = IPPROTO_TCP;
+	ev->hops = s->hops;
+	ev->outcome = s->outcome;
+	n = s->count;
+	ev->count = n > CONNREDIR_TRACE_VERDICTS_MAX ? CONNREDIR_TRACE_VERDICTS_MAX : n;
+	ev->truncated = s->truncated ? 1 : 0;
+	__builtin_memcpy(ev->verdicts, s->v, sizeof(ev->verdicts));
+	/* Wake the tracer only once a quarter of the ring waits (it also polls
+	 * on its own every 100 ms): a wake-up per event, a self-IPI, cost
+	 * ~10 us per traced connect here. */
+	wake = bpf_ringbuf_query(&trace_events, BPF_RB_AVAIL_DATA) >= CONNREDIR_TRACE_RING_BYTES / 4
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(ev, wake);
+	return 0;
+}
+
+/* ---- Classification (connect4/6) --------------------------------------- */
 
 #define PROXY_OWNED	0 /* the callout's principal owns the listener: redirect */
 #define PROXY_ABSENT	1 /* nothing listens at a loopback proxy address */
@@ -588,42 +689,180 @@ static __always_inline void new_flow(struct connredir_records *r, __u32 uid)
 }
 
 /*
- * Classify one TCP connect and redirect it if a filter says so. Returns the
- * proxy to connect to instead, or NULL to leave the connect alone; *refuse is
- * set when the chosen callout's proxy has no listener its principal owns and
- * its --on-proxy-down policy is refuse (the default), or --on-failure refuse
+ * The walk over a classified connect's candidate filters, one bpf_loop()
+ * step per candidate: the verifier checks the step once instead of once per
+ * candidate position (unrolled, connect6 used 720k of its 1M-instruction
+ * budget, and nothing could be added to it). The step reads the inputs and
+ * writes the outputs here, in the caller's frame.
+ */
+struct classify_walk {
+	struct bpf_sock_addr *ctx;
+	const struct connredir_candidates *cands;
+	__u64 seen; /* a bit per callout already in the chain */
+	__u32 n;    /* candidates in use */
+	__u32 hops; /* chain length before this connect */
+	__u32 last; /* the newest hop's callout */
+	__u32 uid;
+	__u16 port_host;
+	__u8 family;   /* CONNREDIR_AF_* of the destination */
+	__u8 can_take; /* chain not full and MAC key set: worth a listener lookup */
+	__u8 trace;    /* a trace lease holds: note the verdicts in trace_scratch */
+	__u8 refuse;   /* out: fail the connect */
+	__u8 found;    /* out: chosen_* name the callout that takes the flow */
+	__u8 pad;
+	__u32 chosen_id;
+	__u32 chosen_fid;
+};
+
+/* Notes one candidate's verdict in a trace summary; past
+ * CONNREDIR_TRACE_VERDICTS_MAX the event says it is truncated. A global
+ * function: the verifier checks it once, and to the classifier the summary
+ * it writes is opaque, so the slot count does not multiply the classifier's
+ * states (inlined, it pushed connect4 past the 1M-instruction budget). */
+__noinline int trace_verdict(__u32 cid, __u32 fid, __u32 verdict, __u32 flags)
+{
+	struct trace_summary *ts = trace_summary();
+	struct connredir_trace_verdict *v;
+	__u32 k;
+
+	if (!ts)
+		return 0;
+	k = ts->count;
+	if (k >= CONNREDIR_TRACE_VERDICTS_MAX) {
+		ts->truncated = 1;
+		return 0;
+	}
+	v = &ts->v[k & (CONNREDIR_TRACE_VERDICTS_MAX - 1)];
+	v->callout_id = cid;
+	v->filter_id = fid;
+	v->verdict = verdict;
+	v->flags = flags;
+	ts->count = k + 1;
+	return 0;
+}
+
+/* The same, only while a trace lease holds: the branch is all it costs
+ * otherwise. */
+static __always_inline void trace_note(struct classify_walk *w, __u32 cid, __u32 fid, __u8 verdict,
+				       __u8 flags)
+{
+	if (w->trace)
+		trace_verdict(cid, fid, verdict, flags);
+}
+
+/* A connect that callout `c` selected but cannot take (chain full, no proxy
+ * for the family, no MAC key, no memory for the socket's state; the cause is
+ * counted by the caller). By default it goes on uninspected by `c`; a
+ * callout added with --on-failure refuse fails it instead, so no flow its
+ * filters select ever passes without it. Returns the trace flag to note. */
+static __always_inline __u8 cannot_redirect(const struct connredir_callout *c, __u32 cid,
+					    struct classify_walk *w)
+{
+	if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) {
+		stat_inc(CONNREDIR_STAT_FAILURE_REFUSED);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_FAILURE_REFUSED);
+		w->refuse = 1;
+		return CONNREDIR_TV_F_FAILURE_REFUSED;
+	}
+	return 0;
+}
+
+/* bpf_loop step: candidate `i`. Skips what does not apply (returns 0: next
+ * candidate); stops (returns 1) at the first callout that takes the flow or
+ * refuses it. */
+static long classify_one(__u32 i, void *data)
+{
+	struct classify_walk *w = data;
+	const struct connredir_filter *f;
+	const struct connredir_callout *c;
+	const struct connredir_addr *proxy;
+	__u32 fid, cid;
+	int state, verdict;
+	__u8 flags;
+
+	if (i >= w->n || i >= CONNREDIR_CANDIDATES_MAX)
+		return 1;
+	fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
+	f = bpf_map_lookup_elem(&filters, &fid);
+	if (!f || !filter_matches(f, w->port_host, w->uid))
+		return 0;
+	cid = f->callout_id;
+	c = bpf_map_lookup_elem(&callouts, &cid);
+	if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED))
+		return 0;
+	state = redirect_state(c, cid, w->hops, w->seen, w->last, w->uid);
+	if (state == CONNREDIR_REDIRECTED_BY_SELF) {
+		stat_inc(CONNREDIR_STAT_SELF_SKIP);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_SELF_SKIP);
+		trace_note(w, cid, fid, CONNREDIR_TV_SELF_SKIP, 0);
+		return 0;
+	}
+	if (state == CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF) {
+		stat_inc(CONNREDIR_STAT_PREV_SKIP);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_PREV_SKIP);
+		trace_note(w, cid, fid, CONNREDIR_TV_PREV_SKIP, 0);
+		return 0;
+	}
+	if (w->family == CONNREDIR_AF_INET)
+		proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &c->proxy4 : NULL;
+	else
+		proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
+	if (!proxy) {
+		stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_NO_PROXY_FAMILY);
+		flags = cannot_redirect(c, cid, w);
+		trace_note(w, cid, fid, CONNREDIR_TV_NO_PROXY_FAMILY, flags);
+		return w->refuse ? 1 : 0;
+	}
+	verdict = w->can_take ? proxy_verdict(w->ctx, proxy, c) : PROXY_OWNED;
+	if (verdict != PROXY_OWNED) {
+		/* Never "deliver to whatever listens": bypass if the callout
+		 * asked for it, else refuse. */
+		flags = 0;
+		if (verdict == PROXY_NOT_OWNER) {
+			stat_inc(CONNREDIR_STAT_NOT_OWNER);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_NOT_OWNER);
+			flags = CONNREDIR_TV_F_NOT_OWNER;
+		}
+		if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
+			stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
+			callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_BYPASS);
+			trace_note(w, cid, fid, CONNREDIR_TV_DOWN_BYPASS, flags);
+			return 0;
+		}
+		stat_inc(CONNREDIR_STAT_DOWN_REFUSED);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_REFUSED);
+		trace_note(w, cid, fid, CONNREDIR_TV_DOWN_REFUSED, flags);
+		w->refuse = 1;
+		return 1;
+	}
+	w->chosen_id = cid;
+	w->chosen_fid = fid;
+	w->found = 1;
+	return 1;
+}
+
+/*
+ * Decide a classified connect: walk its candidates, then append a hop to the
+ * flow's records for the callout that takes it. Returns the proxy to connect
+ * to instead, or NULL to leave the connect alone; w->refuse is set when the
+ * chosen callout's proxy has no listener its principal owns and its
+ * --on-proxy-down policy is refuse (the default), or --on-failure refuse
  * applies.
  */
-static __always_inline const struct connredir_addr *classify_connect(
-	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
+static __always_inline const struct connredir_addr *classify_candidates(
+	struct classify_walk *w, const struct connredir_addr *dst)
 {
-	struct connredir_lpm_key key = {};
-	struct connredir_candidates *cands;
 	struct connredir_sk_state *st;
-	const struct connredir_callout *chosen = NULL;
-	const struct connredir_filter *chosen_f = NULL;
-	const struct connredir_addr *proxy = NULL;
+	const struct connredir_callout *chosen;
+	const struct connredir_filter *chosen_f;
+	const struct connredir_addr *proxy;
 	struct bpf_sock *sk;
-	__u32 uid, hops = 0, last = 0, chosen_id = 0, i, n;
+	__u32 hops = 0, last = 0, chosen_id, i;
 	__u64 seen = 0;
-	int can_take;
-	__u16 port_host = bpf_ntohs(dst->port);
+	__u8 flags;
 
-	if (dst->family == CONNREDIR_AF_INET) {
-		key.prefixlen = 8 + 32;
-		key.family = CONNREDIR_LPM_FAM_V4;
-		__builtin_memcpy(key.addr, &dst->addr[12], 4);
-	} else {
-		key.prefixlen = 8 + 128;
-		key.family = CONNREDIR_LPM_FAM_V6;
-		__builtin_memcpy(key.addr, dst->addr, 16);
-	}
-	cands = bpf_map_lookup_elem(&filter_index, &key);
-	if (!cands)
-		return NULL; /* matches no filter: untouched, no state */
-	stat_inc(CONNREDIR_STAT_CLASSIFIED);
-
-	sk = ctx->sk;
+	sk = w->ctx->sk;
 	if (!sk)
 		return NULL;
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
@@ -641,95 +880,57 @@ static __always_inline const struct connredir_addr *classify_connect(
 			seen |= 1ULL << (last & 63);
 		}
 	}
-
+	w->hops = hops;
+	w->last = last;
+	w->seen = seen;
 	/* A flow the chosen callout cannot take anyway (full chain, no key)
 	 * meets its --on-failure policy below; looking for its listener first
 	 * would only cost a lookup and answer the wrong question. */
-	can_take = hops < CONNREDIR_MAX_HOPS && mac_key() != NULL;
-	uid = (__u32)bpf_get_current_uid_gid();
-	n = cands->count;
-	for (i = 0; i < CONNREDIR_CANDIDATES_MAX; i++) {
-		const struct connredir_filter *f;
-		const struct connredir_callout *c;
-		__u32 fid, cid;
-		int state, verdict;
+	w->can_take = hops < CONNREDIR_MAX_HOPS && mac_key() != NULL;
+	w->uid = (__u32)bpf_get_current_uid_gid();
+	w->n = w->cands->count;
+	bpf_loop(CONNREDIR_CANDIDATES_MAX, classify_one, w, 0);
+	if (w->refuse || !w->found)
+		return NULL;
 
-		if (i >= n)
-			break;
-		fid = cands->ids[i];
-		f = bpf_map_lookup_elem(&filters, &fid);
-		if (!f || !filter_matches(f, port_host, uid))
-			continue;
-		cid = f->callout_id;
-		c = bpf_map_lookup_elem(&callouts, &cid);
-		if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED))
-			continue;
-		state = redirect_state(c, cid, hops, seen, last, uid);
-		if (state == CONNREDIR_REDIRECTED_BY_SELF) {
-			stat_inc(CONNREDIR_STAT_SELF_SKIP);
-			callout_stat_inc(cid, CONNREDIR_CSTAT_SELF_SKIP);
-			continue;
-		}
-		if (state == CONNREDIR_PREVIOUSLY_REDIRECTED_BY_SELF) {
-			stat_inc(CONNREDIR_STAT_PREV_SKIP);
-			callout_stat_inc(cid, CONNREDIR_CSTAT_PREV_SKIP);
-			continue;
-		}
-		if (dst->family == CONNREDIR_AF_INET)
-			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &c->proxy4 : NULL;
-		else
-			proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
-		if (!proxy) {
-			stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
-			callout_stat_inc(cid, CONNREDIR_CSTAT_NO_PROXY_FAMILY);
-			if (c->flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED)
-				return cannot_redirect(c, cid, refuse);
-			continue;
-		}
-		verdict = can_take ? proxy_verdict(ctx, proxy, c) : PROXY_OWNED;
-		if (verdict != PROXY_OWNED) {
-			/* Never "deliver to whatever listens": bypass if the
-			 * callout asked for it, else refuse. */
-			if (verdict == PROXY_NOT_OWNER) {
-				stat_inc(CONNREDIR_STAT_NOT_OWNER);
-				callout_stat_inc(cid, CONNREDIR_CSTAT_NOT_OWNER);
-			}
-			if (c->flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) {
-				stat_inc(CONNREDIR_STAT_DOWN_BYPASS);
-				callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_BYPASS);
-				proxy = NULL;
-				continue;
-			}
-			stat_inc(CONNREDIR_STAT_DOWN_REFUSED);
-			callout_stat_inc(cid, CONNREDIR_CSTAT_DOWN_REFUSED);
-			*refuse = 1;
-			return NULL;
-		}
-		chosen = c;
-		chosen_f = f;
-		chosen_id = cid;
-		break;
-	}
-	if (!chosen || !chosen_f)
+	/* The step hands back ids, not pointers: look the two up again. A
+	 * callout or filter deleted in between leaves the connect alone. */
+	chosen_id = w->chosen_id;
+	chosen = bpf_map_lookup_elem(&callouts, &chosen_id);
+	chosen_f = bpf_map_lookup_elem(&filters, &w->chosen_fid);
+	if (!chosen || !chosen_f || !(chosen->flags & CONNREDIR_CALLOUT_F_USED))
+		return NULL;
+	if (w->family == CONNREDIR_AF_INET)
+		proxy = (chosen->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &chosen->proxy4 : NULL;
+	else
+		proxy = (chosen->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &chosen->proxy6 : NULL;
+	if (!proxy)
 		return NULL;
 	if (hops >= CONNREDIR_MAX_HOPS) {
 		stat_inc(CONNREDIR_STAT_HOP_CAP);
 		callout_stat_inc(chosen_id, CONNREDIR_CSTAT_HOP_CAP);
-		return cannot_redirect(chosen, chosen_id, refuse);
+		flags = cannot_redirect(chosen, chosen_id, w);
+		trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_HOP_CAP, flags);
+		return NULL;
 	}
-	if (!mac_key())
-		return cannot_redirect(chosen, chosen_id, refuse); /* not initialised: no records */
+	if (!mac_key()) { /* not initialised: no records */
+		flags = cannot_redirect(chosen, chosen_id, w);
+		trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_NO_KEY, flags);
+		return NULL;
+	}
 
 	if (!st) {
 		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
 			callout_stat_inc(chosen_id, CONNREDIR_CSTAT_STORAGE_FAIL);
-			return cannot_redirect(chosen, chosen_id, refuse);
+			flags = cannot_redirect(chosen, chosen_id, w);
+			trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_STORAGE_FAIL, flags);
+			return NULL;
 		}
 	}
 	if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
-		new_flow(&st->records, uid);
+		new_flow(&st->records, w->uid);
 	st->in_hops = hops;
 	if (hops < CONNREDIR_MAX_HOPS) {
 		struct connredir_hop *h = &st->records.hops[hops];
@@ -767,6 +968,71 @@ static __always_inline const struct connredir_addr *classify_connect(
 	st->flags |= CONNREDIR_SK_REDIRECTED;
 	stat_inc(CONNREDIR_STAT_REDIRECTED);
 	callout_stat_inc(chosen_id, CONNREDIR_CSTAT_REDIRECTED);
+	trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_REDIRECTED, 0);
+	return proxy;
+}
+
+/*
+ * Classify one TCP connect and redirect it if a filter says so: the
+ * destination's candidate filters from the index (none: untouched, no state,
+ * no event), the decision, and an event for `connredir trace` if a lease is
+ * in force. Returns the proxy to connect to instead, or NULL to leave the
+ * connect alone; *refuse is set when the connect must fail. Tracing only
+ * reads the decision: it cannot change it.
+ */
+static __always_inline const struct connredir_addr *classify_connect(
+	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *refuse)
+{
+	struct classify_walk w __attribute__((aligned(8))) = {};
+	struct connredir_lpm_key key = {};
+	struct connredir_candidates *cands;
+	const struct connredir_addr *proxy;
+	struct trace_summary *ts;
+
+	if (dst->family == CONNREDIR_AF_INET) {
+		key.prefixlen = 8 + 32;
+		key.family = CONNREDIR_LPM_FAM_V4;
+		__builtin_memcpy(key.addr, &dst->addr[12], 4);
+	} else {
+		key.prefixlen = 8 + 128;
+		key.family = CONNREDIR_LPM_FAM_V6;
+		__builtin_memcpy(key.addr, dst->addr, 16);
+	}
+	cands = bpf_map_lookup_elem(&filter_index, &key);
+	if (!cands)
+		return NULL; /* matches no filter: untouched, no state */
+	stat_inc(CONNREDIR_STAT_CLASSIFIED);
+
+	w.ctx = ctx;
+	w.cands = cands;
+	w.family = dst->family;
+	w.port_host = bpf_ntohs(dst->port);
+	if (tracing()) {
+		ts = trace_summary();
+		if (ts) {
+			__builtin_memset(ts, 0, sizeof(*ts));
+			w.trace = 1;
+		}
+	}
+	proxy = classify_candidates(&w, dst);
+	*refuse = w.refuse;
+	if (!w.trace)
+		return proxy;
+	ts = trace_summary();
+	if (!ts)
+		return proxy;
+	ts->dst = *dst;
+	ts->hops = w.hops;
+	if (w.refuse) {
+		ts->outcome = CONNREDIR_TRACE_OUT_REFUSED;
+	} else if (proxy) {
+		ts->outcome = CONNREDIR_TRACE_OUT_REDIRECTED;
+		ts->final_dst = *proxy;
+	} else {
+		ts->outcome = CONNREDIR_TRACE_OUT_DIRECT;
+		ts->final_dst = *dst;
+	}
+	trace_emit();
 	return proxy;
 }
 

@@ -20,6 +20,7 @@ void add_tool_commands(CLI::App& app, Globals& g, Commands& out);      // decode
 void add_config_commands(CLI::App& app, Globals& g, Commands& out);    // apply export
 void add_flows_command(CLI::App& app, Globals& g, Commands& out);      // flows
 void add_metrics_command(CLI::App& app, Globals& g, Commands& out);    // metrics
+void add_trace_command(CLI::App& app, Globals& g, Commands& out);      // trace
 
 // `up` as `connredir up` prints it; shared with `apply`, which brings
 // connredir up first.

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   add_config_commands(app, g, commands);
   add_flows_command(app, g, commands);
   add_metrics_command(app, g, commands);
+  add_trace_command(app, g, commands);
   add_callout_commands(app, g, commands);
   add_filter_commands(app, g, commands);
   add_authorize_command(app, g, commands);

@@ -82,10 +82,10 @@ std::string principal_text(uint32_t kind, uint64_t id) {
 
 const char* stat_name(size_t index) {
   static const char* const names[] = {
-      "classified",      "redirected",   "hop_cap",   "no_proxy_family", "storage_fail",
-      "published",       "publish_fail", "accepted",  "records_set",     "records_rejected",
-      "denied",          "self_skip",    "prev_skip", "down_bypass",     "down_refused",
-      "failure_refused", "not_owner",
+      "classified",      "redirected",   "hop_cap",    "no_proxy_family", "storage_fail",
+      "published",       "publish_fail", "accepted",   "records_set",     "records_rejected",
+      "denied",          "self_skip",    "prev_skip",  "down_bypass",     "down_refused",
+      "failure_refused", "not_owner",    "trace_lost",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -110,6 +110,8 @@ const char* stat_help(size_t index) {
       "connects refused because the callout's proxy was not listening (on-proxy-down refuse)",
       "connects refused because they could not be redirected (on-failure refuse)",
       "callouts whose proxy address had a listener their principal does not own",
+      "trace events dropped because the trace ring buffer was full (connredir trace reports "
+      "them on exit)",
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";

@@ -157,3 +157,22 @@ static_assert(CONNREDIR_CSTAT_REDIRECTED == 0);
 static_assert(CONNREDIR_CSTAT_RECORDS_REJECTED == 10);
 static_assert(CONNREDIR_CSTAT_MAX == 11);
 static_assert(CONNREDIR_CALLOUT_STATS_ENTRIES == 64 * 11);
+
+CR_SIZE(connredir_trace_verdict, 12);
+CR_OFF(connredir_trace_verdict, filter_id, 4);
+CR_OFF(connredir_trace_verdict, verdict, 8);
+CR_OFF(connredir_trace_verdict, flags, 9);
+CR_SIZE(connredir_trace_event, 280);
+CR_OFF(connredir_trace_event, cgroup_id, 8);
+CR_OFF(connredir_trace_event, pid, 16);
+CR_OFF(connredir_trace_event, comm, 24);
+CR_OFF(connredir_trace_event, dst, 40);
+CR_OFF(connredir_trace_event, final_dst, 60);
+CR_OFF(connredir_trace_event, proto, 80);
+CR_OFF(connredir_trace_event, count, 83);
+CR_OFF(connredir_trace_event, truncated, 84);
+CR_OFF(connredir_trace_event, verdicts, 88);
+static_assert((CONNREDIR_TRACE_VERDICTS_MAX & (CONNREDIR_TRACE_VERDICTS_MAX - 1)) == 0);
+static_assert(CONNREDIR_TRACE_VERDICTS_MAX <= 0xff, "count is a __u8");
+static_assert(CONNREDIR_TRACE_VERDICTS_MAX > CONNREDIR_MAX_HOPS,
+              "an event holds a full chain and the callout that meets its cap");
