@@ -23,6 +23,7 @@
 
 #include <fmt/format.h>
 
+#include "../control/pinned_map.hpp"
 #include "commands.hpp"
 
 namespace connredir::cli {
@@ -264,20 +265,6 @@ class Tracer {
   mutable std::map<uint64_t, std::optional<std::string>> cg_paths_;
 };
 
-// The pinned map PIN_DIR/maps/NAME, or an error that says what to do.
-Result<int> open_pinned(const std::string& pin_dir, const char* name) {
-  std::string path = fmt::format("{}/maps/{}", pin_dir, name);
-  int fd = bpf_obj_get(path.c_str());
-  if (fd >= 0) return fd;
-  int e = errno;
-  if (e == ENOENT)
-    return fail(ENOENT, fmt::format("{} is missing: connredir is not up at {}, or was brought up "
-                                    "by a version without tracing (run `connredir down` then "
-                                    "`connredir up`)",
-                                    path, pin_dir));
-  return fail(e, fmt::format("cannot open {}: {}", path, errno_text(e)));
-}
-
 uint64_t lost_now(ctl::KernelMapStore& store) {
   auto s = store.stats();
   return s && s->size() > CONNREDIR_STAT_TRACE_LOST ? (*s)[CONNREDIR_STAT_TRACE_LOST] : 0;
@@ -312,20 +299,16 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
     return report(Error{
         ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`)", a.callout)});
 
-  auto ring_fd = open_pinned(pin_dir, "trace_events");
-  if (!ring_fd) return report(ring_fd.error());
-  auto on_fd = open_pinned(pin_dir, "trace_on");
-  if (!on_fd) {
-    close(*ring_fd);
-    return report(on_fd.error());
-  }
+  auto ring = ctl::open_pinned_map(pin_dir, "trace_events");
+  if (!ring) return report(ring.error());
+  auto on = ctl::open_pinned_map(pin_dir, "trace_on");
+  if (!on) return report(on.error());
+  const int ring_fd = ring->get(), on_fd = on->get();
   const uint64_t lost_before = lost_now(**store);
   Tracer tracer(a, as_json, std::move(callouts), callout, cgroup, dst);
-  ring_buffer* rb = ring_buffer__new(*ring_fd, &Tracer::handle, &tracer, nullptr);
+  ring_buffer* rb = ring_buffer__new(ring_fd, &Tracer::handle, &tracer, nullptr);
   if (!rb) {
     int e = errno;
-    close(*ring_fd);
-    close(*on_fd);
     return report(Error{e, fmt::format("cannot read the trace ring buffer: {}", errno_text(e))});
   }
 
@@ -339,13 +322,13 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
   uint64_t mine = 0;
   auto renew = [&]() -> Result<void> {
     uint64_t cur = 0;
-    if (bpf_map_lookup_elem(*on_fd, &zero, &cur) != 0) {
+    if (bpf_map_lookup_elem(on_fd, &zero, &cur) != 0) {
       int e = errno;
       return fail(e, fmt::format("reading map trace_on: {}", errno_text(e)));
     }
     uint64_t want = clock_ns(CLOCK_BOOTTIME) + kLeaseMs * 1000000ull;
     if (cur > want) return {};
-    if (bpf_map_update_elem(*on_fd, &zero, &want, BPF_ANY) != 0) {
+    if (bpf_map_update_elem(on_fd, &zero, &want, BPF_ANY) != 0) {
       int e = errno;
       return fail(e, fmt::format("writing map trace_on: {}", errno_text(e)));
     }
@@ -388,13 +371,11 @@ int cmd_trace(const std::string& pin_dir, const TraceArgs& a, bool as_json) {
   }
   // Withdraw our lease unless another tracer holds a later one.
   uint64_t cur = 0;
-  if (mine && bpf_map_lookup_elem(*on_fd, &zero, &cur) == 0 && cur == mine) {
+  if (mine && bpf_map_lookup_elem(on_fd, &zero, &cur) == 0 && cur == mine) {
     uint64_t off = 0;
-    (void)bpf_map_update_elem(*on_fd, &zero, &off, BPF_ANY);
+    (void)bpf_map_update_elem(on_fd, &zero, &off, BPF_ANY);
   }
   ring_buffer__free(rb);
-  close(*ring_fd);
-  close(*on_fd);
   const uint64_t lost = lost_now(**store) - lost_before;
   fmt::print(stderr, "trace: {} events shown, {} events lost{}\n", tracer.shown(), lost,
              lost ? " (the ring buffer was full: fewer filters or a faster reader)" : "");

@@ -240,10 +240,15 @@ Result<UniqueFd> open_pinned_map(const std::string& pin_dir, std::string_view na
   UniqueFd fd(bpf_obj_get(path.c_str()));
   if (!fd) {
     int e = errno;
-    return fail(e, fmt::format("cannot open pinned map {}: {}{}", path, errno_text(e),
-                               e == ENOENT                 ? " (is connredir up? `connredir up`)"
-                               : e == EPERM || e == EACCES ? " (run as root)"
-                                                           : ""));
+    std::string hint;
+    if (e == ENOENT)
+      hint = fmt::format(
+          " (is connredir up at {}? `connredir up`; if it is, another version "
+          "brought it up: `connredir down`, then `connredir up`)",
+          pin_dir);
+    else if (e == EPERM || e == EACCES)
+      hint = " (run as root)";
+    return fail(e, fmt::format("cannot open pinned map {}: {}{}", path, errno_text(e), hint));
   }
   return fd;
 }
