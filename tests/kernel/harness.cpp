@@ -621,6 +621,26 @@ void KernelTest::add_redirect(const std::string& name, const std::string& proxy,
   cli(f);
 }
 
+void KernelTest::add_vendor(const std::string& name, int port, int uid, const std::string& cidr,
+                            uint16_t dst_port, int weight, const std::vector<std::string>& extra) {
+  std::vector<std::string> args{"callout",
+                                "add",
+                                name,
+                                "--proxy",
+                                "127.0.0.1:" + std::to_string(port),
+                                "--proxy-uid",
+                                std::to_string(uid)};
+  args.insert(args.end(), extra.begin(), extra.end());
+  cli(args);
+  cli({"filter", "add", "--callout", name, "--dst", cidr, "--port", std::to_string(dst_port),
+       "--weight", std::to_string(weight)});
+}
+
+std::string KernelTest::app_roundtrip(const std::string& addr, const std::string& payload,
+                                      int uid) {
+  return run_in(cg("app"), uid, [&] { return echo_roundtrip(addr, payload); });
+}
+
 std::map<std::string, uint64_t> KernelTest::stats() {
   std::map<std::string, uint64_t> out;
   auto j = cli_json({"status"});

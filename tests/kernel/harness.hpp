@@ -168,6 +168,12 @@ class KernelTest : public ::testing::Test {
   void add_redirect(const std::string& name, const std::string& proxy, int proxy_uid,
                     const std::string& cidr, uint16_t port,
                     const std::vector<std::string>& filter_extra = {});
+  // A callout `name` whose proxy is 127.0.0.1:PORT (principal `uid`, plus
+  // `extra` callout options) and one filter for cidr/dst_port at `weight`.
+  void add_vendor(const std::string& name, int port, int uid, const std::string& cidr,
+                  uint16_t dst_port, int weight, const std::vector<std::string>& extra = {});
+  // One echo round trip of `payload` to `addr` from cgroup app as `uid`.
+  std::string app_roundtrip(const std::string& addr, const std::string& payload, int uid);
   // A probe "proxy": a process in cgroup vendor-a as `uid` accepts the one
   // connection of an app (cgroup app) that connects to `dst`, runs `fn` on
   // the accepted fd and returns its text. The app then sees EOF.

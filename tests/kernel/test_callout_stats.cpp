@@ -53,27 +53,6 @@ class CalloutStats : public KernelTest {
     for (const auto& [k, _] : want) EXPECT_TRUE(got.count(k)) << name << " has no " << k;
   }
 
-  // A callout whose proxy is 127.0.0.1:PORT (principal uid), and a filter
-  // for dst, plus extra callout options.
-  void add_vendor(const std::string& name, int port, int uid, const std::string& cidr,
-                  uint16_t dst_port, int weight, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args{"callout",
-                                  "add",
-                                  name,
-                                  "--proxy",
-                                  fmt::format("127.0.0.1:{}", port),
-                                  "--proxy-uid",
-                                  std::to_string(uid)};
-    args.insert(args.end(), extra.begin(), extra.end());
-    cli(args);
-    cli({"filter", "add", "--callout", name, "--dst", cidr, "--port", std::to_string(dst_port),
-         "--weight", std::to_string(weight)});
-  }
-
-  std::string app_roundtrip(const std::string& addr, const std::string& payload) {
-    return run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, payload); });
-  }
-
   // Each host-wide counter the per-callout ones refine equals their sum
   // over the callouts (records_rejected only when every sender was a
   // callout's principal).
@@ -116,7 +95,7 @@ TEST_F(CalloutStats, ChainCountsEachDecisionAgainstItsVendor) {
   start_proxy("vendor-b", 4002, "127.0.0.1:15002");
   expect_counters("vendor-a", {});
   std::string payload = make_payload(3000, 31), addr = dst.addr();
-  for (int i = 0; i < kTrips; i++) ASSERT_EQ(app_roundtrip(addr, payload), payload) << i;
+  for (int i = 0; i < kTrips; i++) ASSERT_EQ(app_roundtrip(addr, payload, kAppUid), payload) << i;
   EXPECT_EQ(dst.peers().size(), static_cast<size_t>(kTrips));
   expect_counters("vendor-a",
                   {{"redirected", kTrips}, {"self_skip", kTrips}, {"prev_skip", kTrips}});
@@ -159,8 +138,8 @@ TEST_F(CalloutStats, ProxyDownNotOwnerAndFailurePolicies) {
   add_vendor("vendor-a", 15001, 4001, "127.0.0.1/32", dst.port(), 200,
              {"--on-proxy-down", "bypass"});
   add_vendor("vendor-b", 15002, 4002, "127.0.0.1/32", dst.port(), 100);
-  EXPECT_EQ(app_roundtrip(addr, "x"), "ERR:connect Connection refused");
-  EXPECT_EQ(app_roundtrip(addr, "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(addr, "x", kAppUid), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(addr, "x", kAppUid), "ERR:connect Connection refused");
   expect_counters("vendor-a", {{"down_bypass", 2}});
   expect_counters("vendor-b", {{"down_refused", 2}});
 
@@ -169,7 +148,7 @@ TEST_F(CalloutStats, ProxyDownNotOwnerAndFailurePolicies) {
   // as not_owner too.
   int l = listen_on("127.0.0.1:15002");
   ASSERT_GE(l, 0) << strerror(errno);
-  EXPECT_EQ(app_roundtrip(addr, "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(addr, "x", kAppUid), "ERR:connect Connection refused");
   close(l);
   expect_counters("vendor-a", {{"down_bypass", 3}});
   expect_counters("vendor-b", {{"down_refused", 3}, {"not_owner", 1}});
@@ -178,7 +157,7 @@ TEST_F(CalloutStats, ProxyDownNotOwnerAndFailurePolicies) {
   EchoServer dst6("[::1]:0");
   add_vendor("vendor-c", 15003, 4003, "::1/128", dst6.port(), 100, {"--on-failure", "refuse"});
   std::string addr6 = dst6.addr();
-  EXPECT_EQ(app_roundtrip(addr6, "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(addr6, "x", kAppUid), "ERR:connect Connection refused");
   expect_counters("vendor-c", {{"no_proxy_family", 1}, {"failure_refused", 1}});
   expect_counters("vendor-a", {{"down_bypass", 3}});
   expect_sums_match_host(true);

@@ -76,25 +76,6 @@ class Trace : public KernelTest {
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
 
-  std::string app_roundtrip(const std::string& addr, const std::string& payload) {
-    return run_in(cg("app"), kAppUid, [&] { return echo_roundtrip(addr, payload); });
-  }
-
-  void add_vendor(const std::string& name, int port, int uid, const std::string& cidr,
-                  uint16_t dst_port, int weight, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args{"callout",
-                                  "add",
-                                  name,
-                                  "--proxy",
-                                  fmt::format("127.0.0.1:{}", port),
-                                  "--proxy-uid",
-                                  std::to_string(uid)};
-    args.insert(args.end(), extra.begin(), extra.end());
-    cli(args);
-    cli({"filter", "add", "--callout", name, "--dst", cidr, "--port", std::to_string(dst_port),
-         "--weight", std::to_string(weight)});
-  }
-
   // "callout:verdict" per candidate, in the order the classifier met them.
   static std::vector<std::string> verdicts(const nlohmann::json& ev) {
     std::vector<std::string> out;
@@ -120,9 +101,9 @@ TEST_F(Trace, ExplainsEachHopOfAChain) {
   start_proxy("vendor-b", 4002, "127.0.0.1:15002");
   start_trace({"--count", "3", "--timeout-ms", "20000", "--callout", "vendor-a"}, "trace.out");
   // Classified, but vendor-a is not a candidate: filtered out by --callout.
-  EXPECT_EQ(app_roundtrip(other.addr(), "x"), "x");
+  EXPECT_EQ(app_roundtrip(other.addr(), "x", kAppUid), "x");
   std::string payload = make_payload(2000, 41);
-  EXPECT_EQ(app_roundtrip(dst.addr(), payload), payload);
+  EXPECT_EQ(app_roundtrip(dst.addr(), payload, kAppUid), payload);
   auto ev = read_json_lines(dir_ + "/trace.out", 3);
   ASSERT_EQ(ev.size(), 3u) << read_file(dir_ + "/trace.out");
   std::sort(ev.begin(), ev.end(), [](auto& x, auto& y) { return x["hops"] < y["hops"]; });
@@ -166,7 +147,7 @@ TEST_F(Trace, TextFormSaysWhy) {
   start_proxy("vendor-b", 4002, "127.0.0.1:15002");
   start_trace({"--count", "2", "--timeout-ms", "20000"}, "trace.txt", false);
   std::string payload = make_payload(100, 44);
-  EXPECT_EQ(app_roundtrip(dst.addr(), payload), payload);
+  EXPECT_EQ(app_roundtrip(dst.addr(), payload, kAppUid), payload);
   std::string text = summary("trace.txt");
   std::string all = read_file(dir_ + "/trace.txt");
   EXPECT_NE(text.find("trace: 2 events shown, 0 events lost"), std::string::npos) << all;
@@ -197,7 +178,7 @@ TEST_F(Trace, ExplainsAChainAtItsCap) {
   expect.push_back("vendor-late:hop_cap");
   start_trace({"--count", "1", "--timeout-ms", "20000", "--callout", "vendor-late"}, "trace.out");
   std::string payload = make_payload(1000, 43);
-  EXPECT_EQ(app_roundtrip(dst.addr(), payload), payload);
+  EXPECT_EQ(app_roundtrip(dst.addr(), payload, kAppUid), payload);
   auto ev = read_json_lines(dir_ + "/trace.out", 1);
   ASSERT_EQ(ev.size(), 1u) << read_file(dir_ + "/trace.out");
   EXPECT_EQ(ev[0].value("hops", 0), CONNREDIR_MAX_HOPS) << ev[0].dump();
@@ -219,12 +200,12 @@ TEST_F(Trace, ExplainsProxyDownAndFailurePolicies) {
   add_vendor("vendor-b", 15002, 4002, "127.0.0.1/32", dst.port(), 100);
   add_vendor("vendor-c", 15003, 4003, "::1/128", dst6.port(), 100, {"--on-failure", "refuse"});
   start_trace({"--count", "3", "--timeout-ms", "20000"}, "trace.out");
-  EXPECT_EQ(app_roundtrip(dst.addr(), "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(dst.addr(), "x", kAppUid), "ERR:connect Connection refused");
   int l = listen_on("127.0.0.1:15002");  // outside the attached cgroups: not vendor-b's
   ASSERT_GE(l, 0) << strerror(errno);
-  EXPECT_EQ(app_roundtrip(dst.addr(), "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(dst.addr(), "x", kAppUid), "ERR:connect Connection refused");
   close(l);
-  EXPECT_EQ(app_roundtrip(dst6.addr(), "x"), "ERR:connect Connection refused");
+  EXPECT_EQ(app_roundtrip(dst6.addr(), "x", kAppUid), "ERR:connect Connection refused");
   auto ev = read_json_lines(dir_ + "/trace.out", 3);
   ASSERT_EQ(ev.size(), 3u) << read_file(dir_ + "/trace.out");
   EXPECT_EQ(verdicts(ev[0]),
@@ -258,10 +239,11 @@ TEST_F(Trace, KilledTracerLeavesNoTracingOnAndDstFilters) {
   EXPECT_TRUE(eventually([&] { return boot_ns() > lease(); }, 4000));
   // No lease: these connects produce no events (the next tracer must not
   // see them, though the ring was never drained).
-  EXPECT_EQ(app_roundtrip(other.addr(), "x"), "x");
+  EXPECT_EQ(app_roundtrip(other.addr(), "x", kAppUid), "x");
   start_trace({"--count", "1", "--timeout-ms", "20000", "--dst", "::1/128"}, "trace.out");
-  EXPECT_EQ(app_roundtrip(dst.addr(), "y"), "ERR:connect Connection refused");  // filtered out
-  EXPECT_EQ(app_roundtrip(other.addr(), "z"), "z");
+  EXPECT_EQ(app_roundtrip(dst.addr(), "y", kAppUid),
+            "ERR:connect Connection refused");  // filtered out
+  EXPECT_EQ(app_roundtrip(other.addr(), "z", kAppUid), "z");
   auto ev = read_json_lines(dir_ + "/trace.out", 1);
   ASSERT_EQ(ev.size(), 1u) << read_file(dir_ + "/trace.out");
   EXPECT_EQ(ev[0].value("dst", ""), other.addr());
