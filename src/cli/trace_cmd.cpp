@@ -48,53 +48,36 @@ uint64_t clock_ns(clockid_t clock) {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-const char* verdict_name(uint8_t v) {
-  switch (v) {
-    case CONNREDIR_TV_REDIRECTED:
-      return "redirected";
-    case CONNREDIR_TV_SELF_SKIP:
-      return "self_skip";
-    case CONNREDIR_TV_PREV_SKIP:
-      return "prev_skip";
-    case CONNREDIR_TV_HOP_CAP:
-      return "hop_cap";
-    case CONNREDIR_TV_NO_PROXY_FAMILY:
-      return "no_proxy_family";
-    case CONNREDIR_TV_STORAGE_FAIL:
-      return "storage_fail";
-    case CONNREDIR_TV_NO_KEY:
-      return "no_key";
-    case CONNREDIR_TV_DOWN_BYPASS:
-      return "down_bypass";
-    case CONNREDIR_TV_DOWN_REFUSED:
-      return "down_refused";
-  }
-  return "?";
-}
+// Each verdict's name (JSON) and what it means (the text form).
+struct VerdictDesc {
+  uint8_t code;
+  const char* name;
+  const char* text;
+};
+constexpr VerdictDesc kVerdicts[] = {
+    {CONNREDIR_TV_REDIRECTED, "redirected", "redirected"},
+    {CONNREDIR_TV_SELF_SKIP, "self_skip", "skipped: it redirected this flow already (self)"},
+    {CONNREDIR_TV_PREV_SKIP, "prev_skip", "skipped: it redirected an earlier hop of the flow"},
+    {CONNREDIR_TV_HOP_CAP, "hop_cap", "not taken: the chain is at its cap"},
+    {CONNREDIR_TV_NO_PROXY_FAMILY, "no_proxy_family", "not taken: no proxy for the family"},
+    {CONNREDIR_TV_STORAGE_FAIL, "storage_fail", "not taken: no memory for the socket's state"},
+    {CONNREDIR_TV_NO_KEY, "no_key", "not taken: records MAC key not initialised"},
+    {CONNREDIR_TV_DOWN_BYPASS, "down_bypass", "bypassed: proxy down"},
+    {CONNREDIR_TV_DOWN_REFUSED, "down_refused", "refused: proxy down"},
+};
 
-// What a verdict means, for the text form.
+const VerdictDesc* verdict_desc(uint8_t v) {
+  for (const auto& d : kVerdicts)
+    if (d.code == v) return &d;
+  return nullptr;
+}
+const char* verdict_name(uint8_t v) {
+  const auto* d = verdict_desc(v);
+  return d ? d->name : "?";
+}
 const char* verdict_text(uint8_t v) {
-  switch (v) {
-    case CONNREDIR_TV_REDIRECTED:
-      return "redirected";
-    case CONNREDIR_TV_SELF_SKIP:
-      return "skipped: it redirected this flow already (self)";
-    case CONNREDIR_TV_PREV_SKIP:
-      return "skipped: it redirected an earlier hop of the flow";
-    case CONNREDIR_TV_HOP_CAP:
-      return "not taken: the chain is at its cap";
-    case CONNREDIR_TV_NO_PROXY_FAMILY:
-      return "not taken: no proxy for the family";
-    case CONNREDIR_TV_STORAGE_FAIL:
-      return "not taken: no memory for the socket's state";
-    case CONNREDIR_TV_NO_KEY:
-      return "not taken: records MAC key not initialised";
-    case CONNREDIR_TV_DOWN_BYPASS:
-      return "bypassed: proxy down";
-    case CONNREDIR_TV_DOWN_REFUSED:
-      return "refused: proxy down";
-  }
-  return "?";
+  const auto* d = verdict_desc(v);
+  return d ? d->text : "?";
 }
 
 const char* outcome_name(uint8_t o) {

@@ -110,8 +110,7 @@ const char* stat_help(size_t index) {
       "connects refused because the callout's proxy was not listening (on-proxy-down refuse)",
       "connects refused because they could not be redirected (on-failure refuse)",
       "callouts whose proxy address had a listener their principal does not own",
-      "trace events dropped because the trace ring buffer was full (connredir trace reports "
-      "them on exit)",
+      "trace events dropped because the trace ring buffer was full (reported by connredir trace)",
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
