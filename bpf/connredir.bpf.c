@@ -714,6 +714,16 @@ struct classify_walk {
 	__u32 chosen_fid;
 };
 
+/* Callout c's proxy for a destination of `family` (CONNREDIR_AF_*), or NULL
+ * if it has none for that family. */
+static __always_inline const struct connredir_addr *callout_proxy(const struct connredir_callout *c,
+								  __u8 family)
+{
+	if (family == CONNREDIR_AF_INET)
+		return (c->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &c->proxy4 : NULL;
+	return (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
+}
+
 /* Notes one candidate's verdict in a trace summary; past
  * CONNREDIR_TRACE_VERDICTS_MAX the event says it is truncated. A global
  * function: the verifier checks it once, and to the classifier the summary
@@ -803,10 +813,7 @@ static long classify_one(__u32 i, void *data)
 		trace_note(w, cid, fid, CONNREDIR_TV_PREV_SKIP, 0);
 		return 0;
 	}
-	if (w->family == CONNREDIR_AF_INET)
-		proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &c->proxy4 : NULL;
-	else
-		proxy = (c->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &c->proxy6 : NULL;
+	proxy = callout_proxy(c, w->family);
 	if (!proxy) {
 		stat_inc(CONNREDIR_STAT_NO_PROXY_FAMILY);
 		callout_stat_inc(cid, CONNREDIR_CSTAT_NO_PROXY_FAMILY);
@@ -900,10 +907,7 @@ static __always_inline const struct connredir_addr *classify_candidates(
 	chosen_f = bpf_map_lookup_elem(&filters, &w->chosen_fid);
 	if (!chosen || !chosen_f || !(chosen->flags & CONNREDIR_CALLOUT_F_USED))
 		return NULL;
-	if (w->family == CONNREDIR_AF_INET)
-		proxy = (chosen->flags & CONNREDIR_CALLOUT_F_PROXY4) ? &chosen->proxy4 : NULL;
-	else
-		proxy = (chosen->flags & CONNREDIR_CALLOUT_F_PROXY6) ? &chosen->proxy6 : NULL;
+	proxy = callout_proxy(chosen, w->family);
 	if (!proxy)
 		return NULL;
 	if (hops >= CONNREDIR_MAX_HOPS) {

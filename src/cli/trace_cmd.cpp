@@ -23,7 +23,7 @@
 
 #include <fmt/format.h>
 
-#include "../control/pinned_map.hpp"
+#include "../control/system_util.hpp"
 #include "commands.hpp"
 
 namespace connredir::cli {

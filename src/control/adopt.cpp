@@ -30,9 +30,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <charconv>
+#include <limits>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -41,31 +40,29 @@
 
 #include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
-#include "pinned_map.hpp"
+#include "system_util.hpp"
 
 namespace connredir::control {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// A /proc or /sys file's text; "" if it is gone (the process exited).
+std::string slurp(const std::string& path) { return read_file(path.c_str()).value_or(""); }
 
+// A decimal /proc field.
 template <class T>
-bool parse_num(std::string_view s, T& out, int base = 10) {
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out, base);
-  return ec == std::errc{} && p == s.data() + s.size();
+bool parse_num(std::string_view s, T& out) {
+  auto v = parse_uint(s, "", 0, std::numeric_limits<T>::max());
+  if (v) out = static_cast<T>(*v);
+  return v.has_value();
 }
 
 // The inodes of the TCP sockets in LISTEN state of the network namespace
 // /proc/PID/net shows (the `inode` column of tcp and tcp6; st 0A = LISTEN).
 void listening_inodes(int pid, std::set<uint64_t>& out) {
   for (const char* file : {"tcp", "tcp6"}) {
-    std::ifstream in(fmt::format("/proc/{}/net/{}", pid, file));
+    std::istringstream in(slurp(fmt::format("/proc/{}/net/{}", pid, file)));
     std::string line;
     std::getline(in, line);  // header
     while (std::getline(in, line)) {

@@ -30,7 +30,7 @@
 
 #include "../common/unique_fd.hpp"
 #include "connredir/control.hpp"
-#include "pinned_map.hpp"
+#include "system_util.hpp"
 
 namespace connredir::control {
 namespace {

@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
-#include "pinned_map.hpp"
+#include "system_util.hpp"
 
 namespace connredir::control {
 namespace {

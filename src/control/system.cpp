@@ -21,7 +21,7 @@
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
-#include "pinned_map.hpp"
+#include "system_util.hpp"
 
 namespace connredir::control {
 namespace {
@@ -55,6 +55,8 @@ std::vector<std::string_view> split_path(std::string_view p) {
   return parts;
 }
 
+}  // namespace
+
 Result<std::string> read_file(const char* path) {
   std::ifstream in(path);
   if (!in) {
@@ -65,8 +67,6 @@ Result<std::string> read_file(const char* path) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-}  // namespace
 
 Result<std::string> find_cgroup2_mount(std::string_view mounts) {
   std::istringstream in{std::string(mounts)};

@@ -1,5 +1,5 @@
-// Opening one of connredir's pinned maps by name, with the error every caller
-// gives (internal to the control library).
+// Helpers of system.cpp that other files of the control library share
+// (internal: not installed).
 #pragma once
 
 #include <string>
@@ -10,6 +10,8 @@
 
 namespace connredir::control {
 
+// A whole file (/proc, /sys, configuration), or an error naming it.
+Result<std::string> read_file(const char* path);
 // PIN_DIR/maps/NAME. ENOENT says to run `connredir up`; EPERM/EACCES, root.
 Result<UniqueFd> open_pinned_map(const std::string& pin_dir, std::string_view name);
 
