@@ -462,7 +462,9 @@ TEST_F(Ownership, AddressBoundListenerWinsOverWildcardAsForTheSyn) {
       std::string specific = proxy_addr(v6);
       std::string wildcard =
           v6 ? "[::]:" + std::to_string(kPort) : "0.0.0.0:" + std::to_string(kPort);
-      auto listener = [](const std::string& where, int go_fd) {
+      // Each listener reports on `ready_fd` once it listens: the app must not
+      // connect before both exist (a fixed sleep was too short on a loaded CI host).
+      auto listener = [](const std::string& where, int go_fd, int ready_fd) {
         auto a = Address::parse(where);
         sockaddr_storage ss{};
         socklen_t len = a->to_sockaddr(ss);
@@ -470,29 +472,45 @@ TEST_F(Ownership, AddressBoundListenerWinsOverWildcardAsForTheSyn) {
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
         if (a->family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-        if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 64) != 0)
-          return std::string("listen ") + where + ": " + strerror(errno);
+        if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 64) != 0) {
+          std::string err = std::string("listen ") + where + ": " + strerror(errno);
+          close(ready_fd);  // EOF: the test stops waiting and fails on the report
+          return err;
+        }
+        (void)!write(ready_fd, "r", 1);
+        close(ready_fd);
         int accepted = 0;
         size_t bytes = 0;
         drain_until_go(fd, go_fd, accepted, bytes);
         close(fd);
         return "accepted=" + std::to_string(accepted);
       };
-      int go[2];
+      int go[2], ready[2];
       ASSERT_EQ(pipe2(go, O_CLOEXEC), 0);
+      ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
       std::string proxy_at = proxy_specific ? specific : wildcard;
       std::string imp_at = proxy_specific ? wildcard : specific;
       auto proxy = fork_in(cg("vendor-a"), kProxyUid, [&] {
         close(go[1]);
-        return listener(proxy_at, go[0]);
+        close(ready[0]);
+        return listener(proxy_at, go[0], ready[1]);
       });
-      ASSERT_TRUE(wait_listening(kPort));
-      usleep(100000);
       auto imp = fork_in("", kProxyUid, [&] {
         close(go[1]);
-        return listener(imp_at, go[0]);
+        close(ready[0]);
+        return listener(imp_at, go[0], ready[1]);
       });
-      usleep(300000);
+      close(ready[1]);
+      char r[2];
+      size_t got = 0;
+      pollfd pr{ready[0], POLLIN, 0};
+      while (got < 2 && poll(&pr, 1, 10000) > 0) {
+        ssize_t n = read(ready[0], r + got, 2 - got);
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+      }
+      close(ready[0]);
+      ASSERT_EQ(got, 2u) << "a listener did not start within 10 s";
       // The app's payload reaches the owned proxy, which reads it and closes:
       // the app sees EOF ("").
       std::string app = app_connects(dst, 10);
