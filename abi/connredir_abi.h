@@ -119,7 +119,13 @@ struct connredir_records {
 	__u16 size;	/* sizeof(struct connredir_records) */
 	__u64 flow_id;	/* unique per flow, kept along the chain */
 	__u8 hop_count; /* valid entries in hops[] */
-	__u8 reserved0;
+	/* Hops this flow passed in earlier chains that a proxy ended by
+	 * connecting onward without records, where connredir knew the flow it
+	 * had accepted but did not carry its records over (implicit records
+	 * off for that callout, or ambiguous). Counts against
+	 * CONNREDIR_MAX_HOPS with hop_count: the loop breaker. 0 in blobs of
+	 * older versions (the byte was reserved and zero). */
+	__u8 carried_hops;
 	__u16 reserved1;
 	__u32 reserved2;
 	struct connredir_origin origin;
@@ -177,6 +183,11 @@ struct connredir_context {
  * (a process that is the principal of two callouts serves both); the control
  * plane refuses an overlap without it. */
 #define CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL 0x40u
+/* --implicit-records off: when this callout's principal connects onward
+ * without records, do not attach the records of a flow it accepted for that
+ * destination (docs/ABI.md, "Implicit records"). The loop breaker still
+ * counts the hops of such a flow (records.carried_hops). */
+#define CONNREDIR_CALLOUT_F_NO_IMPLICIT 0x80u
 
 /* map `callouts` (ARRAY, index = callout id). */
 struct connredir_callout {
@@ -275,10 +286,40 @@ struct connredir_flow_key {
 	__u32 reserved;
 };
 
+/*
+ * map `implicit` (LRU_HASH): flows a callout's principal accepted, by
+ * destination, so the records of one can ride on the principal's onward
+ * connect when it sets none (docs/ABI.md, "Implicit records"). One entry per
+ * (netns, callout, destination, protocol), not per flow: `pending` counts the
+ * accepted flows not yet matched by an onward connect, `mixed` says whether
+ * their chains differed (then no records are attached: ambiguous). An entry
+ * older than CONNREDIR_IMPLICIT_TTL_NS since its last accepted flow is stale
+ * and is ignored and replaced.
+ */
+#define CONNREDIR_IMPLICIT_MAX	  8192
+#define CONNREDIR_IMPLICIT_TTL_NS (30ULL * 1000 * 1000 * 1000)
+struct connredir_implicit_key {
+	__u64 netns; /* netns cookie of the proxy's accepted socket */
+	__u8 dst[16]; /* the flow's destination as the redirected connect asked, v4-mapped */
+	__u16 dst_port; /* network order */
+	__u8 proto;	/* IPPROTO_TCP */
+	__u8 reserved0;
+	__u32 callout_id; /* the callout that redirected the flow to the proxy */
+};
+struct connredir_implicit {
+	__u64 updated_ns; /* bpf_ktime_get_boot_ns() of the newest accepted flow */
+	__u32 pending;	  /* accepted flows not yet matched by an onward connect */
+	__u8 mixed;	  /* 1: those flows' chains differ (by callout, in order) */
+	__u8 depth;	  /* the largest carried_hops + hop_count among them */
+	__u16 reserved0;
+	struct connredir_records records; /* the oldest pending flow's */
+};
+
 #define CONNREDIR_SK_RECORDS_SET 0x1u /* setsockopt(CONNREDIR_RECORDS) accepted */
 #define CONNREDIR_SK_REDIRECTED	 0x2u /* connect was redirected (client side) */
 #define CONNREDIR_SK_PUBLISHED	 0x4u /* hand-off entry published */
 #define CONNREDIR_SK_ACCEPTED	 0x8u /* socket accepted by a proxy, state handed off */
+#define CONNREDIR_SK_IMPLICIT	 0x10u /* records attached implicitly at connect */
 
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
 struct connredir_sk_state {
@@ -317,6 +358,12 @@ enum connredir_stat {
 	CONNREDIR_STAT_NOT_OWNER,	 /* a listener not owned by the callout's principal */
 					 /* was at the proxy address: not redirected to it */
 	CONNREDIR_STAT_TRACE_LOST,	 /* trace events dropped: ring buffer full */
+	CONNREDIR_STAT_IMPLICIT,	 /* records of an accepted flow attached to a */
+					 /* principal's record-less onward connect */
+	CONNREDIR_STAT_IMPLICIT_AMBIGUOUS, /* accepted flows to that destination had */
+					   /* different chains: none attached */
+	CONNREDIR_STAT_LOOP_BROKEN,	   /* chain over CONNREDIR_MAX_HOPS counting */
+					   /* carried hops: failure policy applied */
 	CONNREDIR_STAT_MAX,
 };
 
@@ -340,6 +387,9 @@ enum connredir_callout_stat {
 	CONNREDIR_CSTAT_DOWN_REFUSED,	  /* proxy not listening: connect refused */
 	CONNREDIR_CSTAT_FAILURE_REFUSED,  /* --on-failure refuse: connect refused */
 	CONNREDIR_CSTAT_RECORDS_REJECTED, /* a blob refused from this callout's principal */
+	CONNREDIR_CSTAT_IMPLICIT,	  /* its principal's onward connect got implicit records */
+	CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS, /* ... could not: candidates' chains differed */
+	CONNREDIR_CSTAT_LOOP_BROKEN,	  /* chosen, but the flow re-entered past the loop budget */
 	CONNREDIR_CSTAT_MAX,
 };
 #define CONNREDIR_CALLOUT_STATS_ENTRIES (CONNREDIR_MAX_CALLOUTS * CONNREDIR_CSTAT_MAX)

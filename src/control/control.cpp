@@ -85,7 +85,7 @@ const char* stat_name(size_t index) {
       "classified",      "redirected",   "hop_cap",    "no_proxy_family", "storage_fail",
       "published",       "publish_fail", "accepted",   "records_set",     "records_rejected",
       "denied",          "self_skip",    "prev_skip",  "down_bypass",     "down_refused",
-      "failure_refused", "not_owner",    "trace_lost",
+      "failure_refused", "not_owner",    "trace_lost", "implicit", "implicit_ambiguous", "loop_broken",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -111,6 +111,12 @@ const char* stat_help(size_t index) {
       "connects refused because they could not be redirected (on-failure refuse)",
       "callouts whose proxy address had a listener their principal does not own",
       "trace events dropped because the trace ring buffer was full (reported by connredir trace)",
+      ("records of a flow a proxy accepted, attached to its onward connect that set none "
+       "(implicit records)"),
+      ("onward connects of a proxy that got no implicit records because the flows it accepted "
+       "for that destination had different chains"),
+      ("connects not redirected (or refused by on-failure refuse) because the flow re-entered "
+       "past the hop budget counting hops carried over record-less proxies (loop breaker)"),
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
@@ -120,7 +126,8 @@ const char* callout_stat_name(size_t index) {
   static const char* const names[] = {
       "redirected",      "self_skip",       "prev_skip",        "hop_cap",
       "no_proxy_family", "storage_fail",    "down_bypass",      "not_owner",
-      "down_refused",    "failure_refused", "records_rejected",
+      "down_refused",    "failure_refused", "records_rejected", "implicit",
+      "implicit_ambiguous", "loop_broken",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_CSTAT_MAX, "a name per counter");
   return index < CONNREDIR_CSTAT_MAX ? names[index] : "?";
@@ -141,6 +148,11 @@ const char* callout_stat_help(size_t index) {
       "connect refused: it could not be redirected (on-failure refuse)",
       ("redirect records from the callout's proxy principal refused as forged, altered or "
        "malformed"),
+      "onward connects of the callout's principal that got the records of a flow it accepted",
+      ("onward connects of the callout's principal that got no implicit records: the flows it "
+       "accepted for that destination had different chains"),
+      ("chosen, but the flow passed the hop budget counting carried hops (loop breaker; not "
+       "redirected, or refused by on-failure refuse)"),
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_CSTAT_MAX, "a help text per counter");
   return index < CONNREDIR_CSTAT_MAX ? help[index] : "?";

@@ -142,7 +142,8 @@ Result<std::string> metrics_text(const std::string& pin_dir) {
                             {"hop_cap", CONNREDIR_CSTAT_HOP_CAP},
                             {"no_proxy_family", CONNREDIR_CSTAT_NO_PROXY_FAMILY},
                             {"storage_fail", CONNREDIR_CSTAT_STORAGE_FAIL},
-                            {"down_bypass", CONNREDIR_CSTAT_DOWN_BYPASS}};
+                            {"down_bypass", CONNREDIR_CSTAT_DOWN_BYPASS},
+                            {"loop_broken", CONNREDIR_CSTAT_LOOP_BROKEN}};
   const Reason refused[] = {{"down_refused", CONNREDIR_CSTAT_DOWN_REFUSED},
                             {"failure_refused", CONNREDIR_CSTAT_FAILURE_REFUSED}};
   x.family("connredir_redirected_total", "counter", "Connects redirected to each callout's proxy.");
@@ -174,6 +175,16 @@ Result<std::string> metrics_text(const std::string& pin_dir) {
   for (size_t k = 0; k < per.size(); ++k)
     x.sample("connredir_records_rejected_total", per[k][CONNREDIR_CSTAT_RECORDS_REJECTED],
              {{"callout", (*callouts)[k].name}});
+  x.family("connredir_implicit_total", "counter",
+           "Onward connects of the callout's proxy principal that set no records and got the "
+           "records of a flow it accepted for that destination (implicit records), by outcome: "
+           "attached, or ambiguous (the accepted flows' chains differed; none attached).");
+  for (size_t k = 0; k < per.size(); ++k) {
+    x.sample("connredir_implicit_total", per[k][CONNREDIR_CSTAT_IMPLICIT],
+             {{"callout", (*callouts)[k].name}, {"outcome", "attached"}});
+    x.sample("connredir_implicit_total", per[k][CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS],
+             {{"callout", (*callouts)[k].name}, {"outcome", "ambiguous"}});
+  }
 
   auto counts = c.counts();
   if (!counts) return tl::unexpected(counts.error());

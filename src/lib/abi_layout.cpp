@@ -40,7 +40,7 @@ CR_OFF(connredir_records, version, 4);
 CR_OFF(connredir_records, size, 6);
 CR_OFF(connredir_records, flow_id, 8);
 CR_OFF(connredir_records, hop_count, 16);
-CR_OFF(connredir_records, reserved0, 17);
+CR_OFF(connredir_records, carried_hops, 17);
 CR_OFF(connredir_records, reserved1, 18);
 CR_OFF(connredir_records, reserved2, 20);
 CR_OFF(connredir_records, origin, 24);
@@ -49,6 +49,19 @@ CR_OFF(connredir_records, mac, 464);
 static_assert(CONNREDIR_RECORDS_MAX >= sizeof(struct connredir_records));
 // The size field is a __u16.
 static_assert(sizeof(struct connredir_records) <= 0xffff);
+
+CR_SIZE(connredir_implicit_key, 32);
+CR_OFF(connredir_implicit_key, netns, 0);
+CR_OFF(connredir_implicit_key, dst, 8);
+CR_OFF(connredir_implicit_key, dst_port, 24);
+CR_OFF(connredir_implicit_key, proto, 26);
+CR_OFF(connredir_implicit_key, callout_id, 28);
+CR_SIZE(connredir_implicit, 488);
+CR_OFF(connredir_implicit, updated_ns, 0);
+CR_OFF(connredir_implicit, pending, 8);
+CR_OFF(connredir_implicit, mixed, 12);
+CR_OFF(connredir_implicit, depth, 13);
+CR_OFF(connredir_implicit, records, 16);
 
 CR_SIZE(connredir_context, 232);
 CR_OFF(connredir_context, magic, 0);
@@ -155,8 +168,9 @@ static_assert(CONNREDIR_CONTEXT_SIZE <= 0xffff, "context size is a __u16");
 // binary), so pin them and the map's size down.
 static_assert(CONNREDIR_CSTAT_REDIRECTED == 0);
 static_assert(CONNREDIR_CSTAT_RECORDS_REJECTED == 10);
-static_assert(CONNREDIR_CSTAT_MAX == 11);
-static_assert(CONNREDIR_CALLOUT_STATS_ENTRIES == 64 * 11);
+static_assert(CONNREDIR_CSTAT_LOOP_BROKEN == 13);
+static_assert(CONNREDIR_CSTAT_MAX == 14);
+static_assert(CONNREDIR_CALLOUT_STATS_ENTRIES == 64 * 14);
 
 CR_SIZE(connredir_trace_verdict, 12);
 CR_OFF(connredir_trace_verdict, filter_id, 4);
