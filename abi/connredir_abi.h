@@ -297,18 +297,18 @@ struct connredir_flow_key {
 #define CONNREDIR_IMPLICIT_MAX	  4096
 #define CONNREDIR_IMPLICIT_TTL_NS (30ULL * 1000 * 1000 * 1000)
 struct connredir_implicit_key {
-	__u64 netns; /* netns cookie of the proxy's accepted socket */
-	__u8 dst[16]; /* the flow's destination as the redirected connect asked, v4-mapped */
+	__u64 netns;	/* netns cookie of the proxy's accepted socket */
+	__u8 dst[16];	/* the flow's destination as the redirected connect asked, v4-mapped */
 	__u16 dst_port; /* network order */
 	__u8 proto;	/* IPPROTO_TCP */
 	__u8 reserved0;
 	__u32 callout_id; /* the callout that redirected the flow to the proxy */
 };
 
-#define CONNREDIR_SK_RECORDS_SET 0x1u /* setsockopt(CONNREDIR_RECORDS) accepted */
-#define CONNREDIR_SK_REDIRECTED	 0x2u /* connect was redirected (client side) */
-#define CONNREDIR_SK_PUBLISHED	 0x4u /* hand-off entry published */
-#define CONNREDIR_SK_ACCEPTED	 0x8u /* socket accepted by a proxy, state handed off */
+#define CONNREDIR_SK_RECORDS_SET 0x1u  /* setsockopt(CONNREDIR_RECORDS) accepted */
+#define CONNREDIR_SK_REDIRECTED	 0x2u  /* connect was redirected (client side) */
+#define CONNREDIR_SK_PUBLISHED	 0x4u  /* hand-off entry published */
+#define CONNREDIR_SK_ACCEPTED	 0x8u  /* socket accepted by a proxy, state handed off */
 #define CONNREDIR_SK_IMPLICIT	 0x10u /* records attached implicitly at connect */
 
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
@@ -329,27 +329,27 @@ struct connredir_secret {
 
 /* map `stats` (PERCPU_ARRAY, index = CONNREDIR_STAT_*). */
 enum connredir_stat {
-	CONNREDIR_STAT_CLASSIFIED = 0,	 /* connects whose destination hit the index */
-	CONNREDIR_STAT_REDIRECTED,	 /* connects rewritten to a proxy */
-	CONNREDIR_STAT_HOP_CAP,		 /* chain full: connected directly */
-	CONNREDIR_STAT_NO_PROXY_FAMILY,	 /* callout had no proxy for the family */
-	CONNREDIR_STAT_STORAGE_FAIL,	 /* sk_storage allocation failed: not redirected */
-	CONNREDIR_STAT_PUBLISHED,	 /* hand-offs published at TCP_CONNECT_CB */
-	CONNREDIR_STAT_PUBLISH_FAIL,	 /* hand-off map update failed */
-	CONNREDIR_STAT_ACCEPTED,	 /* hand-offs consumed by an accepted socket */
-	CONNREDIR_STAT_RECORDS_SET,	 /* records attached by setsockopt */
-	CONNREDIR_STAT_RECORDS_REJECTED, /* forged / altered / malformed blobs */
-	CONNREDIR_STAT_DENIED,		 /* queries and sets refused with EACCES */
-	CONNREDIR_STAT_SELF_SKIP,	 /* a callout skipped: REDIRECTED_BY_SELF */
-	CONNREDIR_STAT_PREV_SKIP,	 /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
-	CONNREDIR_STAT_DOWN_BYPASS,	 /* proxy not listening: callout skipped */
-	CONNREDIR_STAT_DOWN_REFUSED,	 /* proxy not listening: connect refused */
-	CONNREDIR_STAT_FAILURE_REFUSED,	 /* --on-failure refuse: connect refused */
-	CONNREDIR_STAT_NOT_OWNER,	 /* a listener not owned by the callout's principal */
-					 /* was at the proxy address: not redirected to it */
-	CONNREDIR_STAT_TRACE_LOST,	 /* trace events dropped: ring buffer full */
-	CONNREDIR_STAT_IMPLICIT,	 /* records of an accepted flow attached to a */
-					 /* principal's record-less onward connect */
+	CONNREDIR_STAT_CLASSIFIED = 0,	   /* connects whose destination hit the index */
+	CONNREDIR_STAT_REDIRECTED,	   /* connects rewritten to a proxy */
+	CONNREDIR_STAT_HOP_CAP,		   /* chain full: connected directly */
+	CONNREDIR_STAT_NO_PROXY_FAMILY,	   /* callout had no proxy for the family */
+	CONNREDIR_STAT_STORAGE_FAIL,	   /* sk_storage allocation failed: not redirected */
+	CONNREDIR_STAT_PUBLISHED,	   /* hand-offs published at TCP_CONNECT_CB */
+	CONNREDIR_STAT_PUBLISH_FAIL,	   /* hand-off map update failed */
+	CONNREDIR_STAT_ACCEPTED,	   /* hand-offs consumed by an accepted socket */
+	CONNREDIR_STAT_RECORDS_SET,	   /* records attached by setsockopt */
+	CONNREDIR_STAT_RECORDS_REJECTED,   /* forged / altered / malformed blobs */
+	CONNREDIR_STAT_DENIED,		   /* queries and sets refused with EACCES */
+	CONNREDIR_STAT_SELF_SKIP,	   /* a callout skipped: REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_PREV_SKIP,	   /* a callout skipped: PREVIOUSLY_REDIRECTED_BY_SELF */
+	CONNREDIR_STAT_DOWN_BYPASS,	   /* proxy not listening: callout skipped */
+	CONNREDIR_STAT_DOWN_REFUSED,	   /* proxy not listening: connect refused */
+	CONNREDIR_STAT_FAILURE_REFUSED,	   /* --on-failure refuse: connect refused */
+	CONNREDIR_STAT_NOT_OWNER,	   /* a listener not owned by the callout's principal */
+					   /* was at the proxy address: not redirected to it */
+	CONNREDIR_STAT_TRACE_LOST,	   /* trace events dropped: ring buffer full */
+	CONNREDIR_STAT_IMPLICIT,	   /* records of an accepted flow attached to a */
+					   /* principal's record-less onward connect */
 	CONNREDIR_STAT_IMPLICIT_AMBIGUOUS, /* accepted flows to that destination had */
 					   /* different chains: none attached */
 	CONNREDIR_STAT_LOOP_BROKEN,	   /* chain over CONNREDIR_MAX_HOPS counting */
@@ -379,7 +379,7 @@ enum connredir_callout_stat {
 	CONNREDIR_CSTAT_RECORDS_REJECTED, /* a blob refused from this callout's principal */
 	CONNREDIR_CSTAT_IMPLICIT,	  /* its principal's onward connect got implicit records */
 	CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS, /* ... could not: candidates' chains differed */
-	CONNREDIR_CSTAT_LOOP_BROKEN,	  /* chosen, but the flow re-entered past the loop budget */
+	CONNREDIR_CSTAT_LOOP_BROKEN, /* chosen, but the flow re-entered past the loop budget */
 	CONNREDIR_CSTAT_MAX,
 };
 #define CONNREDIR_CALLOUT_STATS_ENTRIES (CONNREDIR_MAX_CALLOUTS * CONNREDIR_CSTAT_MAX)

@@ -131,7 +131,7 @@ struct {
  * a lost offer, whose flow then starts a new chain: an extra inspection,
  * never a skipped vendor. */
 struct implicit_offers {
-	__u32 pending;	  /* accepted flows not yet matched by an onward connect */
+	__u32 pending; /* accepted flows not yet matched by an onward connect */
 	__u32 pad0;
 	__u64 updated_ns; /* bpf_ktime_get_boot_ns() of the newest accepted flow */
 	__u8 mixed;	  /* 1: the pending flows' chains differ (by callout, in order) */
@@ -760,8 +760,8 @@ struct classify_walk {
 	__u8 implicit; /* CONNREDIR_TRACE_IMPLICIT_*: what implicit_take did */
 	__u32 chosen_id;
 	__u32 chosen_fid;
-	__u32 carried;	       /* hops carried over record-less proxies (loop budget) */
-	__u32 imp_cid;	       /* out of implicit_find_one: the caller's callout with an offer */
+	__u32 carried; /* hops carried over record-less proxies (loop budget) */
+	__u32 imp_cid; /* out of implicit_find_one: the caller's callout with an offer */
 	struct connredir_implicit_key imp_key; /* its offer's key (callout_id set per step) */
 };
 
@@ -1048,9 +1048,10 @@ static long implicit_find_one(__u32 i, void *data)
  * implicit records off; then only the hop budget is carried (w->carried).
  * Returns the socket's state, which may now exist.
  */
-static __always_inline struct connredir_sk_state *
-implicit_take(struct classify_walk *w, const struct connredir_addr *dst,
-	      struct connredir_sk_state *st, struct bpf_sock *sk)
+static __always_inline struct connredir_sk_state *implicit_take(struct classify_walk *w,
+								const struct connredir_addr *dst,
+								struct connredir_sk_state *st,
+								struct bpf_sock *sk)
 {
 	const struct connredir_secret *k;
 	const struct connredir_callout *c;

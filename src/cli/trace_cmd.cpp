@@ -72,10 +72,14 @@ constexpr VerdictDesc kVerdicts[] = {
 // What implicit records did at the connect (connredir_trace_event.implicit).
 const char* implicit_name(uint8_t v) {
   switch (v) {
-    case CONNREDIR_TRACE_IMPLICIT_ATTACHED: return "attached";
-    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS: return "ambiguous";
-    case CONNREDIR_TRACE_IMPLICIT_OFF: return "off";
-    default: return "none";
+    case CONNREDIR_TRACE_IMPLICIT_ATTACHED:
+      return "attached";
+    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS:
+      return "ambiguous";
+    case CONNREDIR_TRACE_IMPLICIT_OFF:
+      return "off";
+    default:
+      return "none";
   }
 }
 const char* implicit_text(uint8_t v) {
@@ -83,12 +87,15 @@ const char* implicit_text(uint8_t v) {
     case CONNREDIR_TRACE_IMPLICIT_ATTACHED:
       return "implicit records: the records of a flow this proxy accepted were attached";
     case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS:
-      return ("implicit records: none attached, the flows this proxy accepted for this "
-              "destination have different chains (a new chain starts, hops carried)");
+      return (
+          "implicit records: none attached, the flows this proxy accepted for this "
+          "destination have different chains (a new chain starts, hops carried)");
     case CONNREDIR_TRACE_IMPLICIT_OFF:
-      return ("implicit records: off for this proxy's callout (a new chain starts, hops "
-              "carried)");
-    default: return nullptr;
+      return (
+          "implicit records: off for this proxy's callout (a new chain starts, hops "
+          "carried)");
+    default:
+      return nullptr;
   }
 }
 

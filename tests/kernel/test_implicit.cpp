@@ -135,8 +135,7 @@ TEST_F(Implicit, ExplicitRecordsWin) {
   EXPECT_EQ(app_roundtrip(dst.addr(), payload, kAppUid), payload);
   auto b = read_json_lines(proxy_log("vendor-b"), 1);
   ASSERT_EQ(b.size(), 1u);
-  EXPECT_EQ(chains(b)[0],
-            (std::vector<uint32_t>{callout_id("vendor-a"), callout_id("vendor-b")}));
+  EXPECT_EQ(chains(b)[0], (std::vector<uint32_t>{callout_id("vendor-a"), callout_id("vendor-b")}));
   auto st = stats();
   EXPECT_EQ(st["records_set"], 1u);
   EXPECT_EQ(st["implicit"], 1u);
