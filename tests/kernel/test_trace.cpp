@@ -164,6 +164,67 @@ TEST_F(Trace, TextFormSaysWhy) {
 // A chain CONNREDIR_MAX_HOPS long: the last proxy's onward connect skips
 // the seven earlier vendors (previously redirected) and its own (self); the
 // late vendor that selects it meets the chain's cap, and by default the
+
+// Proxies that set no records (--no-propagate): each onward connect says the
+// records of the flow it accepted were attached (implicit records); with
+// implicit records off, the hops carried over them end the loop.
+TEST_F(Trace, ExplainsImplicitRecordsAndTheLoopBreaker) {
+  EchoServer dst("127.0.0.1:0");
+  for (bool off : {false, true}) {
+    SCOPED_TRACE(off ? "implicit records off" : "implicit records on");
+    std::vector<std::string> extra;
+    if (off) extra = {"--implicit-records", "off"};
+    add_vendor("vendor-a", 15001, 4001, "127.0.0.1/32", dst.port(), 200, extra);
+    add_vendor("vendor-b", 15002, 4002, "127.0.0.1/32", dst.port(), 100, extra);
+    start_proxy("vendor-a", 4001, "127.0.0.1:15001", {"--no-propagate"});
+    start_proxy("vendor-b", 4002, "127.0.0.1:15002", {"--no-propagate"});
+    const size_t events = off ? CONNREDIR_MAX_HOPS + 1 : 3;
+    std::string log = off ? "off.out" : "on.out";
+    start_trace({"--count", std::to_string(events), "--timeout-ms", "20000"}, log);
+    EXPECT_EQ(app_roundtrip(dst.addr(), "hello", kAppUid), "hello");
+    auto ev = read_json_lines(dir_ + "/" + log, events);
+    ASSERT_EQ(ev.size(), events) << read_file(dir_ + "/" + log);
+    std::sort(ev.begin(), ev.end(), [](auto& x, auto& y) { return x["time_ns"] < y["time_ns"]; });
+    EXPECT_EQ(ev[0].value("implicit", ""), "none");
+    if (!off) {
+      EXPECT_EQ(ev[1].value("implicit", ""), "attached") << ev[1].dump();
+      EXPECT_EQ(ev[1].value("hops", 9), 1);
+      EXPECT_EQ(verdicts(ev[1]),
+                (std::vector<std::string>{"vendor-a:self_skip", "vendor-b:redirected"}));
+      EXPECT_EQ(ev[2].value("implicit", ""), "attached") << ev[2].dump();
+      EXPECT_EQ(ev[2].value("outcome", ""), "direct");
+    } else {
+      // Each onward connect starts a new chain carrying one hop more.
+      for (size_t k = 1; k < events; ++k) {
+        EXPECT_EQ(ev[k].value("implicit", ""), "off") << ev[k].dump();
+        EXPECT_EQ(ev[k].value("carried_hops", 0), static_cast<int>(k)) << ev[k].dump();
+      }
+      const auto& last = ev[events - 1];
+      EXPECT_EQ(last.value("outcome", ""), "direct") << last.dump();
+      auto v = verdicts(last);
+      EXPECT_TRUE(std::find(v.begin(), v.end(), "vendor-a:loop_broken") != v.end() ||
+                  std::find(v.begin(), v.end(), "vendor-b:loop_broken") != v.end())
+          << last.dump();
+      // The text form says why.
+      start_trace({"--count", std::to_string(events), "--timeout-ms", "20000"}, "off.txt", false);
+      EXPECT_EQ(app_roundtrip(dst.addr(), "again", kAppUid), "again");
+      EXPECT_TRUE(eventually(
+          [&] {
+            std::string t = read_file(dir_ + "/off.txt");
+            return t.find("(loop breaker)") != std::string::npos &&
+                   t.find("8 hop(s) carried over proxies that set no records") !=
+                       std::string::npos &&
+                   t.find("implicit records: off for this proxy's callout") != std::string::npos;
+          },
+          8000))
+          << read_file(dir_ + "/off.txt");
+    }
+    for (auto& p : procs_) p->stop();
+    procs_.clear();
+    cli({"callout", "del", "vendor-a", "--force"});
+    cli({"callout", "del", "vendor-b", "--force"});
+  }
+}
 // connect goes on to its destination. The event has room for all nine.
 TEST_F(Trace, ExplainsAChainAtItsCap) {
   EchoServer dst("127.0.0.1:0");
