@@ -60,6 +60,9 @@ PIN="/sys/fs/bpf/$TAG"
 WORK=$(mktemp -d /tmp/connredir-demo.XXXXXX)
 chmod 0777 "$WORK"
 cr() { "$CLI" --pin-dir "$PIN" "$@"; }
+# squid's service name (alphanumeric): names the shared memory segments it
+# leaves in /dev/shm, which cleanup removes.
+SQUID_SERVICE="crdemo$$"
 PIDS=()
 
 cleanup() {
@@ -74,6 +77,7 @@ cleanup() {
   for g in "$CG"/*/; do [[ -d $g ]] && rmdir "$g"; done
   [[ -d $CG ]] && rmdir "$CG"
   rm -rf "$WORK"
+  rm -f /dev/shm/"$SQUID_SERVICE"-*
   echo "== cleaned up: cgroup $CG, pins $PIN, processes, temp files"
 }
 trap cleanup EXIT
@@ -232,7 +236,7 @@ netdb_filename none
 shutdown_lifetime 0 seconds
 visible_hostname connredir-demo-squid
 EOF
-  cr exec --cgroup "$CG/squid" --uid 4202 -- squid -N -f "$WORK/squid/squid.conf" \
+  cr exec --cgroup "$CG/squid" --uid 4202 -- squid -n "$SQUID_SERVICE" -N -f "$WORK/squid/squid.conf" \
     >"$WORK/squid.out" 2>&1 &
   PIDS+=($!)
   # mitmdump: transparent mode, its CA and settings in $WORK.

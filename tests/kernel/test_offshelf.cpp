@@ -11,6 +11,7 @@
 // redirect count passes what a correct chain can produce: a missing fix
 // fails in seconds, never hangs.
 #include <arpa/inet.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -211,6 +212,13 @@ class OffShelf : public KernelTest {
   // would end a proxy loop itself, hiding what connredir does), logs and pid
   // file in the test's directory, run in the foreground as its principal.
   void start_squid() {
+    // squid creates shared memory segments /dev/shm/SERVICE-cf__*.shm even
+    // without workers and leaves them behind when it ends: a service name of
+    // our own (alphanumeric only) keeps them apart from any other squid's
+    // (one there would make ours fail: "shm_open ... File exists"), and
+    // TearDown removes them.
+    static int seq = 0;
+    squid_service_ = "croffshelf" + std::to_string(getpid()) + "n" + std::to_string(++seq);
     const std::string d = squid_dir();
     ASSERT_EQ(mkdir(d.c_str(), 0700), 0) << strerror(errno);
     ASSERT_EQ(chown(d.c_str(), kSquidUid, kSquidUid), 0) << strerror(errno);
@@ -243,8 +251,9 @@ class OffShelf : public KernelTest {
                                      "netdb_filename none\n"
                                      "shutdown_lifetime 0 seconds\n"
                                      "visible_hostname connredir-offshelf-squid\n"));
-    procs_.push_back(
-        spawn_in(cg("squid"), kSquidUid, {kSquid, "-N", "-f", conf}, dir_ + "/squid.out"));
+    procs_.push_back(spawn_in(cg("squid"), kSquidUid,
+                              {kSquid, "-n", squid_service_, "-N", "-f", conf},
+                              dir_ + "/squid.out"));
     proxy_cgroups_.push_back(cg("squid"));
     ASSERT_TRUE(wait_listening(kSquidPort, 20000))
         << "squid not listening; output:\n"
@@ -353,7 +362,7 @@ class OffShelf : public KernelTest {
 
   // mitmproxy, squid and the reference proxy, in that order by weight, for
   // the given destination ports.
-  void three_vendors(const std::vector<int>& dst_ports) {
+  void three_vendors(const std::vector<int>& dst_ports, const std::string& strategy = "eager") {
     ASSERT_NO_FATAL_FAILURE(require_programs());
     // Registered lowest weight first: the order must come from the weights.
     ASSERT_NO_FATAL_FAILURE(vendor("reference", kRefPort, kRefUid, 100, dst_ports));
@@ -361,7 +370,7 @@ class OffShelf : public KernelTest {
     ASSERT_NO_FATAL_FAILURE(vendor("mitmproxy", kMitmPort, kMitmUid, 300, dst_ports));
     ASSERT_NO_FATAL_FAILURE(start_reference());
     ASSERT_NO_FATAL_FAILURE(start_squid());
-    ASSERT_NO_FATAL_FAILURE(start_mitmproxy());
+    ASSERT_NO_FATAL_FAILURE(start_mitmproxy(strategy));
   }
 
   // The reference proxy's flow log holds `n` ok flows, each with the chain
@@ -387,36 +396,88 @@ class OffShelf : public KernelTest {
     return per_dst;
   }
 
+  void TearDown() override {
+    KernelTest::TearDown();  // stops squid first
+    if (squid_service_.empty()) return;
+    glob_t g{};
+    if (glob(("/dev/shm/" + squid_service_ + "-*").c_str(), 0, nullptr, &g) == 0)
+      for (size_t i = 0; i < g.gl_pathc; i++) unlink(g.gl_pathv[i]);
+    globfree(&g);
+  }
+
+  // mitmproxy's connection_strategy: eager (8.1's default) connects upstream
+  // as soon as it accepts, before any request byte; lazy once the request
+  // is in. Both must work alone and in the chain.
+  void mitmproxy_alone(const std::string& strategy) {
+    ASSERT_NO_FATAL_FAILURE(require_programs());
+    HttpServer dst(make_payload(3 << 20, 1601));
+    ASSERT_NO_FATAL_FAILURE(vendor("mitmproxy", kMitmPort, kMitmUid, 100, {dst.port()}));
+    ASSERT_NO_FATAL_FAILURE(start_mitmproxy(strategy));
+    std::vector<Download> d{{dst.url(), dir_ + "/got"}};
+    auto r = curl(d, 20, 3);
+    ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
+    EXPECT_EQ(r.status, 0) << r.out << what_they_logged();
+    expect_exact(d, {&dst});
+    EXPECT_EQ(dst.connections(), 1u);
+    auto s = stats();
+    EXPECT_EQ(s["redirected"], 1u);
+    // Its onward connect met its own callout: skipped (the principal rule).
+    EXPECT_EQ(s["self_skip"], 1u);
+    auto c = callout_counters("mitmproxy");
+    EXPECT_EQ(c["redirected"], 1u);
+    EXPECT_EQ(c["self_skip"], 1u);
+    // mitmproxy saw the flow (found the destination through SO_ORIGINAL_DST).
+    EXPECT_TRUE(eventually(
+        [&] {
+          return count_lines(read_file(mitm_out()), "GET http://" + dst.addr() + "/blob") == 1;
+        },
+        5000))
+        << read_file(mitm_out());
+  }
+
+  // One download through mitmproxy, squid and the reference proxy.
+  void chain_once(const std::string& strategy) {
+    HttpServer dst(make_payload(3 << 20, 1603));
+    ASSERT_NO_FATAL_FAILURE(three_vendors({dst.port()}, strategy));
+    std::vector<Download> d{{dst.url(), dir_ + "/got"}};
+    auto r = curl(d, 20, 6);
+    ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
+    EXPECT_EQ(r.status, 0) << r.out << what_they_logged();
+    EXPECT_NE(r.out.find("200 " + std::to_string(dst.body().size())), std::string::npos) << r.out;
+    expect_exact(d, {&dst});
+    // Each proxy once, the destination one connection, three redirects.
+    EXPECT_EQ(dst.connections(), 1u) << what_they_logged();
+    auto s = stats();
+    EXPECT_EQ(s["redirected"], 3u);
+    EXPECT_EQ(s["implicit"], 2u) << "mitmproxy's and squid's onward connects";
+    EXPECT_EQ(s["loop_broken"], 0u);
+    for (const char* name : {"mitmproxy", "squid", "reference"})
+      EXPECT_EQ(callout_counters(name)["redirected"], 1u) << name;
+    EXPECT_TRUE(eventually(
+        [&] {
+          return count_lines(read_file(mitm_out()), "GET http://" + dst.addr() + "/blob") == 1;
+        },
+        5000))
+        << what_they_logged();
+    EXPECT_EQ(count_lines(read_file(mitm_out()), "server connect"), 1u) << read_file(mitm_out());
+    EXPECT_TRUE(
+        eventually([&] { return count_lines(read_file(squid_access()), "/blob") == 1; }, 5000))
+        << what_they_logged();
+    EXPECT_EQ(count_lines(read_file(squid_access()), "TCP_MISS/200"), 1u);
+    auto per_dst = expect_reference_chains(1);
+    EXPECT_EQ(per_dst[dst.addr()], 1u);
+  }
+
+  std::string squid_service_;
   std::vector<std::string> proxy_cgroups_;
   bool looped_ = false;  // the last curl() met a loop (and killed the proxies)
 };
 
 // ---- each alone ----------------------------------------------------------
 
-TEST_F(OffShelf, MitmproxyAloneRelaysADownload) {
-  ASSERT_NO_FATAL_FAILURE(require_programs());
-  HttpServer dst(make_payload(3 << 20, 1601));
-  ASSERT_NO_FATAL_FAILURE(vendor("mitmproxy", kMitmPort, kMitmUid, 100, {dst.port()}));
-  ASSERT_NO_FATAL_FAILURE(start_mitmproxy());
-  std::vector<Download> d{{dst.url(), dir_ + "/got"}};
-  auto r = curl(d, 20, 3);
-  ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
-  EXPECT_EQ(r.status, 0) << r.out << what_they_logged();
-  expect_exact(d, {&dst});
-  EXPECT_EQ(dst.connections(), 1u);
-  auto s = stats();
-  EXPECT_EQ(s["redirected"], 1u);
-  // Its onward connect met its own callout: skipped (the principal rule).
-  EXPECT_EQ(s["self_skip"], 1u);
-  auto c = callout_counters("mitmproxy");
-  EXPECT_EQ(c["redirected"], 1u);
-  EXPECT_EQ(c["self_skip"], 1u);
-  // mitmproxy saw the flow (found the destination through SO_ORIGINAL_DST).
-  EXPECT_TRUE(eventually(
-      [&] { return count_lines(read_file(mitm_out()), "GET http://" + dst.addr() + "/blob") == 1; },
-      5000))
-      << read_file(mitm_out());
-}
+TEST_F(OffShelf, MitmproxyAloneRelaysADownload) { mitmproxy_alone("eager"); }
+
+TEST_F(OffShelf, MitmproxyLazyAloneRelaysADownload) { mitmproxy_alone("lazy"); }
 
 TEST_F(OffShelf, SquidAloneRelaysADownload) {
   ASSERT_NO_FATAL_FAILURE(require_programs());
@@ -448,35 +509,9 @@ TEST_F(OffShelf, SquidAloneRelaysADownload) {
 
 // ---- all three: one chain -----------------------------------------------
 
-TEST_F(OffShelf, MitmproxySquidAndReferenceProxyChainOnce) {
-  HttpServer dst(make_payload(3 << 20, 1603));
-  ASSERT_NO_FATAL_FAILURE(three_vendors({dst.port()}));
-  std::vector<Download> d{{dst.url(), dir_ + "/got"}};
-  auto r = curl(d, 20, 6);
-  ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
-  EXPECT_EQ(r.status, 0) << r.out << what_they_logged();
-  EXPECT_NE(r.out.find("200 " + std::to_string(dst.body().size())), std::string::npos) << r.out;
-  expect_exact(d, {&dst});
-  // Each proxy once, the destination one connection, three redirects.
-  EXPECT_EQ(dst.connections(), 1u) << what_they_logged();
-  auto s = stats();
-  EXPECT_EQ(s["redirected"], 3u);
-  EXPECT_EQ(s["implicit"], 2u) << "mitmproxy's and squid's onward connects";
-  EXPECT_EQ(s["loop_broken"], 0u);
-  for (const char* name : {"mitmproxy", "squid", "reference"})
-    EXPECT_EQ(callout_counters(name)["redirected"], 1u) << name;
-  EXPECT_TRUE(eventually(
-      [&] { return count_lines(read_file(mitm_out()), "GET http://" + dst.addr() + "/blob") == 1; },
-      5000))
-      << what_they_logged();
-  EXPECT_EQ(count_lines(read_file(mitm_out()), "server connect"), 1u) << read_file(mitm_out());
-  EXPECT_TRUE(
-      eventually([&] { return count_lines(read_file(squid_access()), "/blob") == 1; }, 5000))
-      << what_they_logged();
-  EXPECT_EQ(count_lines(read_file(squid_access()), "TCP_MISS/200"), 1u);
-  auto per_dst = expect_reference_chains(1);
-  EXPECT_EQ(per_dst[dst.addr()], 1u);
-}
+TEST_F(OffShelf, MitmproxySquidAndReferenceProxyChainOnce) { chain_once("eager"); }
+
+TEST_F(OffShelf, MitmproxyLazySquidAndReferenceProxyChainOnce) { chain_once("lazy"); }
 
 TEST_F(OffShelf, MitmproxySquidAndReferenceProxyChainOnceHundredConcurrent) {
   constexpr size_t kN = 100;
