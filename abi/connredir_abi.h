@@ -287,16 +287,14 @@ struct connredir_flow_key {
 };
 
 /*
- * map `implicit` (LRU_HASH): flows a callout's principal accepted, by
+ * map `implicit` (LRU_HASH) key: flows a callout's principal accepted, by
  * destination, so the records of one can ride on the principal's onward
  * connect when it sets none (docs/ABI.md, "Implicit records"). One entry per
- * (netns, callout, destination, protocol), not per flow: `pending` counts the
- * accepted flows not yet matched by an onward connect, `mixed` says whether
- * their chains differed (then no records are attached: ambiguous). An entry
- * older than CONNREDIR_IMPLICIT_TTL_NS since its last accepted flow is stale
- * and is ignored and replaced.
+ * (netns, callout, destination, protocol), not per flow; its value (private
+ * to the BPF side, bpf/connredir.bpf.c) counts the pending flows. An entry
+ * whose newest flow is older than CONNREDIR_IMPLICIT_TTL_NS is stale.
  */
-#define CONNREDIR_IMPLICIT_MAX	  8192
+#define CONNREDIR_IMPLICIT_MAX	  4096
 #define CONNREDIR_IMPLICIT_TTL_NS (30ULL * 1000 * 1000 * 1000)
 struct connredir_implicit_key {
 	__u64 netns; /* netns cookie of the proxy's accepted socket */
@@ -305,14 +303,6 @@ struct connredir_implicit_key {
 	__u8 proto;	/* IPPROTO_TCP */
 	__u8 reserved0;
 	__u32 callout_id; /* the callout that redirected the flow to the proxy */
-};
-struct connredir_implicit {
-	__u64 updated_ns; /* bpf_ktime_get_boot_ns() of the newest accepted flow */
-	__u32 pending;	  /* accepted flows not yet matched by an onward connect */
-	__u8 mixed;	  /* 1: those flows' chains differ (by callout, in order) */
-	__u8 depth;	  /* the largest carried_hops + hop_count among them */
-	__u16 reserved0;
-	struct connredir_records records; /* the oldest pending flow's */
 };
 
 #define CONNREDIR_SK_RECORDS_SET 0x1u /* setsockopt(CONNREDIR_RECORDS) accepted */
@@ -420,6 +410,7 @@ enum connredir_trace_verdict_kind {
 	CONNREDIR_TV_NO_KEY,	      /* chosen, MAC key not initialised */
 	CONNREDIR_TV_DOWN_BYPASS,     /* proxy down (or not owned): skipped */
 	CONNREDIR_TV_DOWN_REFUSED,    /* proxy down (or not owned): connect refused */
+	CONNREDIR_TV_LOOP_BROKEN,     /* chosen, carried + chain hops at CONNREDIR_MAX_HOPS */
 };
 #define CONNREDIR_TV_F_NOT_OWNER       0x1u /* a listener its principal does not own was there */
 #define CONNREDIR_TV_F_FAILURE_REFUSED 0x2u /* --on-failure refuse failed the connect */
@@ -436,6 +427,12 @@ struct connredir_trace_verdict {
 #define CONNREDIR_TRACE_OUT_REDIRECTED 1 /* rewritten to final_dst (a proxy) */
 #define CONNREDIR_TRACE_OUT_REFUSED    2 /* failed with ECONNREFUSED */
 
+/* Implicit records at this connect (struct connredir_trace_event.implicit). */
+#define CONNREDIR_TRACE_IMPLICIT_NONE	   0 /* not a principal's record-less onward connect */
+#define CONNREDIR_TRACE_IMPLICIT_ATTACHED  1 /* an accepted flow's records were attached */
+#define CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS 2 /* the accepted flows' chains differed: none */
+#define CONNREDIR_TRACE_IMPLICIT_OFF	   3 /* the callout has implicit records off */
+
 struct connredir_trace_event {
 	__u64 time_ns; /* bpf_ktime_get_boot_ns() */
 	__u64 cgroup_id;
@@ -449,7 +446,9 @@ struct connredir_trace_event {
 	__u8 outcome;			 /* CONNREDIR_TRACE_OUT_* */
 	__u8 count;			 /* verdicts[] in use */
 	__u8 truncated;			 /* more candidates than verdicts[] holds */
-	__u8 reserved[3];
+	__u8 implicit;			 /* CONNREDIR_TRACE_IMPLICIT_* */
+	__u8 carried;			 /* records.carried_hops of the flow */
+	__u8 reserved;
 	struct connredir_trace_verdict verdicts[CONNREDIR_TRACE_VERDICTS_MAX];
 };
 

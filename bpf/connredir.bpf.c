@@ -11,7 +11,9 @@
  *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
  *                   has left yet, so publish the flow (records + context) in
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
- *                   socket adopts it into its sk_storage.
+ *                   socket adopts it into its sk_storage and offers its
+ *                   records for the proxy's onward connect (`implicit`), in
+ *                   case the proxy never sets records itself.
  *   getsockopt      SOL_CONNREDIR queries and SO_ORIGINAL_DST emulation.
  *   setsockopt      SOL_CONNREDIR records set (MAC-verified).
  *   getpeername4/6  the client sees its original destination.
@@ -120,6 +122,47 @@ struct {
 	__type(value, struct connredir_sk_state);
 } handoff SEC(".maps");
 
+/* An `implicit` value. Entries are never deleted (an offer resets a stale
+ * or drained one in place; LRU evicts the rest): deleting the last pending
+ * flow's entry raced with an offer on another CPU, which was lost. No lock
+ * either (bpf_spin_lock is not allowed in LRU maps), so a take may read
+ * records an offer is rewriting: it verifies their MAC before attaching
+ * them, and a torn copy is never attached. What a race can still cause is
+ * a lost offer, whose flow then starts a new chain: an extra inspection,
+ * never a skipped vendor. */
+struct implicit_offers {
+	__u32 pending;	  /* accepted flows not yet matched by an onward connect */
+	__u32 pad0;
+	__u64 updated_ns; /* bpf_ktime_get_boot_ns() of the newest accepted flow */
+	__u8 mixed;	  /* 1: the pending flows' chains differ (by callout, in order) */
+	__u8 depth;	  /* the largest carried_hops + hop_count among them */
+	__u8 pad[6];
+	struct connredir_records records; /* the oldest pending flow's */
+};
+
+/* Flows a callout's principal accepted, per (netns, callout, destination):
+ * the records a record-less onward connect of that principal to that
+ * destination continues with (implicit records), and the hops it passed for
+ * the loop breaker. Written by sockops when a proxy's socket adopts a flow
+ * (implicit_offer) and by connect4/6 when a principal's onward connect takes
+ * one (implicit_take). LRU: an entry evicted under pressure costs at most one
+ * extra inspection (the onward connect starts a new chain), never a skipped
+ * vendor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CONNREDIR_IMPLICIT_MAX);
+	__type(key, struct connredir_implicit_key);
+	__type(value, struct implicit_offers);
+} implicit SEC(".maps");
+
+/* A new `implicit` value is built here (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct implicit_offers);
+} implicit_scratch SEC(".maps");
+
 /* sk_state: per-socket state, shared with the helper objects. */
 #include "sk_state.bpf.h"
 
@@ -191,6 +234,9 @@ struct trace_summary {
 	__u32 outcome; /* CONNREDIR_TRACE_OUT_* */
 	__u32 count;   /* v[] in use */
 	__u32 truncated;
+	__u8 implicit; /* CONNREDIR_TRACE_IMPLICIT_* */
+	__u8 carried;  /* records.carried_hops */
+	__u8 pad[6];
 	struct connredir_trace_verdict v[CONNREDIR_TRACE_VERDICTS_MAX];
 };
 
@@ -575,6 +621,8 @@ __noinline int trace_emit(void)
 	n = s->count;
 	ev->count = n > CONNREDIR_TRACE_VERDICTS_MAX ? CONNREDIR_TRACE_VERDICTS_MAX : n;
 	ev->truncated = s->truncated ? 1 : 0;
+	ev->implicit = s->implicit;
+	ev->carried = s->carried;
 	__builtin_memcpy(ev->verdicts, s->v, sizeof(ev->verdicts));
 	/* Wake the tracer only once a quarter of the ring waits (it also polls
 	 * on its own every 100 ms): a wake-up per event, a self-IPI, cost
@@ -709,9 +757,12 @@ struct classify_walk {
 	__u8 trace;    /* a trace lease holds: note the verdicts in trace_scratch */
 	__u8 refuse;   /* out: fail the connect */
 	__u8 found;    /* out: chosen_* name the callout that takes the flow */
-	__u8 pad;
+	__u8 implicit; /* CONNREDIR_TRACE_IMPLICIT_*: what implicit_take did */
 	__u32 chosen_id;
 	__u32 chosen_fid;
+	__u32 carried;	       /* hops carried over record-less proxies (loop budget) */
+	__u32 imp_cid;	       /* out of implicit_find_one: the caller's callout with an offer */
+	struct connredir_implicit_key imp_key; /* its offer's key (callout_id set per step) */
 };
 
 /* Callout c's proxy for a destination of `family` (CONNREDIR_AF_*), or NULL
@@ -849,6 +900,229 @@ static long classify_one(__u32 i, void *data)
 	return 1;
 }
 
+/* ---- Implicit records ------------------------------------------------------
+ *
+ * An off-the-shelf transparent proxy (squid, mitmproxy) never sets records,
+ * so its onward connect would start a new chain that the next vendor's proxy
+ * restarts again: two such proxies loop. connredir carries the records over
+ * for it. When a proxy's socket adopts a flow, the flow is offered under
+ * (netns, the callout that redirected it, the destination it asked for);
+ * when a principal of that callout connects without records to that
+ * destination, it takes an offer: the records are attached as if the proxy
+ * had set them. Offers for one key whose chains differ (per-app filters) are
+ * ambiguous: none is attached, because any choice could drop a hop the flow
+ * passed or skip a vendor that has not inspected it; the connect starts a new
+ * chain carrying the largest hop count among them (records.carried_hops), so
+ * no vendor is skipped and the loop breaker (carried + chain hops at most
+ * CONNREDIR_MAX_HOPS) bounds the repeats. The same happens for a callout
+ * with implicit records off. Explicit records (setsockopt) always win: a
+ * socket that has them never takes an offer. docs/ABI.md has the rules.
+ */
+
+/* Same callouts in the same order, same carried hops: whichever offer an
+ * onward connect belongs to, it meets the same redirect state at every
+ * callout. */
+static __always_inline int same_chain(const struct connredir_records *a,
+				      const struct connredir_records *b)
+{
+	__u32 n = records_hops_in_use(a), h;
+
+	if (a->hop_count != b->hop_count || a->carried_hops != b->carried_hops)
+		return 0;
+	for (h = 0; h < CONNREDIR_MAX_HOPS; h++) {
+		if (h < n && a->hops[h].callout_id != b->hops[h].callout_id)
+			return 0;
+	}
+	return 1;
+}
+
+/* Has the entry flows pending, the newest accepted less than the TTL ago?
+ * Read without the lock where it only decides whether to look further. */
+static __always_inline int implicit_live(const struct implicit_offers *e, __u64 now)
+{
+	return e->pending && now - e->updated_ns < CONNREDIR_IMPLICIT_TTL_NS;
+}
+
+/* A proxy's socket adopted flow `st`: offer its records to the onward
+ * connect of the proxy that received it (the newest hop's callout's
+ * principal), keyed by the destination that hop's connect asked for. */
+static __always_inline void implicit_offer(struct bpf_sock_ops *skops,
+					   const struct connredir_sk_state *st)
+{
+	struct connredir_implicit_key key = {};
+	struct implicit_offers *e, *fresh;
+	const struct connredir_hop *h;
+	__u32 n = records_hops_in_use(&st->records), zero = 0, depth;
+	__u64 now = bpf_ktime_get_boot_ns();
+
+	if (n == 0)
+		return;
+	h = &st->records.hops[(n - 1) & (CONNREDIR_MAX_HOPS - 1)];
+	key.netns = bpf_get_netns_cookie(skops);
+	__builtin_memcpy(key.dst, h->dst.addr, 16);
+	key.dst_port = h->dst.port;
+	key.proto = IPPROTO_TCP;
+	key.callout_id = h->callout_id;
+	depth = n + st->records.carried_hops;
+	e = bpf_map_lookup_elem(&implicit, &key);
+	if (!e) {
+		fresh = bpf_map_lookup_elem(&implicit_scratch, &zero);
+		if (!fresh)
+			return;
+		fresh->pending = 1;
+		fresh->updated_ns = now;
+		fresh->mixed = 0;
+		fresh->depth = depth;
+		__builtin_memcpy(&fresh->records, &st->records, sizeof(fresh->records));
+		if (!bpf_map_update_elem(&implicit, &key, fresh, BPF_NOEXIST))
+			return;
+		e = bpf_map_lookup_elem(&implicit, &key); /* another CPU created it */
+		if (!e)
+			return;
+	}
+	if (!implicit_live(e, now)) {
+		/* Stale or drained: this flow starts it again. Records and flag
+		 * first, the count last, so a take that sees the count sees
+		 * them. Another offer doing the same at once (the count was not
+		 * 0 when ours landed) may have had another chain, and one of the
+		 * two records was overwritten: mark the entry ambiguous rather
+		 * than guess. A stale count left by flows never matched is
+		 * dropped (the compare-and-swap); losing that race only adds. */
+		__u32 p = e->pending, before;
+
+		__builtin_memcpy(&e->records, &st->records, sizeof(e->records));
+		e->mixed = 0;
+		e->depth = depth;
+		e->updated_ns = now;
+		if (p && __sync_val_compare_and_swap(&e->pending, p, 1) == p)
+			return;
+		before = __sync_fetch_and_add(&e->pending, 1);
+		if (before)
+			e->mixed = 1;
+		return;
+	}
+	__sync_fetch_and_add(&e->pending, 1);
+	if (!same_chain(&e->records, &st->records))
+		e->mixed = 1;
+	if (depth > e->depth)
+		e->depth = depth;
+	e->updated_ns = now;
+}
+
+/* bpf_loop step: candidate `i`'s callout, if the caller is its principal
+ * and it has a live offer for this destination (stops the walk). Filter
+ * conditions are not checked: the offer exists because one of this
+ * callout's filters redirected a flow to this destination, and the caller's
+ * own uid need not match a per-app filter. */
+static long implicit_find_one(__u32 i, void *data)
+{
+	struct classify_walk *w = data;
+	const struct connredir_filter *f;
+	const struct connredir_callout *c;
+	struct implicit_offers *e;
+	__u32 fid, cid;
+
+	if (i >= w->n || i >= CONNREDIR_CANDIDATES_MAX)
+		return 1;
+	fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
+	f = bpf_map_lookup_elem(&filters, &fid);
+	if (!f)
+		return 0;
+	cid = f->callout_id;
+	c = bpf_map_lookup_elem(&callouts, &cid);
+	if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED) ||
+	    redirect_state(c, cid, 0, 0, 0, w->uid) != CONNREDIR_REDIRECTED_BY_SELF)
+		return 0;
+	w->imp_key.callout_id = cid;
+	e = bpf_map_lookup_elem(&implicit, &w->imp_key);
+	if (!e || !implicit_live(e, bpf_ktime_get_boot_ns()))
+		return 0;
+	w->imp_cid = cid;
+	return 1;
+}
+
+/*
+ * A record-less connect by a callout principal: take an offer for its
+ * destination if there is one. Attaches the offer's records to the socket
+ * (creating its state) unless the offer is ambiguous or the callout has
+ * implicit records off; then only the hop budget is carried (w->carried).
+ * Returns the socket's state, which may now exist.
+ */
+static __always_inline struct connredir_sk_state *
+implicit_take(struct classify_walk *w, const struct connredir_addr *dst,
+	      struct connredir_sk_state *st, struct bpf_sock *sk)
+{
+	const struct connredir_secret *k;
+	const struct connredir_callout *c;
+	struct implicit_offers *e;
+	__u32 cid, old;
+	__u8 got = 0, attach;
+
+	if (!caller_principal(CONNREDIR_PRINCIPAL_F_CALLOUT))
+		return st; /* applications pay one lookup per cgroup level, no more */
+	w->imp_key.netns = bpf_get_netns_cookie(w->ctx);
+	__builtin_memcpy(w->imp_key.dst, dst->addr, 16);
+	w->imp_key.dst_port = dst->port;
+	w->imp_key.proto = IPPROTO_TCP;
+	bpf_loop(CONNREDIR_CANDIDATES_MAX, implicit_find_one, w, 0);
+	cid = w->imp_cid;
+	if (!cid)
+		return st;
+	w->imp_key.callout_id = cid;
+	e = bpf_map_lookup_elem(&implicit, &w->imp_key);
+	c = bpf_map_lookup_elem(&callouts, &cid);
+	if (!e || !c)
+		return st;
+	attach = !(c->flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT) && !e->mixed;
+	k = mac_key();
+	if (attach && !st) {
+		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
+	}
+	if (attach && st && k) {
+		/* Tentatively: kept only if the MAC verifies and the flow is
+		 * still the entry's after the count is taken (not torn or
+		 * replaced by an offer rewriting the entry meanwhile). */
+		__builtin_memcpy(&st->records, &e->records, sizeof(st->records));
+		if (records_mac(k, &st->records) == st->records.mac)
+			got = 1;
+		else /* a new chain must start from zeroed hop slots */
+			__builtin_memset(&st->records, 0, sizeof(st->records));
+	}
+	old = __sync_fetch_and_sub(&e->pending, 1);
+	if (old == 0) { /* drained by another connect meanwhile */
+		__sync_fetch_and_add(&e->pending, 1);
+		if (got)
+			__builtin_memset(&st->records, 0, sizeof(st->records));
+		return st;
+	}
+	w->carried = e->depth;
+	if (got && (e->mixed || e->records.flow_id != st->records.flow_id)) {
+		got = 0;
+		__builtin_memset(&st->records, 0, sizeof(st->records));
+	}
+	if (got) {
+		st->flags = CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_IMPLICIT;
+		st->in_hops = 0;
+		w->carried = 0; /* the records carry their own */
+	} else if (e->mixed || attach) {
+		got = 2; /* chains differ, or the copy changed under us */
+	}
+	if (got == 2) {
+		w->implicit = CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS;
+		stat_inc(CONNREDIR_STAT_IMPLICIT_AMBIGUOUS);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS);
+	} else if (got == 1) {
+		w->implicit = CONNREDIR_TRACE_IMPLICIT_ATTACHED;
+		stat_inc(CONNREDIR_STAT_IMPLICIT);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_IMPLICIT);
+	} else if (c->flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT) {
+		w->implicit = CONNREDIR_TRACE_IMPLICIT_OFF;
+	}
+	return st;
+}
+
 /*
  * Decide a classified connect: walk its candidates, then append a hop to the
  * flow's records for the callout that takes it. Returns the proxy to connect
@@ -875,7 +1149,14 @@ static __always_inline const struct connredir_addr *classify_candidates(
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
 	if (st)
 		handoff_retire(st); /* an earlier attempt's hand-off, never adopted */
+	w->uid = (__u32)bpf_get_current_uid_gid();
+	w->n = w->cands->count;
+	if (!st || !(st->flags & (CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_REDIRECTED)))
+		st = implicit_take(w, dst, st, sk);
+	else if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
+		w->carried = st->records.carried_hops; /* a re-connect keeps its budget */
 	if (st && (st->flags & CONNREDIR_SK_RECORDS_SET)) {
+		w->carried = st->records.carried_hops;
 		/* A re-connect after a failed one must not count our earlier hop. */
 		hops = (st->flags & CONNREDIR_SK_REDIRECTED) ? st->in_hops : st->records.hop_count;
 		if (hops > CONNREDIR_MAX_HOPS)
@@ -893,9 +1174,7 @@ static __always_inline const struct connredir_addr *classify_candidates(
 	/* A flow the chosen callout cannot take anyway (full chain, no key)
 	 * meets its --on-failure policy below; looking for its listener first
 	 * would only cost a lookup and answer the wrong question. */
-	w->can_take = hops < CONNREDIR_MAX_HOPS && mac_key() != NULL;
-	w->uid = (__u32)bpf_get_current_uid_gid();
-	w->n = w->cands->count;
+	w->can_take = hops + w->carried < CONNREDIR_MAX_HOPS && mac_key() != NULL;
 	bpf_loop(CONNREDIR_CANDIDATES_MAX, classify_one, w, 0);
 	if (w->refuse || !w->found)
 		return NULL;
@@ -917,6 +1196,15 @@ static __always_inline const struct connredir_addr *classify_candidates(
 		trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_HOP_CAP, flags);
 		return NULL;
 	}
+	if (hops + w->carried >= CONNREDIR_MAX_HOPS) {
+		/* The loop breaker: this flow already passed proxies that did not
+		 * carry its records; with them it is past the chain cap. */
+		stat_inc(CONNREDIR_STAT_LOOP_BROKEN);
+		callout_stat_inc(chosen_id, CONNREDIR_CSTAT_LOOP_BROKEN);
+		flags = cannot_redirect(chosen, chosen_id, w);
+		trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_LOOP_BROKEN, flags);
+		return NULL;
+	}
 	if (!mac_key()) { /* not initialised: no records */
 		flags = cannot_redirect(chosen, chosen_id, w);
 		trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_NO_KEY, flags);
@@ -933,8 +1221,10 @@ static __always_inline const struct connredir_addr *classify_candidates(
 			return NULL;
 		}
 	}
-	if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
+	if (!(st->flags & CONNREDIR_SK_RECORDS_SET)) {
 		new_flow(&st->records, w->uid);
+		st->records.carried_hops = w->carried;
+	}
 	st->in_hops = hops;
 	if (hops < CONNREDIR_MAX_HOPS) {
 		struct connredir_hop *h = &st->records.hops[hops];
@@ -1027,6 +1317,8 @@ static __always_inline const struct connredir_addr *classify_connect(
 		return proxy;
 	ts->dst = *dst;
 	ts->hops = w.hops;
+	ts->implicit = w.implicit;
+	ts->carried = w.carried;
 	if (w.refuse) {
 		ts->outcome = CONNREDIR_TRACE_OUT_REFUSED;
 	} else if (proxy) {
@@ -1199,6 +1491,7 @@ static __always_inline void adopt_flow(struct bpf_sock_ops *skops)
 	st->flags = CONNREDIR_SK_ACCEPTED;
 	bpf_map_delete_elem(&handoff, &key);
 	stat_inc(CONNREDIR_STAT_ACCEPTED);
+	implicit_offer(skops, st);
 }
 
 SEC("sockops")

@@ -260,6 +260,14 @@ enum class OnFailure {
 const char* to_string(OnFailure p);
 Result<OnFailure> parse_on_failure(std::string_view text);
 
+// Implicit records (docs/ABI.md, "Implicit records"): whether an onward
+// connect of the callout's proxy principal that set no records gets the
+// records of a flow the principal accepted for the same destination. On by
+// default; off stores CONNREDIR_CALLOUT_F_NO_IMPLICIT. The text is on or off
+// (`--implicit-records`), or true or false (a configuration file's boolean).
+const char* implicit_records_text(bool on);
+Result<bool> parse_implicit_records(std::string_view text);
+
 struct CalloutSpec {
   std::string name;
   std::optional<Address> proxy4;
@@ -272,6 +280,8 @@ struct CalloutSpec {
   // cgroup), another callout's on purpose: a process that is both serves
   // both. Without it, add_callout refuses an overlap (EEXIST).
   bool shared_principal = false;
+  // Implicit records for this callout's principal (see parse_implicit_records).
+  bool implicit_records = true;
 };
 
 struct CalloutInfo {
@@ -285,7 +295,8 @@ struct CalloutInfo {
   ProxyDown on_proxy_down = ProxyDown::Refuse;
   OnFailure on_failure = OnFailure::Bypass;
   bool shared_principal = false;
-  size_t filters = 0;  // filters referencing it
+  bool implicit_records = true;  // CONNREDIR_CALLOUT_F_NO_IMPLICIT clear
+  size_t filters = 0;            // filters referencing it
 };
 
 struct FilterSpec {
@@ -377,6 +388,7 @@ struct CalloutLine {
   std::vector<std::string> proxies;
   std::string proxy_uid, proxy_cgroup, proxy_unit, on_proxy_down, on_failure;
   std::string shared_principal;  // "true"/"false" ("" = false)
+  std::string implicit_records;  // "on"/"off" or "true"/"false" ("" = on)
 };
 struct CalloutField {
   const char* key;
@@ -539,7 +551,8 @@ struct SourceRef {
 struct GlobalConfig {
   std::optional<std::string> cgroup;  // up --cgroup (unset: the cgroup2 root)
   std::vector<std::string> proxies_in;
-  std::string on_proxy_down, on_failure;  // callouts' defaults (text; empty: none)
+  // Callouts' defaults (text; empty: none).
+  std::string on_proxy_down, on_failure, implicit_records;
   std::optional<SourceRef> source;
 };
 struct ConfigCallout {

@@ -67,6 +67,7 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
                      {"on_proxy_down", ctl::to_string(i.on_proxy_down)},
                      {"on_failure", ctl::to_string(i.on_failure)},
                      {"shared_principal", i.shared_principal},
+                     {"implicit_records", i.implicit_records},
                      {"filters", i.filters},
                      {"counters", counters_json(counters[k])},
                      {"source", Sources::to_json(src->callout(i.name))}});
@@ -78,16 +79,17 @@ int cmd_callout_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no callouts (add one with `connredir callout add NAME --proxy ADDR:PORT`)\n");
     return 0;
   }
-  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<40} {}\n", "ID", "NAME",
-             "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "SHARED",
-             "PROXY-CGROUP", "SOURCE");
+  fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<8} {:<40} {}\n", "ID",
+             "NAME", "PROXY4", "PROXY6", "PROXY-UID", "FILTERS", "ON-DOWN", "ON-FAILURE", "SHARED",
+             "IMPLICIT", "PROXY-CGROUP", "SOURCE");
   for (const auto& i : *list)
-    fmt::print(
-        "{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<40} {}\n", i.id, i.name,
-        i.proxy4 ? i.proxy4->to_string() : "-", i.proxy6 ? i.proxy6->to_string() : "-",
-        i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
-        ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
-        i.shared_principal ? "yes" : "no", cgroup_text(i.proxy_cgroup), src->callout(i.name));
+    fmt::print("{:<4} {:<20} {:<22} {:<30} {:<9} {:<7} {:<9} {:<10} {:<6} {:<8} {:<40} {}\n", i.id,
+               i.name, i.proxy4 ? i.proxy4->to_string() : "-",
+               i.proxy6 ? i.proxy6->to_string() : "-",
+               i.proxy_uid ? std::to_string(*i.proxy_uid) : "-", i.filters,
+               ctl::to_string(i.on_proxy_down), ctl::to_string(i.on_failure),
+               i.shared_principal ? "yes" : "no", ctl::implicit_records_text(i.implicit_records),
+               cgroup_text(i.proxy_cgroup), src->callout(i.name));
   fmt::print("\ncounters:\n");
   for (size_t k = 0; k < list->size(); ++k)
     fmt::print("  {:<20} {}\n", (*list)[k].name, counters_text(counters[k]));

@@ -64,7 +64,33 @@ constexpr VerdictDesc kVerdicts[] = {
     {CONNREDIR_TV_NO_KEY, "no_key", "not taken: records MAC key not initialised"},
     {CONNREDIR_TV_DOWN_BYPASS, "down_bypass", "bypassed: proxy down"},
     {CONNREDIR_TV_DOWN_REFUSED, "down_refused", "refused: proxy down"},
+    {CONNREDIR_TV_LOOP_BROKEN, "loop_broken",
+     "not taken: hops carried over record-less proxies put the flow past the chain cap (loop "
+     "breaker)"},
 };
+
+// What implicit records did at the connect (connredir_trace_event.implicit).
+const char* implicit_name(uint8_t v) {
+  switch (v) {
+    case CONNREDIR_TRACE_IMPLICIT_ATTACHED: return "attached";
+    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS: return "ambiguous";
+    case CONNREDIR_TRACE_IMPLICIT_OFF: return "off";
+    default: return "none";
+  }
+}
+const char* implicit_text(uint8_t v) {
+  switch (v) {
+    case CONNREDIR_TRACE_IMPLICIT_ATTACHED:
+      return "implicit records: the records of a flow this proxy accepted were attached";
+    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS:
+      return ("implicit records: none attached, the flows this proxy accepted for this "
+              "destination have different chains (a new chain starts, hops carried)");
+    case CONNREDIR_TRACE_IMPLICIT_OFF:
+      return ("implicit records: off for this proxy's callout (a new chain starts, hops "
+              "carried)");
+    default: return nullptr;
+  }
+}
 
 const VerdictDesc* verdict_desc(uint8_t v) {
   for (const auto& d : kVerdicts)
@@ -208,6 +234,8 @@ class Tracer {
                 {"proto", ev.proto == IPPROTO_TCP ? "tcp" : "?"},
                 {"dst", dst.to_string()},
                 {"hops", ev.hops},
+                {"implicit", implicit_name(ev.implicit)},
+                {"carried_hops", ev.carried},
                 {"verdicts", verdicts},
                 {"truncated", ev.truncated != 0},
                 {"outcome", outcome_name(ev.outcome)},
@@ -217,6 +245,9 @@ class Tracer {
       fmt::print("{} pid {} uid {} comm {} cgroup {} tcp {} (chain {} long)\n",
                  wall_time(ev.time_ns), ev.pid, ev.uid, comm,
                  cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id), dst.to_string(), ev.hops);
+      if (const char* t = implicit_text(ev.implicit)) fmt::print("  {}\n", t);
+      if (ev.carried)
+        fmt::print("  {} hop(s) carried over proxies that set no records\n", ev.carried);
       for (uint32_t i = 0; i < n; ++i) {
         const auto& v = ev.verdicts[i];
         std::string extra;

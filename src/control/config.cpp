@@ -160,10 +160,16 @@ Result<GlobalConfig> read_global(const Ctx& c0, const toml::node& n) {
                                        : parse_on_failure(*s).map([](auto) { return 0; });
       if (!ok) return tl::unexpected(at(c, line_of(v), k.str(), ok.error().message));
       (key == "on_proxy_down" ? g.on_proxy_down : g.on_failure) = *s;
+    } else if (key == "implicit_records") {
+      auto s = scalar_text(c, k.str(), v);
+      if (!s) return tl::unexpected(s.error());
+      if (auto ok = parse_implicit_records(*s); !ok)
+        return tl::unexpected(at(c, line_of(v), k.str(), ok.error().message));
+      g.implicit_records = *s;
     } else {
       return tl::unexpected(at(c, line_of(v), k.str(),
                                "unknown key (keys: cgroup, proxies_in, on_proxy_down, "
-                               "on_failure)"));
+                               "on_failure, implicit_records)"));
     }
   }
   return g;
@@ -208,7 +214,7 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text,
         return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
           // The value alone through the validator, so that a bad one is
           // reported at its own line (the whole callout is checked later).
-          CalloutLine probe{"x", {"127.0.0.1:1"}, {}, {}, {}, {}, {}, {}};
+          CalloutLine probe{"x", {"127.0.0.1:1"}, {}, {}, {}, {}, {}, {}, {}};
           if (auto r = set_callout_field(probe, key, s); !r) return r;
           if (auto r = callout_spec(probe, resolve); !r) return tl::unexpected(r.error());
           return set_callout_field(line, key, std::move(s));
@@ -274,6 +280,7 @@ std::string callout_text(const CalloutSpec& s) {
   t += fmt::format(" on_proxy_down {} on_failure {}", to_string(s.on_proxy_down),
                    to_string(s.on_failure));
   if (s.shared_principal) t += " shared_principal";
+  if (!s.implicit_records) t += " implicit_records off";
   return t;
 }
 
@@ -286,6 +293,7 @@ std::string callout_text(const CalloutInfo& i) {
   t += fmt::format(" on_proxy_down {} on_failure {}", to_string(i.on_proxy_down),
                    to_string(i.on_failure));
   if (i.shared_principal) t += " shared_principal";
+  if (!i.implicit_records) t += " implicit_records off";
   return t;
 }
 
@@ -296,7 +304,7 @@ bool same_callout(const CalloutSpec& s, const CalloutInfo& i) {
   uint64_t cg = s.proxy_cgroup ? s.proxy_cgroup->id : 0;
   return same_addr(s.proxy4, i.proxy4) && same_addr(s.proxy6, i.proxy6) &&
          s.proxy_uid == i.proxy_uid && cg == i.proxy_cgroup && s.on_proxy_down == i.on_proxy_down &&
-         s.on_failure == i.on_failure;
+         s.on_failure == i.on_failure && s.implicit_records == i.implicit_records;
 }
 
 // A filter as the classifier sees it, for comparison and messages.
@@ -451,6 +459,7 @@ Result<Config> parse_config(std::span<const std::pair<std::string, std::string>>
       CalloutLine line = pc.line;
       if (line.on_proxy_down.empty()) line.on_proxy_down = cfg.global.on_proxy_down;
       if (line.on_failure.empty()) line.on_failure = cfg.global.on_failure;
+      if (line.implicit_records.empty()) line.implicit_records = cfg.global.implicit_records;
       std::string what = line.name.empty() ? "[[callout]]" : "callout " + line.name;
       auto spec = callout_spec(line, resolve);
       if (!spec) return tl::unexpected(at_source(pc.source, what, spec.error().message));
@@ -777,6 +786,7 @@ Result<std::string> export_config(Control& c, const std::optional<std::string>& 
     out += fmt::format("on_proxy_down = \"{}\"\non_failure = \"{}\"\n", to_string(i.on_proxy_down),
                        to_string(i.on_failure));
     if (i.shared_principal) out += "shared_principal = true\n";
+    out += fmt::format("implicit_records = {}\n", i.implicit_records ? "true" : "false");
   }
   std::vector<FilterInfo> fs = *filters;
   std::stable_sort(fs.begin(), fs.end(), [](const FilterInfo& a, const FilterInfo& b) {

@@ -85,7 +85,8 @@ const char* stat_name(size_t index) {
       "classified",      "redirected",   "hop_cap",    "no_proxy_family", "storage_fail",
       "published",       "publish_fail", "accepted",   "records_set",     "records_rejected",
       "denied",          "self_skip",    "prev_skip",  "down_bypass",     "down_refused",
-      "failure_refused", "not_owner",    "trace_lost", "implicit", "implicit_ambiguous", "loop_broken",
+      "failure_refused", "not_owner",    "trace_lost", "implicit",        "implicit_ambiguous",
+      "loop_broken",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -124,10 +125,9 @@ const char* stat_help(size_t index) {
 
 const char* callout_stat_name(size_t index) {
   static const char* const names[] = {
-      "redirected",      "self_skip",       "prev_skip",        "hop_cap",
-      "no_proxy_family", "storage_fail",    "down_bypass",      "not_owner",
-      "down_refused",    "failure_refused", "records_rejected", "implicit",
-      "implicit_ambiguous", "loop_broken",
+      "redirected",       "self_skip",   "prev_skip",          "hop_cap",      "no_proxy_family",
+      "storage_fail",     "down_bypass", "not_owner",          "down_refused", "failure_refused",
+      "records_rejected", "implicit",    "implicit_ambiguous", "loop_broken",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_CSTAT_MAX, "a name per counter");
   return index < CONNREDIR_CSTAT_MAX ? names[index] : "?";
@@ -178,6 +178,18 @@ Result<OnFailure> parse_on_failure(std::string_view text) {
                                   text));
 }
 
+const char* implicit_records_text(bool on) { return on ? "on" : "off"; }
+
+Result<bool> parse_implicit_records(std::string_view text) {
+  if (text == "on" || text == "true") return true;
+  if (text == "off" || text == "false") return false;
+  return fail(EINVAL, fmt::format("--implicit-records '{}': expected on (an onward connect of the "
+                                  "proxy that sets no records gets those of the flow it accepted; "
+                                  "the default) or off (it gets none); true or false in a "
+                                  "configuration file",
+                                  text));
+}
+
 const char* no_proxy_fate(uint32_t callout_flags) {
   return (callout_flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) ? "are refused (--on-failure refuse)"
                                                            : "are not redirected by it";
@@ -197,6 +209,8 @@ CalloutInfo callout_info(const connredir_callout& c) {
       (c.flags & CONNREDIR_CALLOUT_F_DOWN_BYPASS) ? ProxyDown::Bypass : ProxyDown::Refuse;
   if (c.flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED) i.on_failure = OnFailure::Refuse;
   i.shared_principal = (c.flags & CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL) != 0;
+  // Clear in maps of older versions: implicit records on, the default.
+  i.implicit_records = (c.flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT) == 0;
   return i;
 }
 
@@ -407,6 +421,7 @@ connredir_callout make_callout(const CalloutSpec& spec, uint32_t id) {
                                                      : CONNREDIR_CALLOUT_F_DOWN_REFUSE;
   if (spec.on_failure == OnFailure::Refuse) c.flags |= CONNREDIR_CALLOUT_F_FAIL_CLOSED;
   if (spec.shared_principal) c.flags |= CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL;
+  if (!spec.implicit_records) c.flags |= CONNREDIR_CALLOUT_F_NO_IMPLICIT;
   c.proxy_uid = spec.proxy_uid.value_or(CONNREDIR_UID_NONE);
   if (spec.proxy_cgroup) {
     c.proxy_cgroup = spec.proxy_cgroup->id;

@@ -60,6 +60,10 @@ constexpr CalloutField kCalloutFields[] = {
      "allow this callout's principal (uid, cgroup) to be or overlap another callout's on "
      "purpose: it then serves both",
      true},
+    {"implicit_records", &CalloutLine::implicit_records,
+     "on|off: whether an onward connect of this callout's proxy principal that sets no redirect "
+     "records gets the records of a flow the principal accepted for the same destination "
+     "(implicit records, docs/ABI.md; default on)"},
 };
 
 template <class Field>
@@ -331,6 +335,11 @@ Result<CalloutParsed> callout_spec(const CalloutLine& l, CgroupResolver resolve)
   else if (!l.shared_principal.empty() && l.shared_principal != "false")
     return fail(EINVAL,
                 fmt::format("shared-principal '{}': expected true or false", l.shared_principal));
+  if (!l.implicit_records.empty()) {
+    auto on = parse_implicit_records(l.implicit_records);
+    if (!on) return tl::unexpected(on.error());
+    spec.implicit_records = *on;
+  }
   return out;
 }
 

@@ -56,12 +56,6 @@ CR_OFF(connredir_implicit_key, dst, 8);
 CR_OFF(connredir_implicit_key, dst_port, 24);
 CR_OFF(connredir_implicit_key, proto, 26);
 CR_OFF(connredir_implicit_key, callout_id, 28);
-CR_SIZE(connredir_implicit, 488);
-CR_OFF(connredir_implicit, updated_ns, 0);
-CR_OFF(connredir_implicit, pending, 8);
-CR_OFF(connredir_implicit, mixed, 12);
-CR_OFF(connredir_implicit, depth, 13);
-CR_OFF(connredir_implicit, records, 16);
 
 CR_SIZE(connredir_context, 232);
 CR_OFF(connredir_context, magic, 0);

@@ -30,6 +30,8 @@ expect 2 callout add x --proxy 127.0.0.1:0
 expect 2 callout add x --proxy 127.0.0.1:1 --proxy 127.0.0.2:2
 expect 2 callout add x --proxy 127.0.0.1:1 --proxy-uid -5
 expect 2 callout add x --proxy 127.0.0.1:1 --proxy-cgroup /tmp
+expect 2 callout add x --proxy 127.0.0.1:1 --implicit-records maybe
+expect 2 callout add x --proxy 127.0.0.1:1 --implicit-records
 expect 2 callout del
 expect 2 filter add
 expect 2 filter add --callout x --dst 10.1.2.3/8

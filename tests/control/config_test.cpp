@@ -133,6 +133,16 @@ TEST(Config, RefusesWithFileLineAndKey) {
       {{{"a.toml", "[global]\nattach = \"x\"\n"}}, "a.toml:2: [global] key attach: unknown key"},
       {{{"a.toml", "[global]\non_proxy_down = \"maybe\"\n"}},
        "a.toml:2: [global] key on_proxy_down"},
+      {{{"a.toml",
+         "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\n"
+         "implicit_records = \"maybe\"\n"}},
+       "a.toml:4: [[callout]] #1 key implicit_records: --implicit-records 'maybe': expected on"},
+      {{{"a.toml",
+         "[[callout]]\nname = \"a\"\nproxy = \"127.0.0.1:1\"\n"
+         "implicit_records = 0\n"}},
+       "a.toml:4: [[callout]] #1 key implicit_records: --implicit-records '0'"},
+      {{{"a.toml", "[global]\nimplicit_records = \"sometimes\"\n"}},
+       "a.toml:2: [global] key implicit_records: --implicit-records 'sometimes'"},
       {{{"a.toml", "[callouts]\n"}}, "a.toml:1: key callouts: unknown table"},
       {{{"a.toml", "[callout]\nname = \"a\"\n"}}, "must be an array of tables: write [[callout]]"},
       {{{"a.toml", "[[callout]]\nname = \"a\n"}}, "a.toml:2: "},
@@ -184,6 +194,59 @@ TEST(Config, FilterFieldsAreTheCliOptions) {
   ASSERT_TRUE(s) << s.error().message;
   EXPECT_EQ(s->dst, Prefix::any());
   EXPECT_TRUE(s->ports.any());
+}
+
+// implicit_records: a boolean in a file (or the CLI's on/off), on when
+// nothing says otherwise; [global]'s default applies to the callouts that do
+// not set it, as on_failure's does.
+TEST(Config, ImplicitRecordsKeyAndGlobalDefault) {
+  const char* three = R"(
+[[callout]]
+name = "plain"
+proxy = "127.0.0.1:1"
+[[callout]]
+name = "off"
+proxy = "127.0.0.1:2"
+implicit_records = false
+[[callout]]
+name = "on"
+proxy = "127.0.0.1:3"
+implicit-records = true
+)";
+  auto cfg = parse({{"a.toml", three}});
+  ASSERT_TRUE(cfg) << cfg.error().message;
+  ASSERT_EQ(cfg->callouts.size(), 3u);
+  EXPECT_TRUE(cfg->callouts[0].parsed.spec.implicit_records);
+  EXPECT_FALSE(cfg->callouts[1].parsed.spec.implicit_records);
+  EXPECT_TRUE(cfg->callouts[2].parsed.spec.implicit_records);
+
+  cfg = parse({{"main.toml", "[global]\nimplicit_records = false\n"}, {"a.toml", three}});
+  ASSERT_TRUE(cfg) << cfg.error().message;
+  EXPECT_EQ(cfg->global.implicit_records, "false");
+  EXPECT_FALSE(cfg->callouts[0].parsed.spec.implicit_records) << "the [global] default";
+  EXPECT_FALSE(cfg->callouts[1].parsed.spec.implicit_records);
+  EXPECT_TRUE(cfg->callouts[2].parsed.spec.implicit_records) << "the callout's own key wins";
+
+  // The CLI's words are the field table's: --implicit-records on|off.
+  CalloutLine l{"x", {"127.0.0.1:1"}, {}, {}, {}, {}, {}, {}, {}};
+  ASSERT_TRUE(set_callout_field(l, "implicit-records", "off"));
+  EXPECT_EQ(l.implicit_records, "off");
+  auto spec = callout_spec(l, nullptr);
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_FALSE(spec->spec.implicit_records);
+  l.implicit_records = "on";
+  EXPECT_TRUE(callout_spec(l, nullptr)->spec.implicit_records);
+  l.implicit_records = "yes";
+  auto bad = callout_spec(l, nullptr);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("--implicit-records 'yes': expected on"), std::string::npos)
+      << bad.error().message;
+  const auto fields = callout_fields();
+  auto f = std::find_if(fields.begin(), fields.end(), [](const CalloutField& x) {
+    return std::string_view(x.key) == "implicit_records";
+  });
+  ASSERT_NE(f, fields.end());
+  EXPECT_FALSE(f->flag) << "--implicit-records takes on or off";
 }
 
 class ConfigPlan : public ::testing::Test {
@@ -318,6 +381,64 @@ TEST_F(ConfigPlan, ExportIsTakenBackUnchanged) {
   auto p = plan_apply(c, *cfg, nullptr);
   ASSERT_TRUE(p);
   EXPECT_TRUE(p->empty()) << p->items.front().what << "\n" << *text;
+}
+
+// Switching implicit records is a change in place (the callout keeps its id
+// and filters) that writes CONNREDIR_CALLOUT_F_NO_IMPLICIT; the export
+// writes the key either way, so a [global] default of the file it is applied
+// with cannot flip it.
+TEST_F(ConfigPlan, ImplicitRecordsChangeInPlaceAndExport) {
+  auto raw = [&](uint32_t id) {
+    connredir_callout v{};
+    EXPECT_TRUE(*store.lookup(MapId::Callouts, &id, &v));
+    return v.flags;
+  };
+  apply({{"acme.toml", kAcme}});
+  auto before = c.find_callout("acme");
+  ASSERT_TRUE(before);
+  EXPECT_TRUE(before->implicit_records);
+  EXPECT_EQ(raw(before->id) & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+
+  std::string off = kAcme;
+  off.replace(off.find("proxy_uid = 4001\n"), 17, "proxy_uid = 4001\nimplicit_records = false\n");
+  auto p = plan({{"acme.toml", off}});
+  ASSERT_EQ(count(p, PlanItem::Change, "callout acme"), 1u);
+  EXPECT_EQ(p.items.size(), 1u) << "only the callout changes";
+  auto item = std::find_if(p.items.begin(), p.items.end(),
+                           [](const PlanItem& i) { return i.kind == PlanItem::Change; });
+  EXPECT_NE(item->detail.find("implicit_records off (was:"), std::string::npos) << item->detail;
+  ASSERT_TRUE(apply_plan(c, p));
+  auto after = c.find_callout("acme");
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->id, before->id);
+  EXPECT_FALSE(after->implicit_records);
+  EXPECT_NE(raw(after->id) & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+  EXPECT_TRUE(plan({{"acme.toml", off}}).empty());
+
+  // The same through [global]: the callout says nothing, the default is off.
+  EXPECT_TRUE(
+      plan({{"main.toml", "[global]\nimplicit_records = false\n"}, {"acme.toml", kAcme}}).empty());
+
+  auto text = export_config(c, std::nullopt, {});
+  ASSERT_TRUE(text) << text.error().message;
+  EXPECT_NE(text->find("implicit_records = false\n"), std::string::npos) << *text;
+  auto cfg = parse({{"export.toml", *text}});
+  ASSERT_TRUE(cfg) << cfg.error().message << "\n" << *text;
+  auto same = plan_apply(c, *cfg, nullptr);
+  ASSERT_TRUE(same);
+  EXPECT_TRUE(same->empty()) << same->items.front().what << "\n" << *text;
+
+  // Back on; exported as true, which a [global] default of false leaves on.
+  ASSERT_TRUE(apply_plan(c, plan({{"acme.toml", kAcme}})));
+  EXPECT_EQ(raw(after->id) & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+  text = export_config(c, std::nullopt, {});
+  ASSERT_TRUE(text);
+  EXPECT_NE(text->find("implicit_records = true\n"), std::string::npos) << *text;
+  cfg = parse({{"main.toml", "[global]\nimplicit_records = false\n"}, {"export.toml", *text}});
+  ASSERT_TRUE(cfg) << cfg.error().message;
+  same = plan_apply(c, *cfg, nullptr);
+  ASSERT_TRUE(same);
+  EXPECT_TRUE(same->empty()) << same->items.front().what << "\n" << *text;
 }
 
 TEST_F(ConfigPlan, AppliedStateNamesEachFiltersSource) {

@@ -180,6 +180,59 @@ TEST_F(ControlTest, CalloutOnFailurePolicy) {
   EXPECT_NE(fo->warnings[0].find("are not redirected by it"), std::string::npos);
 }
 
+// --implicit-records: on (no flag) is the default; off is stored as
+// CONNREDIR_CALLOUT_F_NO_IMPLICIT and read back; update_callout switches it
+// either way in place. The CLI's text and a configuration's boolean both parse,
+// anything else names the choices.
+TEST_F(ControlTest, CalloutImplicitRecordsSwitch) {
+  EXPECT_EQ(*parse_implicit_records("on"), true);
+  EXPECT_EQ(*parse_implicit_records("true"), true);
+  EXPECT_EQ(*parse_implicit_records("off"), false);
+  EXPECT_EQ(*parse_implicit_records("false"), false);
+  auto bad = parse_implicit_records("maybe");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, EINVAL);
+  EXPECT_NE(bad.error().message.find("'maybe'"), std::string::npos);
+  EXPECT_NE(bad.error().message.find("expected on"), std::string::npos);
+  EXPECT_NE(bad.error().message.find("or off"), std::string::npos);
+  EXPECT_FALSE(parse_implicit_records(""));
+  EXPECT_FALSE(parse_implicit_records("ON"));
+  EXPECT_STREQ(implicit_records_text(true), "on");
+  EXPECT_STREQ(implicit_records_text(false), "off");
+
+  auto on = add_callout("on");
+  EXPECT_TRUE(on.implicit_records);
+  EXPECT_EQ(raw_callout(on.id).flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+  CalloutSpec s;
+  s.name = "off";
+  s.proxy4 = *Address::parse("127.0.0.1:9001");
+  s.implicit_records = false;
+  auto off = ctl.add_callout(s);
+  ASSERT_TRUE(off);
+  EXPECT_FALSE(off->implicit_records);
+  uint32_t flags = raw_callout(off->id).flags;
+  EXPECT_NE(flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+  // Only its own bit: the other policies keep their defaults.
+  EXPECT_EQ(flags & CONNREDIR_CALLOUT_F_FAIL_CLOSED, 0u);
+  EXPECT_EQ(flags & CONNREDIR_CALLOUT_F_SHARED_PRINCIPAL, 0u);
+  EXPECT_NE(flags & CONNREDIR_CALLOUT_F_DOWN_REFUSE, 0u);
+  auto list = ctl.list_callouts();
+  ASSERT_TRUE(list);
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_TRUE((*list)[0].implicit_records);
+  EXPECT_FALSE((*list)[1].implicit_records);
+
+  s.implicit_records = true;
+  auto back_on = ctl.update_callout(s);
+  ASSERT_TRUE(back_on) << back_on.error().message;
+  EXPECT_EQ(back_on->id, off->id);
+  EXPECT_TRUE(back_on->implicit_records);
+  EXPECT_EQ(raw_callout(off->id).flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+  s.implicit_records = false;
+  ASSERT_TRUE(ctl.update_callout(s));
+  EXPECT_NE(raw_callout(off->id).flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT, 0u);
+}
+
 TEST_F(ControlTest, CalloutIdsLowestFreeAndExhaustion) {
   for (int i = 1; i < CONNREDIR_MAX_CALLOUTS; ++i) {
 #if defined(__GNUC__) && !defined(__clang__)
