@@ -433,6 +433,26 @@ class OffShelf : public KernelTest {
         },
         5000))
         << read_file(mitm_out());
+    // What the strategy means for connredir: a client that connects and
+    // sends nothing for 1.5 s gets an upstream connection from an eager
+    // mitmproxy (at accept, so before any request byte) and none from a lazy
+    // one.
+    const std::string addr = dst.addr();
+    EXPECT_EQ(run_in(cg("app"), kAppUid,
+                     [&]() -> std::string {
+                       int fd = connect_to(addr);
+                       if (fd < 0) return std::string("connect: ") + strerror(errno);
+                       usleep(1500000);
+                       close(fd);
+                       return "ok";
+                     }),
+              "ok");
+    if (strategy == "eager")
+      EXPECT_TRUE(eventually([&] { return dst.connections() == 2; }, 3000))
+          << "eager: the idle client's flow must reach the destination; saw " << dst.connections();
+    else
+      EXPECT_EQ(dst.connections(), 1u) << "lazy: no upstream connection without a request";
+    EXPECT_EQ(stats()["redirected"], 2u);
   }
 
   // One download through mitmproxy, squid and the reference proxy.
