@@ -17,6 +17,9 @@ pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev 
       mmdebstrap qemu-utils e2fsprogs
       # the Go example proxy (examples/go), run by the kernel tests
       golang-go
+      # off-the-shelf vendors (tests/kernel/test_offshelf.cpp, demo/run.sh offshelf):
+      # Debian's unmodified mitmproxy (transparent mode) and squid (intercept port)
+      mitmproxy squid
       # the Debian packages (scripts/build-deb.sh, scripts/test-package.sh) and their man pages
       debhelper dpkg-dev fakeroot lintian help2man)
 missing=()
@@ -32,4 +35,19 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's squid package enables and starts a system squid on *:3128. The
+  # tests and the demo run their own squid (own config, ports 16202-16204 and
+  # 18202-18204), so the system one is only in the way: when this run just
+  # installed squid, stop it and keep it from starting at boot. A squid that
+  # was installed before is left as its admin configured it.
+  if [[ " ${missing[*]} " == *" squid "* ]]; then
+    if [[ -d /run/systemd/system ]]; then
+      systemctl disable --now squid.service >/dev/null 2>&1 ||
+        echo "note: could not disable the system squid service" >&2
+    elif [[ -x /etc/init.d/squid ]]; then
+      # no systemd (a container): the postinst started it unless policy-rc.d said no
+      /etc/init.d/squid stop >/dev/null 2>&1 || true
+      update-rc.d squid disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
