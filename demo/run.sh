@@ -82,6 +82,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The download equals the payload, byte for byte, or the demo fails.
+verify_download() {
+  local want got
+  want=$(sha256sum <"$WORK/payload.bin" | cut -d' ' -f1)
+  got=$(sha256sum <"$WORK/download.bin" | cut -d' ' -f1)
+  if [[ $want != "$got" ]]; then
+    echo "FAIL: downloaded bytes differ ($got != $want)" >&2
+    exit 1
+  fi
+  echo "bytes verified: sha256 $got"
+}
+
 case_basic() {
   mkdir -p "$CG/app" "$CG/vendor-a" "$CG/vendor-b"
 
@@ -135,13 +147,7 @@ case_basic() {
     echo "FAIL: connredir flows --dot never showed the live chain (see $PICTURE/chains.dot)" >&2
     exit 1
   }
-  want=$(sha256sum <"$WORK/payload.bin" | cut -d' ' -f1)
-  got=$(sha256sum <"$WORK/download.bin" | cut -d' ' -f1)
-  if [[ $want != "$got" ]]; then
-    echo "FAIL: downloaded bytes differ ($got != $want)" >&2
-    exit 1
-  fi
-  echo "bytes verified: sha256 $got"
+  verify_download
 
   # Proxies log a flow when it ends; give them a moment to flush.
   for v in a b; do
@@ -272,13 +278,7 @@ EOF
   touch "$WORK/curl.done"
   wait "$WATCHDOG" 2>/dev/null || true
   ((rc == 0)) || { echo "FAIL: curl exited with $rc" >&2; exit 1; }
-  want=$(sha256sum <"$WORK/payload.bin" | cut -d' ' -f1)
-  got=$(sha256sum <"$WORK/download.bin" | cut -d' ' -f1)
-  if [[ $want != "$got" ]]; then
-    echo "FAIL: downloaded bytes differ ($got != $want)" >&2
-    exit 1
-  fi
-  echo "bytes verified: sha256 $got"
+  verify_download
   for _ in $(seq 50); do
     [[ -s $WORK/reference.jsonl && -s $WORK/squid/access.log ]] && break
     sleep 0.1

@@ -23,6 +23,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <sstream>
 #include <iostream>
@@ -169,19 +170,11 @@ class OffShelf : public KernelTest {
   // options) and a filter at `weight` for each destination port.
   void vendor(const std::string& name, int port, int uid, int weight,
               const std::vector<int>& dst_ports, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args{"callout",
-                                  "add",
-                                  name,
-                                  "--proxy",
-                                  "127.0.0.1:" + std::to_string(port),
-                                  "--proxy-uid",
-                                  std::to_string(uid)};
-    args.insert(args.end(), extra.begin(), extra.end());
-    auto r = cli(args);
-    ASSERT_EQ(r.status, 0) << "cannot add callout " << name << ": " << r.out;
-    for (int p : dst_ports)
-      cli({"filter", "add", "--callout", name, "--dst", "127.0.0.1/32", "--port", std::to_string(p),
-           "--weight", std::to_string(weight)});
+    ASSERT_FALSE(dst_ports.empty());
+    add_vendor(name, port, uid, "127.0.0.1/32", static_cast<uint16_t>(dst_ports[0]), weight, extra);
+    for (size_t k = 1; k < dst_ports.size(); ++k)
+      cli({"filter", "add", "--callout", name, "--dst", "127.0.0.1/32", "--port",
+           std::to_string(dst_ports[k]), "--weight", std::to_string(weight)});
   }
 
   std::string mitm_out() const { return dir_ + "/mitmproxy.out"; }
@@ -408,11 +401,13 @@ class OffShelf : public KernelTest {
   // mitmproxy's connection_strategy: eager (8.1's default) connects upstream
   // as soon as it accepts, before any request byte; lazy once the request
   // is in. Both must work alone and in the chain.
-  void mitmproxy_alone(const std::string& strategy) {
-    ASSERT_NO_FATAL_FAILURE(require_programs());
-    HttpServer dst(make_payload(3 << 20, 1601));
-    ASSERT_NO_FATAL_FAILURE(vendor("mitmproxy", kMitmPort, kMitmUid, 100, {dst.port()}));
-    ASSERT_NO_FATAL_FAILURE(start_mitmproxy(strategy));
+  // One download through proxy `name` alone (registered, then started by
+  // `start`): byte-exact, one connection at the destination, redirected once
+  // and its onward connect skipped by its own callout (the principal rule).
+  void download_through_one(const std::string& name, int port, int uid, HttpServer& dst,
+                            const std::function<void()>& start) {
+    ASSERT_NO_FATAL_FAILURE(vendor(name, port, uid, 100, {dst.port()}));
+    ASSERT_NO_FATAL_FAILURE(start());
     std::vector<Download> d{{dst.url(), dir_ + "/got"}};
     auto r = curl(d, 20, 3);
     ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
@@ -421,11 +416,17 @@ class OffShelf : public KernelTest {
     EXPECT_EQ(dst.connections(), 1u);
     auto s = stats();
     EXPECT_EQ(s["redirected"], 1u);
-    // Its onward connect met its own callout: skipped (the principal rule).
     EXPECT_EQ(s["self_skip"], 1u);
-    auto c = callout_counters("mitmproxy");
+    auto c = callout_counters(name);
     EXPECT_EQ(c["redirected"], 1u);
     EXPECT_EQ(c["self_skip"], 1u);
+  }
+
+  void mitmproxy_alone(const std::string& strategy) {
+    ASSERT_NO_FATAL_FAILURE(require_programs());
+    HttpServer dst(make_payload(3 << 20, 1601));
+    ASSERT_NO_FATAL_FAILURE(download_through_one("mitmproxy", kMitmPort, kMitmUid, dst,
+                                                 [&] { start_mitmproxy(strategy); }));
     // mitmproxy saw the flow (found the destination through SO_ORIGINAL_DST).
     EXPECT_TRUE(eventually(
         [&] {
@@ -502,20 +503,8 @@ TEST_F(OffShelf, MitmproxyLazyAloneRelaysADownload) { mitmproxy_alone("lazy"); }
 TEST_F(OffShelf, SquidAloneRelaysADownload) {
   ASSERT_NO_FATAL_FAILURE(require_programs());
   HttpServer dst(make_payload(3 << 20, 1602));
-  ASSERT_NO_FATAL_FAILURE(vendor("squid", kSquidPort, kSquidUid, 100, {dst.port()}));
-  ASSERT_NO_FATAL_FAILURE(start_squid());
-  std::vector<Download> d{{dst.url(), dir_ + "/got"}};
-  auto r = curl(d, 20, 3);
-  ASSERT_FALSE(looped_) << "(the rest would only fail after waiting for logs)";
-  EXPECT_EQ(r.status, 0) << r.out << what_they_logged();
-  expect_exact(d, {&dst});
-  EXPECT_EQ(dst.connections(), 1u);
-  auto s = stats();
-  EXPECT_EQ(s["redirected"], 1u);
-  EXPECT_EQ(s["self_skip"], 1u);
-  auto c = callout_counters("squid");
-  EXPECT_EQ(c["redirected"], 1u);
-  EXPECT_EQ(c["self_skip"], 1u);
+  ASSERT_NO_FATAL_FAILURE(
+      download_through_one("squid", kSquidPort, kSquidUid, dst, [&] { start_squid(); }));
   // One access.log line: a miss fetched from the original destination
   // (squid names that hierarchy ORIGINAL_DST: it used SO_ORIGINAL_DST).
   EXPECT_TRUE(
