@@ -638,13 +638,21 @@ long tcp_socket_count() {
 
 // ---- ChainFixture -------------------------------------------------------------------
 
-void ChainFixture::register_chain(const std::string& dst_ip, int dst_port) {
+void ChainFixture::register_chain(const std::string& dst_ip, int dst_port,
+                                  const std::vector<std::string>& callout_extra) {
   for (char v : {'a', 'b'}) {
     std::string name = std::string("vendor-") + v;
     int port = v == 'a' ? kPortA : kPortB;
     int uid = v == 'a' ? kUidA : kUidB;
-    cli({"callout", "add", name, "--proxy", "127.0.0.1:" + std::to_string(port), "--proxy-uid",
-         std::to_string(uid)});
+    std::vector<std::string> args{"callout",
+                                  "add",
+                                  name,
+                                  "--proxy",
+                                  "127.0.0.1:" + std::to_string(port),
+                                  "--proxy-uid",
+                                  std::to_string(uid)};
+    args.insert(args.end(), callout_extra.begin(), callout_extra.end());
+    cli(args);
     cli({"filter", "add", "--callout", name, "--dst", dst_ip, "--port", std::to_string(dst_port),
          "--weight", v == 'a' ? "200" : "100"});
   }

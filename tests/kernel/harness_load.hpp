@@ -134,7 +134,10 @@ class ChainFixture : public KernelTest {
   static constexpr int kUidB = 4102;
   static constexpr int kPortA = 15101;
   static constexpr int kPortB = 15102;
-  void register_chain(const std::string& dst_ip, int dst_port);
+  // vendor-a (weight 200) and vendor-b (100) for dst_ip/dst_port, each
+  // callout with `callout_extra` options.
+  void register_chain(const std::string& dst_ip, int dst_port,
+                      const std::vector<std::string>& callout_extra = {});
   Process& start_vendor(char v, const std::vector<std::string>& extra = {});
   void two_vendor_chain(const std::string& dst_ip, int dst_port,
                         const std::vector<std::string>& extra = {}) {
