@@ -937,10 +937,13 @@ static __always_inline int same_chain(const struct connredir_records *a,
 }
 
 /* Has the entry flows pending, the newest accepted less than the TTL ago?
- * Read without the lock where it only decides whether to look further. */
+ * Signed: an offer on another CPU may have stamped the entry after `now`
+ * was read; unsigned, that difference wrapped to "stale" and the restart
+ * below dropped every pending flow (takes then found none, and those flows
+ * started new chains: re-inspected). */
 static __always_inline int implicit_live(const struct implicit_offers *e, __u64 now)
 {
-	return e->pending && now - e->updated_ns < CONNREDIR_IMPLICIT_TTL_NS;
+	return e->pending && (__s64)(now - e->updated_ns) < (__s64)CONNREDIR_IMPLICIT_TTL_NS;
 }
 
 /* A proxy's socket adopted flow `st`: offer its records to the onward
