@@ -644,17 +644,8 @@ void ChainFixture::register_chain(const std::string& dst_ip, int dst_port,
     std::string name = std::string("vendor-") + v;
     int port = v == 'a' ? kPortA : kPortB;
     int uid = v == 'a' ? kUidA : kUidB;
-    std::vector<std::string> args{"callout",
-                                  "add",
-                                  name,
-                                  "--proxy",
-                                  "127.0.0.1:" + std::to_string(port),
-                                  "--proxy-uid",
-                                  std::to_string(uid)};
-    args.insert(args.end(), callout_extra.begin(), callout_extra.end());
-    cli(args);
-    cli({"filter", "add", "--callout", name, "--dst", dst_ip, "--port", std::to_string(dst_port),
-         "--weight", v == 'a' ? "200" : "100"});
+    add_vendor(name, port, uid, dst_ip, static_cast<uint16_t>(dst_port), v == 'a' ? 200 : 100,
+               callout_extra);
   }
 }
 
