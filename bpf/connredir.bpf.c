@@ -1060,7 +1060,7 @@ static __always_inline struct connredir_sk_state *implicit_take(struct classify_
 	const struct connredir_callout *c;
 	struct implicit_offers *e;
 	__u32 cid, old;
-	__u8 got = 0, attach;
+	__u8 copied = 0, attach;
 
 	if (!caller_principal(CONNREDIR_PRINCIPAL_F_CALLOUT))
 		return st; /* applications pay one lookup per cgroup level, no more */
@@ -1090,38 +1090,36 @@ static __always_inline struct connredir_sk_state *implicit_take(struct classify_
 		 * replaced by an offer rewriting the entry meanwhile). */
 		__builtin_memcpy(&st->records, &e->records, sizeof(st->records));
 		if (records_mac(k, &st->records) == st->records.mac)
-			got = 1;
+			copied = 1;
 		else /* a new chain must start from zeroed hop slots */
 			__builtin_memset(&st->records, 0, sizeof(st->records));
 	}
 	old = __sync_fetch_and_sub(&e->pending, 1);
 	if (old == 0) { /* drained by another connect meanwhile */
 		__sync_fetch_and_add(&e->pending, 1);
-		if (got)
+		if (copied)
 			__builtin_memset(&st->records, 0, sizeof(st->records));
 		return st;
 	}
+	/* A new chain carries the offered flows' hops; attached records carry
+	 * their own (the caller reads them from the records). */
 	w->carried = e->depth;
-	if (got && (e->mixed || e->records.flow_id != st->records.flow_id)) {
-		got = 0;
-		__builtin_memset(&st->records, 0, sizeof(st->records));
-	}
-	if (got) {
+	if (copied && !e->mixed && e->records.flow_id == st->records.flow_id) {
 		st->flags = CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_IMPLICIT;
 		st->in_hops = 0;
-		w->carried = 0; /* the records carry their own */
-	} else if (e->mixed || attach) {
-		got = 2; /* chains differ, or the copy changed under us */
-	}
-	if (got == 2) {
-		w->implicit = CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS;
-		stat_inc(CONNREDIR_STAT_IMPLICIT_AMBIGUOUS);
-		callout_stat_inc(cid, CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS);
-	} else if (got == 1) {
 		w->implicit = CONNREDIR_TRACE_IMPLICIT_ATTACHED;
 		stat_inc(CONNREDIR_STAT_IMPLICIT);
 		callout_stat_inc(cid, CONNREDIR_CSTAT_IMPLICIT);
-	} else if (c->flags & CONNREDIR_CALLOUT_F_NO_IMPLICIT) {
+		return st;
+	}
+	if (copied)
+		__builtin_memset(&st->records, 0, sizeof(st->records));
+	if (e->mixed || attach) {
+		/* Chains differ, or the copy changed under us. */
+		w->implicit = CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS;
+		stat_inc(CONNREDIR_STAT_IMPLICIT_AMBIGUOUS);
+		callout_stat_inc(cid, CONNREDIR_CSTAT_IMPLICIT_AMBIGUOUS);
+	} else {
 		w->implicit = CONNREDIR_TRACE_IMPLICIT_OFF;
 	}
 	return st;

@@ -69,34 +69,23 @@ constexpr VerdictDesc kVerdicts[] = {
      "breaker)"},
 };
 
-// What implicit records did at the connect (connredir_trace_event.implicit).
-const char* implicit_name(uint8_t v) {
-  switch (v) {
-    case CONNREDIR_TRACE_IMPLICIT_ATTACHED:
-      return "attached";
-    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS:
-      return "ambiguous";
-    case CONNREDIR_TRACE_IMPLICIT_OFF:
-      return "off";
-    default:
-      return "none";
-  }
-}
-const char* implicit_text(uint8_t v) {
-  switch (v) {
-    case CONNREDIR_TRACE_IMPLICIT_ATTACHED:
-      return "implicit records: the records of a flow this proxy accepted were attached";
-    case CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS:
-      return (
-          "implicit records: none attached, the flows this proxy accepted for this "
-          "destination have different chains (a new chain starts, hops carried)");
-    case CONNREDIR_TRACE_IMPLICIT_OFF:
-      return (
-          "implicit records: off for this proxy's callout (a new chain starts, hops "
-          "carried)");
-    default:
-      return nullptr;
-  }
+// What implicit records did at the connect (connredir_trace_event.implicit);
+// "none" (not a principal's record-less onward connect) has no text line.
+constexpr VerdictDesc kImplicit[] = {
+    {CONNREDIR_TRACE_IMPLICIT_NONE, "none", nullptr},
+    {CONNREDIR_TRACE_IMPLICIT_ATTACHED, "attached",
+     "implicit records: the records of a flow this proxy accepted were attached"},
+    {CONNREDIR_TRACE_IMPLICIT_AMBIGUOUS, "ambiguous",
+     ("implicit records: none attached, the flows this proxy accepted for this destination have "
+      "different chains (a new chain starts, hops carried)")},
+    {CONNREDIR_TRACE_IMPLICIT_OFF, "off",
+     "implicit records: off for this proxy's callout (a new chain starts, hops carried)"},
+};
+
+const VerdictDesc& implicit_desc(uint8_t v) {
+  for (const auto& d : kImplicit)
+    if (d.code == v) return d;
+  return kImplicit[0];
 }
 
 const VerdictDesc* verdict_desc(uint8_t v) {
@@ -241,7 +230,7 @@ class Tracer {
                 {"proto", ev.proto == IPPROTO_TCP ? "tcp" : "?"},
                 {"dst", dst.to_string()},
                 {"hops", ev.hops},
-                {"implicit", implicit_name(ev.implicit)},
+                {"implicit", implicit_desc(ev.implicit).name},
                 {"carried_hops", ev.carried},
                 {"verdicts", verdicts},
                 {"truncated", ev.truncated != 0},
@@ -252,7 +241,7 @@ class Tracer {
       fmt::print("{} pid {} uid {} comm {} cgroup {} tcp {} (chain {} long)\n",
                  wall_time(ev.time_ns), ev.pid, ev.uid, comm,
                  cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id), dst.to_string(), ev.hops);
-      if (const char* t = implicit_text(ev.implicit)) fmt::print("  {}\n", t);
+      if (const char* t = implicit_desc(ev.implicit).text) fmt::print("  {}\n", t);
       if (ev.carried)
         fmt::print("  {} hop(s) carried over proxies that set no records\n", ev.carried);
       for (uint32_t i = 0; i < n; ++i) {
