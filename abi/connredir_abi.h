@@ -204,17 +204,29 @@ struct connredir_callout {
 #define CONNREDIR_FILTER_F_APP_UID    0x1u
 #define CONNREDIR_FILTER_F_APP_CGROUP 0x2u
 
+/* What a matching filter does (struct connredir_filter.action), as WFP's
+ * filter actions. The classifier stops at the first matching filter, in
+ * weight order, that redirects the flow, permits it or blocks it. */
+#define CONNREDIR_ACTION_REDIRECT 0 /* to callout_id's proxy (its redirect state permitting) */
+#define CONNREDIR_ACTION_PERMIT	  1 /* exempt from every lower-weight filter: goes direct */
+#define CONNREDIR_ACTION_BLOCK	  2 /* the connect or send fails with EPERM */
+
+/* Transport protocols of filters and trace events (IPPROTO_* values). */
+#define CONNREDIR_PROTO_ANY 0
+#define CONNREDIR_PROTO_TCP 6
+#define CONNREDIR_PROTO_UDP 17
+
 /* map `filters` (HASH, key = __u32 filter id). */
 struct connredir_filter {
 	__u32 id;
-	__u32 callout_id;
-	__u32 weight;	/* higher first */
-	__u32 flags;	/* CONNREDIR_FILTER_F_* */
-	__u64 seq;	/* creation order: on equal weight the older filter first */
-	__u8 family;	/* 0 = any, CONNREDIR_AF_INET, CONNREDIR_AF_INET6 */
-	__u8 prefixlen; /* of addr, in bits of the family's address */
-	__u8 proto;	/* 0 = any, 6 = TCP */
-	__u8 reserved0;
+	__u32 callout_id; /* ACTION_REDIRECT only; 0 for permit and block */
+	__u32 weight;	  /* higher first */
+	__u32 flags;	  /* CONNREDIR_FILTER_F_* */
+	__u64 seq;	  /* creation order: on equal weight the older filter first */
+	__u8 family;	  /* 0 = any, CONNREDIR_AF_INET, CONNREDIR_AF_INET6 */
+	__u8 prefixlen;	  /* of addr, in bits of the family's address */
+	__u8 proto;	  /* CONNREDIR_PROTO_* (0 = any) */
+	__u8 action;	  /* CONNREDIR_ACTION_* */
 	__u16 port_lo; /* host order, inclusive */
 	__u16 port_hi;
 	__u8 addr[16]; /* IPv4 v4-mapped */
@@ -329,7 +341,8 @@ struct connredir_secret {
 
 /* map `stats` (PERCPU_ARRAY, index = CONNREDIR_STAT_*). */
 enum connredir_stat {
-	CONNREDIR_STAT_CLASSIFIED = 0,	   /* connects whose destination hit the index */
+	CONNREDIR_STAT_CLASSIFIED = 0,	   /* connects (and unconnected UDP sends) whose */
+					   /* destination hit the index */
 	CONNREDIR_STAT_REDIRECTED,	   /* connects rewritten to a proxy */
 	CONNREDIR_STAT_HOP_CAP,		   /* chain full: connected directly */
 	CONNREDIR_STAT_NO_PROXY_FAMILY,	   /* callout had no proxy for the family */
@@ -354,6 +367,8 @@ enum connredir_stat {
 					   /* different chains: none attached */
 	CONNREDIR_STAT_LOOP_BROKEN,	   /* chain over CONNREDIR_MAX_HOPS counting */
 					   /* carried hops: failure policy applied */
+	CONNREDIR_STAT_PERMITTED,	   /* a permit filter matched: went direct */
+	CONNREDIR_STAT_BLOCKED,		   /* a block filter matched: connect or send failed */
 	CONNREDIR_STAT_MAX,
 };
 
@@ -411,6 +426,8 @@ enum connredir_trace_verdict_kind {
 	CONNREDIR_TV_DOWN_BYPASS,     /* proxy down (or not owned): skipped */
 	CONNREDIR_TV_DOWN_REFUSED,    /* proxy down (or not owned): connect refused */
 	CONNREDIR_TV_LOOP_BROKEN,     /* chosen, carried + chain hops at CONNREDIR_MAX_HOPS */
+	CONNREDIR_TV_PERMITTED,	      /* a permit filter matched (callout_id 0): goes direct */
+	CONNREDIR_TV_BLOCKED,	      /* a block filter matched (callout_id 0): fails, EPERM */
 };
 #define CONNREDIR_TV_F_NOT_OWNER       0x1u /* a listener its principal does not own was there */
 #define CONNREDIR_TV_F_FAILURE_REFUSED 0x2u /* --on-failure refuse failed the connect */
@@ -426,6 +443,7 @@ struct connredir_trace_verdict {
 #define CONNREDIR_TRACE_OUT_DIRECT     0 /* went on to its destination */
 #define CONNREDIR_TRACE_OUT_REDIRECTED 1 /* rewritten to final_dst (a proxy) */
 #define CONNREDIR_TRACE_OUT_REFUSED    2 /* failed with ECONNREFUSED */
+#define CONNREDIR_TRACE_OUT_BLOCKED    3 /* failed with EPERM: a block filter */
 
 /* Implicit records at this connect (struct connredir_trace_event.implicit). */
 #define CONNREDIR_TRACE_IMPLICIT_NONE	   0 /* not a principal's record-less onward connect */
@@ -441,7 +459,7 @@ struct connredir_trace_event {
 	char comm[16];
 	struct connredir_addr dst;	 /* what the connect asked for */
 	struct connredir_addr final_dst; /* where it goes; unset (family 0) if refused */
-	__u8 proto;			 /* IPPROTO_TCP */
+	__u8 proto;			 /* CONNREDIR_PROTO_TCP or _UDP */
 	__u8 hops;			 /* chain length before this connect */
 	__u8 outcome;			 /* CONNREDIR_TRACE_OUT_* */
 	__u8 count;			 /* verdicts[] in use */

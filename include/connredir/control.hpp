@@ -31,6 +31,7 @@ namespace connredir::control {
 inline constexpr const char* kDefaultPinDir = "/sys/fs/bpf/connredir";
 inline constexpr uint32_t kProtoAny = 0;
 inline constexpr uint32_t kProtoTcp = 6;
+inline constexpr uint32_t kProtoUdp = 17;
 
 // ---- Parsing (pure) --------------------------------------------------------
 
@@ -74,8 +75,21 @@ Result<PortRange> parse_port_range(std::string_view text);
 Result<void> validate_callout_name(std::string_view name);
 // Decimal unsigned integer within [lo, hi]; `what` names it in the message.
 Result<uint64_t> parse_uint(std::string_view text, std::string_view what, uint64_t lo, uint64_t hi);
-// "tcp" -> 6, "any" -> 0.
+// "tcp" -> 6, "udp" -> 17, "any" -> 0.
 Result<uint8_t> parse_proto(std::string_view text);
+// The inverse: "tcp", "udp", "any" (or "proto N").
+std::string proto_name(uint8_t proto);
+
+// What a matching filter does (WFP's filter actions). The classifier walks a
+// connect's filters by weight and stops at the first matching one that
+// redirects the flow, permits it or blocks it.
+enum class FilterAction : uint8_t {
+  Redirect = CONNREDIR_ACTION_REDIRECT,  // to its callout's proxy (TCP)
+  Permit = CONNREDIR_ACTION_PERMIT,      // exempt from every lower-weight filter: direct
+  Block = CONNREDIR_ACTION_BLOCK,        // the connect or UDP send fails with EPERM
+};
+const char* to_string(FilterAction a);
+Result<FilterAction> parse_filter_action(std::string_view text);
 
 // ---- The classifier index (pure) -------------------------------------------
 
@@ -300,7 +314,8 @@ struct CalloutInfo {
 };
 
 struct FilterSpec {
-  std::string callout;  // name
+  FilterAction action = FilterAction::Redirect;
+  std::string callout;  // name; Redirect only
   Prefix dst;           // default: any
   PortRange ports;      // default: any
   uint8_t proto = kProtoAny;
@@ -312,8 +327,9 @@ struct FilterSpec {
 
 struct FilterInfo {
   uint32_t id = 0;
-  uint32_t callout_id = 0;
-  std::string callout;  // name ("?" if the callout is gone)
+  FilterAction action = FilterAction::Redirect;
+  uint32_t callout_id = 0;  // 0 for permit and block
+  std::string callout;      // name ("?" if the callout is gone; "" for permit and block)
   uint32_t weight = 0;
   uint64_t seq = 0;
   Prefix dst;
@@ -353,7 +369,7 @@ struct FilterLoadResult {
 
 // A filter's fields as text. Empty strings mean "not given" (the default).
 struct FilterLine {
-  std::string callout, dst, port, proto, weight, app_uid, app_cgroup, context;
+  std::string action, callout, dst, port, proto, weight, app_uid, app_cgroup, context;
 };
 struct FilterField {
   const char* key;  // canonical name ('_'); the CLI option is --key with '-'
@@ -377,6 +393,10 @@ Result<std::optional<FilterLine>> parse_filter_line(std::string_view line);
 // (resolve_cgroup in the CLI).
 using CgroupResolver = Result<CgroupRef> (*)(std::string_view dir);
 Result<FilterSpec> filter_spec(const FilterLine& line, CgroupResolver resolve);
+// The rules a spec must meet however it was built (filter_spec applies them;
+// Control::add_filter and load_filters apply them again to specs built in
+// code): context size, protocol for the action, ports, cgroup depth.
+Result<void> check_filter_spec(const FilterSpec& spec);
 // Every line of a file's text; errors name the line ("line 7: ...").
 // Distinct app cgroup directories are resolved once each.
 Result<std::vector<FilterSpec>> parse_filter_file(std::string_view text, CgroupResolver resolve);

@@ -42,7 +42,6 @@ json cgroup_json(uint64_t id, uint32_t level);  // null for 0
 const char* family_text(uint8_t family);        // ipv4, ipv6, any
 const char* principal_kind(uint32_t kind);      // uid, cgroup
 std::string principal_flags(uint32_t flags);    // authorized,callout-proxy
-const char* proto_text(uint8_t proto);          // tcp, any
 // A callout's counters: {"redirected": N, ...} / "redirected=N self_skip=N ...".
 json counters_json(const ctl::CalloutCounters& c);
 std::string counters_text(const ctl::CalloutCounters& c);

@@ -8,6 +8,12 @@
 namespace connredir::cli {
 namespace {
 
+// "callout acme", "permit", "block": what a matching connect meets.
+std::string action_target(const ctl::FilterInfo& f) {
+  if (f.action == ctl::FilterAction::Redirect) return "callout " + f.callout;
+  return ctl::to_string(f.action);
+}
+
 int cmd_filter_add(const std::string& pin_dir, const ctl::FilterLine& line) {
   auto spec = ctl::filter_spec(line, &ctl::resolve_cgroup);
   if (!spec) return usage(spec.error().message);
@@ -18,9 +24,9 @@ int cmd_filter_add(const std::string& pin_dir, const ctl::FilterLine& line) {
   auto r = c.add_filter(*spec);
   if (!r) return report(r.error());
   for (const auto& w : r->warnings) fmt::print(stderr, "connredir: warning: {}\n", w);
-  fmt::print("filter {} added: {} port {} -> callout {} (weight {})\n", r->filter.id,
-             r->filter.dst.to_string(), r->filter.ports.to_string(), r->filter.callout,
-             r->filter.weight);
+  fmt::print("filter {} added: {} port {} proto {} -> {} (weight {})\n", r->filter.id,
+             r->filter.dst.to_string(), r->filter.ports.to_string(),
+             ctl::proto_name(r->filter.proto), action_target(r->filter), r->filter.weight);
   return 0;
 }
 
@@ -68,6 +74,7 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
     json arr = json::array();
     for (const auto& f : *list)
       arr.push_back({{"id", f.id},
+                     {"action", ctl::to_string(f.action)},
                      {"callout", f.callout},
                      {"callout_id", f.callout_id},
                      {"weight", f.weight},
@@ -76,7 +83,7 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
                      {"dst", f.dst.to_string()},
                      {"port_lo", f.ports.lo},
                      {"port_hi", f.ports.hi},
-                     {"proto", proto_text(f.proto)},
+                     {"proto", ctl::proto_name(f.proto)},
                      {"app_uid", f.app_uid ? json(*f.app_uid) : json(nullptr)},
                      {"app_cgroup", cgroup_json(f.app_cgroup, f.app_cgroup_level)},
                      {"context", f.context},
@@ -88,14 +95,16 @@ int cmd_filter_list(const std::string& pin_dir, bool as_json) {
     fmt::print("no filters (add one with `connredir filter add --callout NAME ...`)\n");
     return 0;
   }
-  fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", "ID", "CALLOUT",
-             "WEIGHT", "SEQ", "DST", "PORTS", "PROTO", "APP", "SOURCE", "CONTEXT");
+  fmt::print("{:<6} {:<9} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", "ID",
+             "ACTION", "CALLOUT", "WEIGHT", "SEQ", "DST", "PORTS", "PROTO", "APP", "SOURCE",
+             "CONTEXT");
   for (const auto& f : *list) {
     std::string app;
     if (f.app_uid) app = fmt::format("uid={}", *f.app_uid);
     if (f.app_cgroup) app += fmt::format("{}cgroup={}", app.empty() ? "" : ",", f.app_cgroup);
-    fmt::print("{:<6} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", f.id, f.callout,
-               f.weight, f.seq, f.dst.to_string(), f.ports.to_string(), proto_text(f.proto),
+    fmt::print("{:<6} {:<9} {:<16} {:<6} {:<6} {:<24} {:<11} {:<5} {:<24} {:<40} {}\n", f.id,
+               ctl::to_string(f.action), f.callout.empty() ? "-" : f.callout, f.weight, f.seq,
+               f.dst.to_string(), f.ports.to_string(), ctl::proto_name(f.proto),
                app.empty() ? "-" : app, src->filter(f.id),
                f.context.empty()
                    ? "-"
@@ -139,9 +148,9 @@ int cmd_filter_check(const std::string& pin_dir, bool repair) {
   if (!n) return report(n.error());
   for (const auto& f : n->removed)
     fmt::print(
-        "filter {} (callout {}, dst {}, ports {}) removed: no index entry named it, so an "
+        "filter {} ({}, dst {}, ports {}) removed: no index entry named it, so an "
         "interrupted `filter add` or `filter load` left it and it was never active\n",
-        f.id, f.callout, f.dst.to_string(), f.ports.to_string());
+        f.id, action_target(f), f.dst.to_string(), f.ports.to_string());
   if (!n->removed.empty())
     fmt::print(
         "(indexing them would have put more than {} filters on {}; re-run the interrupted "
@@ -164,10 +173,8 @@ void add_filter_commands(CLI::App& app, Globals& g, Commands& out) {
 
   auto line = std::make_shared<ctl::FilterLine>();
   auto* f_add = filter->add_subcommand("add", "add a filter");
-  for (const auto& f : ctl::filter_fields()) {
-    auto* o = f_add->add_option("--" + option_name(f.key), (*line).*(f.member), f.help);
-    if (f.member == &ctl::FilterLine::callout) o->required();
-  }
+  for (const auto& f : ctl::filter_fields())
+    f_add->add_option("--" + option_name(f.key), (*line).*(f.member), f.help);
   out.push_back({f_add, [&g, line] { return cmd_filter_add(g.pin_dir, *line); }});
 
   auto load = std::make_shared<FilterLoadArgs>();
@@ -178,6 +185,7 @@ void add_filter_commands(CLI::App& app, Globals& g, Commands& out) {
       "  {\"callout\":\"acme\",\"dst\":\"10.0.0.0/8\",\"port\":\"443\",\"weight\":100,"
       "\"app_uid\":1000}\n"
       "  callout=acme dst=10.0.0.0/8 port=8000-8080 proto=tcp weight=100 app-cgroup=DIR\n"
+      "  action=block proto=udp port=443 weight=1000\n"
       "Blank lines and lines starting with # are skipped. The index is computed once.");
   f_load->add_option("file", load->file, "filter file ('-' = standard input)")->required();
   f_load->add_flag("--replace", load->replace,

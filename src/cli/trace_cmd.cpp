@@ -67,6 +67,9 @@ constexpr VerdictDesc kVerdicts[] = {
     {CONNREDIR_TV_LOOP_BROKEN, "loop_broken",
      "not taken: hops carried over record-less proxies put the flow past the chain cap (loop "
      "breaker)"},
+    {CONNREDIR_TV_PERMITTED, "permitted",
+     "permitted: exempt from every lower-weight filter, goes direct"},
+    {CONNREDIR_TV_BLOCKED, "blocked", "blocked: fails with EPERM"},
 };
 
 // What implicit records did at the connect (connredir_trace_event.implicit);
@@ -108,6 +111,8 @@ const char* outcome_name(uint8_t o) {
       return "redirected";
     case CONNREDIR_TRACE_OUT_REFUSED:
       return "refused";
+    case CONNREDIR_TRACE_OUT_BLOCKED:
+      return "blocked";
     default:
       return "direct";
   }
@@ -177,7 +182,9 @@ class Tracer {
     return cg_paths_.emplace(id, ctl::cgroup_path_by_id(id)).first->second;
   }
 
+  // Permit and block filters name no callout (id 0): "-".
   std::string callout_name(uint32_t id) const {
+    if (id == 0) return "-";
     auto it = callouts_.find(id);
     return it == callouts_.end() ? fmt::format("callout-{}", id) : it->second.name;
   }
@@ -227,7 +234,7 @@ class Tracer {
                 {"comm", comm},
                 {"cgroup_id", ev.cgroup_id},
                 {"cgroup", cg_path ? json(*cg_path) : json(nullptr)},
-                {"proto", ev.proto == IPPROTO_TCP ? "tcp" : "?"},
+                {"proto", ctl::proto_name(ev.proto)},
                 {"dst", dst.to_string()},
                 {"hops", ev.hops},
                 {"implicit", implicit_desc(ev.implicit).name},
@@ -238,9 +245,10 @@ class Tracer {
                 {"final_dst", final_dst ? json(*final_dst) : json(nullptr)}};
       fmt::print("{}\n", j.dump());
     } else {
-      fmt::print("{} pid {} uid {} comm {} cgroup {} tcp {} (chain {} long)\n",
+      fmt::print("{} pid {} uid {} comm {} cgroup {} {} {} (chain {} long)\n",
                  wall_time(ev.time_ns), ev.pid, ev.uid, comm,
-                 cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id), dst.to_string(), ev.hops);
+                 cg_path ? *cg_path : fmt::format("id {}", ev.cgroup_id), ctl::proto_name(ev.proto),
+                 dst.to_string(), ev.hops);
       if (const char* t = implicit_desc(ev.implicit).text) fmt::print("  {}\n", t);
       if (ev.carried)
         fmt::print("  {} hop(s) carried over proxies that set no records\n", ev.carried);
@@ -257,9 +265,10 @@ class Tracer {
       if (ev.truncated)
         fmt::print("  ... more candidates than an event holds ({})\n",
                    CONNREDIR_TRACE_VERDICTS_MAX);
-      fmt::print("  => {}\n", ev.outcome == CONNREDIR_TRACE_OUT_REFUSED
-                                  ? std::string("ECONNREFUSED")
-                                  : (final_dst ? *final_dst : dst.to_string()));
+      std::string where = final_dst ? *final_dst : dst.to_string();
+      if (ev.outcome == CONNREDIR_TRACE_OUT_REFUSED) where = "ECONNREFUSED";
+      if (ev.outcome == CONNREDIR_TRACE_OUT_BLOCKED) where = "EPERM (blocked)";
+      fmt::print("  => {}\n", where);
     }
   }
 

@@ -55,16 +55,11 @@ Result<FilterLoadResult> Control::load_filters(std::span<const FilterSpec> specs
     auto bad = [&](int code, const std::string& msg) {
       return fail(code, fmt::format("filter {}: {}", i + 1, msg));
     };
-    if (spec.context.size() > CONNREDIR_USER_CONTEXT_MAX)
-      return bad(EINVAL, fmt::format("context is {} bytes; at most {} are allowed",
-                                     spec.context.size(), CONNREDIR_USER_CONTEXT_MAX));
-    if (spec.proto != kProtoAny && spec.proto != kProtoTcp)
-      return bad(EINVAL, "protocol must be tcp or any");
-    if (spec.ports.lo > spec.ports.hi) return bad(EINVAL, "port range is empty");
-    if (spec.app_cgroup && spec.app_cgroup->level > CONNREDIR_CGROUP_LEVELS_MAX)
-      return bad(EINVAL, fmt::format("app cgroup {} is {} levels deep; at most {} are supported",
-                                     spec.app_cgroup->path, spec.app_cgroup->level,
-                                     CONNREDIR_CGROUP_LEVELS_MAX));
+    if (auto v = check_filter_spec(spec); !v) return bad(v.error().code, v.error().message);
+    if (spec.action != FilterAction::Redirect) {
+      fresh.push_back(make_filter(spec, next_id++, 0, next_seq++));
+      continue;
+    }
     auto cit = by_name.find(spec.callout);
     if (cit == by_name.end())
       return bad(ENOENT,

@@ -228,8 +228,16 @@ Result<ParsedFile> read_file(const std::string& file, const std::string& text,
       },
       [&](const Ctx& tc, const std::string& key, const toml::node& v) -> Result<void> {
         return set_scalar(tc, key, v, [&](std::string s) -> Result<void> {
-          FilterLine probe{"x", {}, {}, {}, {}, {}, {}, {}};
+          // The value alone first, for an error that names its key. The
+          // probe is a block filter (a redirect one for the redirect-only
+          // fields): the rules between fields are checked on the whole entry.
+          FilterLine probe;
           if (auto r = set_filter_field(probe, key, s); !r) return r;
+          std::string k = key;
+          std::replace(k.begin(), k.end(), '-', '_');
+          bool redirect_only = k == "callout" || k == "context";
+          if (k != "action") probe.action = redirect_only ? "redirect" : "block";
+          if (probe.action == "redirect" && probe.callout.empty()) probe.callout = "x";
           if (auto r = filter_spec(probe, resolve); !r) return tl::unexpected(r.error());
           return set_filter_field(out.filters.back().line, key, std::move(s));
         });
@@ -308,11 +316,12 @@ bool same_callout(const CalloutSpec& s, const CalloutInfo& i) {
 }
 
 // A filter as the classifier sees it, for comparison and messages.
-using FilterKey = std::tuple<std::string, uint32_t, std::string, std::string, uint8_t,
-                             std::optional<uint32_t>, uint64_t, std::string>;
+using FilterKey = std::tuple<FilterAction, std::string, uint32_t, std::string, std::string,
+                             uint8_t, std::optional<uint32_t>, uint64_t, std::string>;
 
 FilterKey key_of(const FilterSpec& s) {
-  return {s.callout,
+  return {s.action,
+          s.callout,
           s.weight,
           s.dst.to_string(),
           s.ports.to_string(),
@@ -323,14 +332,15 @@ FilterKey key_of(const FilterSpec& s) {
 }
 
 FilterKey key_of(const FilterInfo& f) {
-  return {f.callout, f.weight,  f.dst.to_string(), f.ports.to_string(),
-          f.proto,   f.app_uid, f.app_cgroup,      f.context};
+  return {f.action, f.callout, f.weight,     f.dst.to_string(), f.ports.to_string(),
+          f.proto,  f.app_uid, f.app_cgroup, f.context};
 }
 
 std::string filter_text(const FilterKey& k) {
-  const auto& [callout, weight, dst, ports, proto, app_uid, app_cgroup, context] = k;
-  std::string t = fmt::format("filter {} dst={} port={} proto={} weight={}", callout, dst, ports,
-                              proto == kProtoTcp ? "tcp" : "any", weight);
+  const auto& [action, callout, weight, dst, ports, proto, app_uid, app_cgroup, context] = k;
+  std::string t = fmt::format("filter {} dst={} port={} proto={} weight={}",
+                              action == FilterAction::Redirect ? callout : to_string(action), dst,
+                              ports, proto_name(proto), weight);
   if (app_uid) t += fmt::format(" app_uid={}", *app_uid);
   if (app_cgroup)
     t += fmt::format(" app_cgroup={}",
@@ -484,7 +494,7 @@ Result<Config> parse_config(std::span<const std::pair<std::string, std::string>>
     for (auto& pf : f.filters) {
       auto spec = filter_spec(pf.line, resolve);
       if (!spec) return tl::unexpected(at_source(pf.source, "[[filter]]", spec.error().message));
-      if (!names.count(spec->callout))
+      if (spec->action == FilterAction::Redirect && !names.count(spec->callout))
         return tl::unexpected(
             at_source(pf.source, "[[filter]] key callout",
                       fmt::format("no callout named '{}' in the configuration (define it in a "
@@ -793,11 +803,13 @@ Result<std::string> export_config(Control& c, const std::optional<std::string>& 
     return a.weight != b.weight ? a.weight > b.weight : a.seq < b.seq;
   });
   for (const auto& f : fs) {
-    out += fmt::format(
-        "\n[[filter]]\ncallout = {}\ndst = \"{}\"\nport = \"{}\"\nproto = \"{}\"\n"
-        "weight = {}\n",
-        toml_string(f.callout), f.dst.to_string(), f.ports.to_string(),
-        f.proto == kProtoTcp ? "tcp" : "any", f.weight);
+    out += "\n[[filter]]\n";
+    if (f.action == FilterAction::Redirect)
+      out += fmt::format("callout = {}\n", toml_string(f.callout));
+    else
+      out += fmt::format("action = \"{}\"\n", to_string(f.action));
+    out += fmt::format("dst = \"{}\"\nport = \"{}\"\nproto = \"{}\"\nweight = {}\n",
+                       f.dst.to_string(), f.ports.to_string(), proto_name(f.proto), f.weight);
     if (f.app_uid) out += fmt::format("app_uid = {}\n", *f.app_uid);
     if (f.app_cgroup) {
       auto path = cgroup_path_by_id(f.app_cgroup);

@@ -86,7 +86,7 @@ const char* stat_name(size_t index) {
       "published",       "publish_fail", "accepted",   "records_set",     "records_rejected",
       "denied",          "self_skip",    "prev_skip",  "down_bypass",     "down_refused",
       "failure_refused", "not_owner",    "trace_lost", "implicit",        "implicit_ambiguous",
-      "loop_broken",
+      "loop_broken",     "permitted",    "blocked",
   };
   static_assert(sizeof names / sizeof names[0] == CONNREDIR_STAT_MAX, "a name per stat");
   return index < CONNREDIR_STAT_MAX ? names[index] : "?";
@@ -118,6 +118,8 @@ const char* stat_help(size_t index) {
        "for that destination had different chains"),
       ("connects not redirected (or refused by on-failure refuse) because the flow re-entered "
        "past the hop budget counting hops carried over record-less proxies (loop breaker)"),
+      "connects and UDP sends a permit filter exempted from every lower-weight filter",
+      "connects and UDP sends a block filter failed with EPERM",
   };
   static_assert(sizeof help / sizeof help[0] == CONNREDIR_STAT_MAX, "a help text per stat");
   return index < CONNREDIR_STAT_MAX ? help[index] : "?";
@@ -238,6 +240,7 @@ connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callo
   f.prefixlen = spec.dst.family ? spec.dst.len : 0;
   if (spec.dst.family) std::memcpy(f.addr, spec.dst.addr.data(), 16);
   f.proto = spec.proto;
+  f.action = static_cast<uint8_t>(spec.action);
   f.port_lo = spec.ports.lo;
   f.port_hi = spec.ports.hi;
   f.app_uid = CONNREDIR_UID_NONE;
@@ -258,8 +261,9 @@ connredir_filter make_filter(const FilterSpec& spec, uint32_t id, uint32_t callo
 FilterInfo filter_info(const connredir_filter& f, std::string_view callout) {
   FilterInfo i;
   i.id = f.id;
+  i.action = static_cast<FilterAction>(f.action);
   i.callout_id = f.callout_id;
-  i.callout = std::string(callout);
+  if (i.action == FilterAction::Redirect) i.callout = std::string(callout);
   i.weight = f.weight;
   i.seq = f.seq;
   i.dst = index_filter(f).dst;
@@ -553,22 +557,39 @@ Result<std::vector<uint32_t>> Control::delete_callout(std::string_view name, boo
 
 // ---- filters -----------------------------------------------------------------
 
-Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
+Result<void> check_filter_spec(const FilterSpec& spec) {
   if (spec.context.size() > CONNREDIR_USER_CONTEXT_MAX)
     return fail(EINVAL, fmt::format("context is {} bytes; at most {} are allowed",
                                     spec.context.size(), CONNREDIR_USER_CONTEXT_MAX));
-  if (spec.proto != kProtoAny && spec.proto != kProtoTcp)
-    return fail(EINVAL, "protocol must be tcp or any");
+  if (spec.proto != kProtoAny && spec.proto != kProtoTcp && spec.proto != kProtoUdp)
+    return fail(EINVAL, "protocol must be tcp, udp or any");
+  bool redirect = spec.action == FilterAction::Redirect;
+  if (redirect && spec.proto == kProtoUdp)
+    return fail(EINVAL, "UDP flows are not redirected: a UDP filter may permit or block (action "
+                        "permit|block); a redirect filter takes proto tcp or any (and then "
+                        "applies to TCP only)");
+  if (!redirect && !spec.context.empty())
+    return fail(EINVAL, fmt::format("a {} filter hands no context to a proxy: drop the context",
+                                    to_string(spec.action)));
+  if (redirect == spec.callout.empty())
+    return fail(EINVAL, redirect ? "a redirect filter needs a callout"
+                                 : "only a redirect filter names a callout");
   if (spec.ports.lo > spec.ports.hi) return fail(EINVAL, "port range is empty");
   if (spec.app_cgroup && spec.app_cgroup->level > CONNREDIR_CGROUP_LEVELS_MAX)
     return fail(EINVAL, fmt::format("app cgroup {} is {} levels deep; at most {} are supported",
                                     spec.app_cgroup->path, spec.app_cgroup->level,
                                     CONNREDIR_CGROUP_LEVELS_MAX));
+  return {};
+}
+
+Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
+  if (auto v = check_filter_spec(spec); !v) return tl::unexpected(v.error());
   auto callouts = read_callouts();
   if (!callouts) return tl::unexpected(callouts.error());
   auto cit = std::find_if(callouts->begin(), callouts->end(),
                           [&](const auto& c) { return callout_name(c) == spec.callout; });
-  if (cit == callouts->end())
+  bool redirect = spec.action == FilterAction::Redirect;
+  if (redirect && cit == callouts->end())
     return fail(ENOENT, fmt::format("no callout named '{}' (see `connredir callout list`; "
                                     "create it with `connredir callout add`)",
                                     spec.callout));
@@ -585,7 +606,7 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   }
   if (id == 0) return fail(ENOSPC, "filter ids exhausted");
 
-  connredir_filter f = make_filter(spec, id, cit->id, seq);
+  connredir_filter f = make_filter(spec, id, redirect ? cit->id : 0, seq);
 
   auto ifs = index_filters(*filters);
   IndexPlanner planner(ifs);
@@ -627,6 +648,7 @@ Result<FilterAdded> Control::add_filter(const FilterSpec& spec) {
   FilterAdded out;
   out.filter = filter_info(f, spec.callout);
   out.index_writes = plan->size();
+  if (!redirect) return out;
   bool v4 = f.family == 0 || f.family == CONNREDIR_AF_INET;
   bool v6 = f.family == 0 || f.family == CONNREDIR_AF_INET6;
   const char* fate = no_proxy_fate(cit->flags);

@@ -166,8 +166,37 @@ Result<void> validate_callout_name(std::string_view name) {
 
 Result<uint8_t> parse_proto(std::string_view text) {
   if (text == "tcp" || text == "TCP") return static_cast<uint8_t>(kProtoTcp);
+  if (text == "udp" || text == "UDP") return static_cast<uint8_t>(kProtoUdp);
   if (text == "any") return static_cast<uint8_t>(kProtoAny);
-  return fail(EINVAL, fmt::format("protocol '{}' not supported (use tcp or any)", text));
+  return fail(EINVAL, fmt::format("protocol '{}' not supported (use tcp, udp or any)", text));
+}
+
+std::string proto_name(uint8_t proto) {
+  switch (proto) {
+    case kProtoAny: return "any";
+    case kProtoTcp: return "tcp";
+    case kProtoUdp: return "udp";
+    default: return fmt::format("proto {}", proto);
+  }
+}
+
+const char* to_string(FilterAction a) {
+  switch (a) {
+    case FilterAction::Redirect: return "redirect";
+    case FilterAction::Permit: return "permit";
+    case FilterAction::Block: return "block";
+  }
+  return "?";
+}
+
+Result<FilterAction> parse_filter_action(std::string_view text) {
+  for (auto a : {FilterAction::Redirect, FilterAction::Permit, FilterAction::Block})
+    if (text == to_string(a)) return a;
+  return fail(EINVAL,
+              fmt::format("action '{}' is not redirect, permit or block (redirect sends the flow "
+                          "to --callout's proxy; permit exempts it from lower-weight filters; "
+                          "block fails the connect or send with EPERM)",
+                          text));
 }
 
 }  // namespace connredir::control

@@ -30,10 +30,14 @@ std::string key_name(std::string_view k) {
 }
 
 constexpr FilterField kFilterFields[] = {
-    {"callout", &FilterLine::callout, "callout to redirect to"},
+    {"action", &FilterLine::action,
+     "redirect (to --callout's proxy), permit (exempt from every lower-weight filter: goes "
+     "direct) or block (the connect or UDP send fails with EPERM) (default: redirect)"},
+    {"callout", &FilterLine::callout, "callout to redirect to (action redirect only)"},
     {"dst", &FilterLine::dst, "destination CIDR or address, or any (default: any)"},
     {"port", &FilterLine::port, "destination port P or range P-Q, or any (default: any)"},
-    {"proto", &FilterLine::proto, "tcp or any (default: any)"},
+    {"proto", &FilterLine::proto,
+     "tcp, udp or any (default: any); UDP is permitted or blocked, not redirected"},
     {"weight", &FilterLine::weight, "higher weights are classified first (default 0)"},
     {"app_uid", &FilterLine::app_uid, "only apps running as this uid"},
     {"app_cgroup", &FilterLine::app_cgroup, "only apps in this cgroup v2 directory"},
@@ -163,9 +167,21 @@ Result<std::optional<FilterLine>> parse_filter_line(std::string_view line) {
 
 Result<FilterSpec> filter_spec(const FilterLine& l, CgroupResolver resolve) {
   FilterSpec s;
-  if (l.callout.empty())
-    return fail(EINVAL, "callout is required (callout = NAME; --callout NAME)");
-  if (auto v = validate_callout_name(l.callout); !v) return tl::unexpected(v.error());
+  if (!l.action.empty()) {
+    auto a = parse_filter_action(l.action);
+    if (!a) return tl::unexpected(a.error());
+    s.action = *a;
+  }
+  if (s.action == FilterAction::Redirect) {
+    if (l.callout.empty())
+      return fail(EINVAL, "callout is required (callout = NAME; --callout NAME), or an action "
+                          "that names none (action = permit or block)");
+    if (auto v = validate_callout_name(l.callout); !v) return tl::unexpected(v.error());
+  } else if (!l.callout.empty()) {
+    return fail(EINVAL, fmt::format("a {} filter sends the flow to no callout: drop callout '{}' "
+                                    "(or use action redirect)",
+                                    to_string(s.action), l.callout));
+  }
   s.callout = l.callout;
   if (!l.dst.empty() && l.dst != "any") {
     auto p = parse_cidr(l.dst);
@@ -202,6 +218,7 @@ Result<FilterSpec> filter_spec(const FilterLine& l, CgroupResolver resolve) {
     return fail(EINVAL, fmt::format("context is {} bytes; at most {} are allowed", l.context.size(),
                                     CONNREDIR_USER_CONTEXT_MAX));
   s.context = l.context;
+  if (auto v = check_filter_spec(s); !v) return tl::unexpected(v.error());
   return s;
 }
 

@@ -98,7 +98,7 @@ CR_OFF(connredir_filter, seq, 16);
 CR_OFF(connredir_filter, family, 24);
 CR_OFF(connredir_filter, prefixlen, 25);
 CR_OFF(connredir_filter, proto, 26);
-CR_OFF(connredir_filter, reserved0, 27);
+CR_OFF(connredir_filter, action, 27);
 CR_OFF(connredir_filter, port_lo, 28);
 CR_OFF(connredir_filter, port_hi, 30);
 CR_OFF(connredir_filter, addr, 32);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 
 #include <gtest/gtest.h>
 
@@ -189,7 +190,7 @@ TEST(Config, FilterFieldsAreTheCliOptions) {
   for (const auto& f : filter_fields()) ASSERT_TRUE(set_filter_field(l, f.key, "x"));
   ASSERT_TRUE(set_filter_field(l, "app-uid", "1"));
   EXPECT_EQ(l.app_uid, "1");
-  FilterLine any{"acme", "any", "any", "", "", "", "", ""};
+  FilterLine any{"", "acme", "any", "any", "", "", "", "", ""};
   auto s = filter_spec(any, nullptr);
   ASSERT_TRUE(s) << s.error().message;
   EXPECT_EQ(s->dst, Prefix::any());
@@ -381,6 +382,79 @@ TEST_F(ConfigPlan, ExportIsTakenBackUnchanged) {
   auto p = plan_apply(c, *cfg, nullptr);
   ASSERT_TRUE(p);
   EXPECT_TRUE(p->empty()) << p->items.front().what << "\n" << *text;
+}
+
+// Permit and block filters (action = ...) name no callout; UDP takes them
+// only. They apply, list, export and come back unchanged like redirect
+// filters, and the errors name file, line and key.
+const char* kActions = R"(
+[[callout]]
+name = "acme"
+proxy = "127.0.0.1:15001"
+
+[[filter]]
+action = "block"
+proto = "udp"
+port = 443
+weight = 1000
+
+[[filter]]
+dst = "10.1.0.0/16"
+action = "permit"
+weight = 500
+
+[[filter]]
+callout = "acme"
+dst = "10.0.0.0/8"
+)";
+
+TEST_F(ConfigPlan, PermitAndBlockFiltersApplyAndExport) {
+  apply({{"a.toml", kActions}});
+  auto filters = c.list_filters();
+  ASSERT_TRUE(filters);
+  ASSERT_EQ(filters->size(), 3u);
+  std::map<FilterAction, FilterInfo> by;
+  for (const auto& f : *filters) by[f.action] = f;
+  EXPECT_EQ(by[FilterAction::Block].proto, kProtoUdp);
+  EXPECT_EQ(by[FilterAction::Block].ports.lo, 443);
+  EXPECT_EQ(by[FilterAction::Block].callout_id, 0u);
+  EXPECT_EQ(by[FilterAction::Block].callout, "");
+  EXPECT_EQ(by[FilterAction::Permit].dst, cidr("10.1.0.0/16"));
+  EXPECT_EQ(by[FilterAction::Redirect].callout, "acme");
+  auto text = export_config(c, std::nullopt, {});
+  ASSERT_TRUE(text) << text.error().message;
+  EXPECT_NE(text->find("action = \"block\"\ndst = \"any\"\nport = \"443\"\nproto = \"udp\""),
+            std::string::npos)
+      << *text;
+  auto cfg = parse({{"export.toml", *text}});
+  ASSERT_TRUE(cfg) << cfg.error().message << "\n" << *text;
+  auto p = plan_apply(c, *cfg, nullptr);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->empty()) << p->items.front().what << "\n" << *text;
+  // A permit filter turned into a block one is a different filter.
+  std::string changed = kActions;
+  changed.replace(changed.find("\"permit\""), 8, "\"block\"");
+  auto again = plan({{"a.toml", changed}});
+  EXPECT_TRUE(again.replace_filters);
+}
+
+TEST(Config, FilterActionErrorsNameFileLineAndKey) {
+  struct Case {
+    std::string text, needle;
+  };
+  const std::vector<Case> cases = {
+      {"[[filter]]\naction = \"deny\"\n", "a.toml:2: [[filter]] #1 key action"},
+      {"[[filter]]\naction = \"block\"\ncallout = \"x\"\n", "drop callout 'x'"},
+      {"[[filter]]\naction = \"permit\"\ncontext = \"tls\"\n", "no context"},
+      {"[[filter]]\ncallout = \"x\"\nproto = \"udp\"\n", "not redirected"},
+      {"[[filter]]\nproto = \"sctp\"\naction = \"block\"\n", "sctp"},
+  };
+  for (const auto& c : cases) {
+    auto cfg = parse({{"a.toml", c.text}});
+    ASSERT_FALSE(cfg) << c.text;
+    EXPECT_NE(cfg.error().message.find(c.needle), std::string::npos)
+        << c.text << " -> " << cfg.error().message;
+  }
 }
 
 // Switching implicit records is a change in place (the callout keeps its id

@@ -147,7 +147,19 @@ TEST(Numbers, ParseUint) {
 TEST(Numbers, Proto) {
   EXPECT_EQ(*parse_proto("tcp"), 6);
   EXPECT_EQ(*parse_proto("any"), 0);
-  EXPECT_FALSE(parse_proto("udp"));
+  EXPECT_EQ(*parse_proto("udp"), 17);
+  EXPECT_FALSE(parse_proto("sctp"));
+  EXPECT_EQ(proto_name(17), "udp");
+  EXPECT_EQ(proto_name(0), "any");
+}
+
+TEST(Numbers, FilterAction) {
+  EXPECT_EQ(*parse_filter_action("permit"), FilterAction::Permit);
+  EXPECT_EQ(*parse_filter_action("block"), FilterAction::Block);
+  EXPECT_EQ(*parse_filter_action("redirect"), FilterAction::Redirect);
+  auto e = parse_filter_action("deny");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("permit"), std::string::npos);
 }
 
 }  // namespace

@@ -305,13 +305,14 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path, size_t n, i
   }
 }
 
-EchoServer::EchoServer(const std::string& addr_port) {
+EchoServer::EchoServer(const std::string& addr_port, int type) : type_(type) {
   // "HOST:0" asks for an ephemeral port; Address::parse rightly refuses port
   // 0, so parse the host alone.
   std::string host = addr_port;
-  if (host.size() > 2 && host.compare(host.size() - 2, 2, ":0") == 0) host.resize(host.size() - 2);
-  if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
-  auto a = Address::parse(host, true);
+  bool ephemeral = host.size() > 2 && host.compare(host.size() - 2, 2, ":0") == 0;
+  if (ephemeral) host.resize(host.size() - 2);
+  if (ephemeral && !host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+  auto a = Address::parse(host, ephemeral);
   if (!a) {
     ADD_FAILURE() << a.error().message;
     return;
@@ -320,11 +321,12 @@ EchoServer::EchoServer(const std::string& addr_port) {
   socklen_t len = a->to_sockaddr(ss);
   family_ = a->family;
   host_ = a->ip_string();
-  fd_ = socket(family_, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  fd_ = socket(family_, type_ | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (family_ == AF_INET6) setsockopt(fd_, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-  if (bind(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd_, 512) != 0) {
+  if (bind(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+      (type_ == SOCK_STREAM && listen(fd_, 512) != 0)) {
     ADD_FAILURE() << "echo server bind/listen " << addr_port << ": " << strerror(errno);
     return;
   }
@@ -332,7 +334,58 @@ EchoServer::EchoServer(const std::string& addr_port) {
   getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &sl);
   auto bound = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sl);
   port_ = bound ? bound->port : 0;
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] { type_ == SOCK_DGRAM ? datagram_loop() : loop(); });
+}
+
+void EchoServer::datagram_loop() {
+  std::vector<char> buf(65536);
+  while (!stop_) {
+    pollfd pfd{fd_, POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof ss;
+    ssize_t n = recvfrom(fd_, buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss),
+                         &sl);
+    if (n < 0) continue;
+    auto peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sl);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      peers_.push_back(peer ? peer->to_string() : "?");
+    }
+    (void)sendto(fd_, buf.data(), static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&ss), sl);
+  }
+}
+
+std::string udp_roundtrip(const std::string& addr_port, const std::string& payload,
+                          bool connected, int family_override) {
+  auto a = Address::parse(addr_port);
+  if (!a) return "ERR:bad address";
+  sockaddr_storage ss{};
+  socklen_t len = family_override == AF_INET6 ? a->to_sockaddr6(ss) : a->to_sockaddr(ss);
+  int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::string("ERR:socket ") + strerror(errno);
+  timeval tv{3, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string err;
+  ssize_t sent = -1;
+  if (connected && connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0)
+    err = std::string("ERR:connect ") + strerror(errno);
+  else if (connected)
+    sent = send(fd, payload.data(), payload.size(), 0);
+  else
+    sent = sendto(fd, payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&ss), len);
+  if (err.empty() && sent < 0) err = std::string("ERR:send ") + strerror(errno);
+  std::string got;
+  if (err.empty()) {
+    std::vector<char> buf(65536);
+    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+    if (n < 0)
+      err = std::string("ERR:recv ") + strerror(errno);
+    else
+      got.assign(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return err.empty() ? got : err;
 }
 
 EchoServer::~EchoServer() {

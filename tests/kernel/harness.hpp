@@ -6,6 +6,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <unistd.h>
@@ -80,10 +81,12 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path, size_t n,
                                             int timeout_ms = 8000);
 
 // A destination server outside the policed cgroup: echoes every byte back,
-// closes its write side on EOF, and remembers the peers it saw.
+// closes its write side on EOF, and remembers the peers it saw. With
+// SOCK_DGRAM it echoes each datagram to its sender.
 class EchoServer {
  public:
-  explicit EchoServer(const std::string& addr_port);  // "127.0.0.1:0", "[::1]:0"
+  // "127.0.0.1:0", "[::1]:0"
+  explicit EchoServer(const std::string& addr_port, int type = SOCK_STREAM);
   ~EchoServer();
   int port() const { return port_; }
   std::string addr() const;  // ADDR:PORT form for the CLI
@@ -91,7 +94,9 @@ class EchoServer {
 
  private:
   void loop();
+  void datagram_loop();
   int fd_ = -1;
+  int type_ = SOCK_STREAM;
   int port_ = 0;
   int family_ = 0;
   std::string host_;
@@ -106,6 +111,12 @@ class EchoServer {
 // or "ERR:<errno text>".
 std::string echo_roundtrip(const std::string& addr_port, const std::string& payload,
                            int family_override = 0);
+
+// Sends `payload` as one UDP datagram to ADDR:PORT from the calling process
+// (after connect() if `connected`, else with sendto) and waits up to 3 s for
+// the echo. Returns the bytes read, or "ERR:<step> <errno text>".
+std::string udp_roundtrip(const std::string& addr_port, const std::string& payload,
+                          bool connected, int family_override = 0);
 
 // Deterministic pseudo-random payload.
 std::string make_payload(size_t n, uint32_t seed);

@@ -139,6 +139,37 @@ TEST_F(Trace, ExplainsEachHopOfAChain) {
 
 // The text form says the same in words: the application, each candidate's
 // verdict and where the connect went.
+// Permit and block filters name no callout ("-"): the event names the
+// filter that decided and how the connect or the UDP send ended.
+TEST_F(Trace, SaysWhichFilterPermittedOrBlocked) {
+  EchoServer dst("127.0.0.1:0");
+  EchoServer udp("127.0.0.1:0", SOCK_DGRAM);
+  cli({"filter", "add", "--action", "permit", "--proto", "tcp", "--dst", "127.0.0.1", "--port",
+       std::to_string(dst.port())});
+  cli({"filter", "add", "--action", "block", "--proto", "udp", "--port",
+       std::to_string(udp.port())});
+  start_trace({"--count", "2", "--timeout-ms", "20000"}, "trace.out");
+  EXPECT_EQ(app_roundtrip(dst.addr(), "x", kAppUid), "x");
+  std::string to = udp.addr();
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return udp_roundtrip(to, "u", false); }),
+            std::string("ERR:send ") + strerror(EPERM));
+  auto ev = read_json_lines(dir_ + "/trace.out", 2);
+  ASSERT_EQ(ev.size(), 2u) << read_file(dir_ + "/trace.out");
+  std::sort(ev.begin(), ev.end(), [](auto& x, auto& y) { return x["proto"] < y["proto"]; });
+  EXPECT_EQ(ev[0].value("proto", ""), "tcp") << ev[0].dump();
+  EXPECT_EQ(verdicts(ev[0]), (std::vector<std::string>{"-:permitted"}));
+  EXPECT_EQ(ev[0]["verdicts"][0].value("filter_id", 0u), 1u);
+  EXPECT_EQ(ev[0].value("outcome", ""), "direct");
+  EXPECT_EQ(ev[0].value("final_dst", ""), dst.addr());
+  EXPECT_EQ(ev[1].value("proto", ""), "udp") << ev[1].dump();
+  EXPECT_EQ(ev[1].value("dst", ""), udp.addr());
+  EXPECT_EQ(verdicts(ev[1]), (std::vector<std::string>{"-:blocked"}));
+  EXPECT_EQ(ev[1]["verdicts"][0].value("filter_id", 0u), 2u);
+  EXPECT_EQ(ev[1].value("outcome", ""), "blocked");
+  EXPECT_TRUE(ev[1]["final_dst"].is_null()) << ev[1].dump();
+  EXPECT_TRUE(udp.peers().empty());
+}
+
 TEST_F(Trace, TextFormSaysWhy) {
   EchoServer dst("127.0.0.1:0");
   add_vendor("vendor-a", 15001, 4001, "127.0.0.1/32", dst.port(), 200,

@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The per-socket state map, shared by every BPF object of connredir: the
- * hooks (connredir.bpf.c) create and fill it; helper objects (flows.bpf.c,
- * ...) declare the same map and the loader points it at the pinned one
- * (bpf_map__reuse_fd) before load, so all of them see one map.
+ * The per-socket state map, kept in its own header so that any other BPF
+ * object that needs it declares the same map and the loader points it at
+ * the pinned one (bpf_map__reuse_fd) before load: all of them see one map.
+ * The hooks (connredir.bpf.c) create and fill it.
  *
  * Value: struct connredir_sk_state — records set by a proxy, the redirect of
  * a client socket, or the flow adopted by an accepted socket. Freed with the
  * socket.
  */
-#ifndef CONNREDIR_SK_STATE_BPF_H
-#define CONNREDIR_SK_STATE_BPF_H
+#ifndef CONNREDIR_LIB_SK_STATE_H
+#define CONNREDIR_LIB_SK_STATE_H
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -19,4 +19,4 @@ struct {
 	__type(value, struct connredir_sk_state);
 } sk_state SEC(".maps");
 
-#endif /* CONNREDIR_SK_STATE_BPF_H */
+#endif /* CONNREDIR_LIB_SK_STATE_H */
