@@ -227,7 +227,7 @@ struct connredir_filter {
 	__u8 prefixlen;	  /* of addr, in bits of the family's address */
 	__u8 proto;	  /* CONNREDIR_PROTO_* (0 = any) */
 	__u8 action;	  /* CONNREDIR_ACTION_* */
-	__u16 port_lo; /* host order, inclusive */
+	__u16 port_lo;	  /* host order, inclusive */
 	__u16 port_hi;
 	__u8 addr[16]; /* IPv4 v4-mapped */
 	__u32 app_uid;
@@ -270,6 +270,10 @@ struct connredir_principal_key {
 };
 #define CONNREDIR_PRINCIPAL_F_AUTHORIZED 0x1u /* `connredir authorize` */
 #define CONNREDIR_PRINCIPAL_F_CALLOUT	 0x2u /* a callout's proxy principal */
+/* map `principals_gen` (ARRAY, 1 entry, __u64): bumped by the control plane
+ * after every change to `principals`. The BPF side caches each caller's
+ * principal flags per (uid, cgroup) and trusts an entry only while the
+ * generation it was computed under is current. */
 
 #define CONNREDIR_OWNER_F_ROOT	     0x1u /* bound by uid 0 */
 #define CONNREDIR_OWNER_F_AUTHORIZED 0x2u /* bound by a `connredir authorize`d principal */

@@ -121,6 +121,7 @@ struct classify_walk {
 	__u8 implicit; /* CONNREDIR_TRACE_IMPLICIT_*: what implicit_take did */
 	__u8 proto;    /* CONNREDIR_PROTO_TCP or _UDP */
 	__u8 blocked;  /* out: a block filter matched: fail with EPERM */
+	__u8 applies;  /* out of filter_applies: some candidate's conditions hold */
 	__u32 chosen_id;
 	__u32 chosen_fid;
 	__u32 carried; /* hops carried over record-less proxies (loop budget) */
@@ -162,6 +163,25 @@ static __always_inline __u8 cannot_redirect(const struct connredir_callout *c, _
 		return CONNREDIR_TV_F_FAILURE_REFUSED;
 	}
 	return 0;
+}
+
+/* bpf_loop step: does candidate `i`'s filter apply to this connect at all
+ * (protocol, port, application)? Stops at the first that does. Reads
+ * nothing but the filter: no redirect state, no listener, no counter. */
+static long filter_applies(__u32 i, void *data)
+{
+	struct classify_walk *w = data;
+	const struct connredir_filter *f;
+	__u32 fid;
+
+	if (i >= w->n || i >= CONNREDIR_CANDIDATES_MAX)
+		return 1;
+	fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
+	f = bpf_map_lookup_elem(&filters, &fid);
+	if (!f || !filter_matches(f, w->proto, w->port_host, w->uid))
+		return 0;
+	w->applies = 1;
+	return 1;
 }
 
 /* A permit or block filter matched: it decides, whatever lower-weight

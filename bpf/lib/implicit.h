@@ -24,21 +24,22 @@
 #include "classify.h"
 #include "records.h"
 
-/* Same callouts in the same order, same carried hops: whichever offer an
- * onward connect belongs to, it meets the same redirect state at every
- * callout. */
-static __always_inline int same_chain(const struct connredir_records *a,
-				      const struct connredir_records *b)
+/* A chain's signature: its callouts in order, its length and its carried
+ * hops, exactly (callout ids are below 64: 6 bits per hop, 8 hops in 48
+ * bits; then 4 bits of hop count and 8 of carried hops). Two offers whose
+ * signatures are equal meet the same redirect state at every callout, so
+ * whichever of them an onward connect gets, it continues its own chain. */
+_Static_assert(CONNREDIR_MAX_CALLOUTS <= 64 && CONNREDIR_MAX_HOPS <= 8, "a chain fits in 64 bits");
+static __always_inline __u64 chain_sig(const struct connredir_records *r)
 {
-	__u32 n = records_hops_in_use(a), h;
+	__u32 n = records_hops_in_use(r), h;
+	__u64 sig = (__u64)(n & 15) << 48 | (__u64)(r->carried_hops & 255) << 52;
 
-	if (a->hop_count != b->hop_count || a->carried_hops != b->carried_hops)
-		return 0;
 	for (h = 0; h < CONNREDIR_MAX_HOPS; h++) {
-		if (h < n && a->hops[h].callout_id != b->hops[h].callout_id)
-			return 0;
+		if (h < n)
+			sig |= (__u64)(r->hops[h].callout_id & 63) << (6 * h);
 	}
-	return 1;
+	return sig;
 }
 
 /* Has the entry flows pending, the newest accepted less than the TTL ago?
@@ -61,7 +62,7 @@ static __always_inline void implicit_offer(struct bpf_sock_ops *skops,
 	struct implicit_offers *e, *fresh;
 	const struct connredir_hop *h;
 	__u32 n = records_hops_in_use(&st->records), zero = 0, depth;
-	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 now = bpf_ktime_get_boot_ns(), sig;
 
 	if (n == 0)
 		return;
@@ -72,6 +73,7 @@ static __always_inline void implicit_offer(struct bpf_sock_ops *skops,
 	key.proto = IPPROTO_TCP;
 	key.callout_id = h->callout_id;
 	depth = n + st->records.carried_hops;
+	sig = chain_sig(&st->records);
 	e = bpf_map_lookup_elem(&implicit, &key);
 	if (!e) {
 		fresh = bpf_map_lookup_elem(&implicit_scratch, &zero);
@@ -81,6 +83,7 @@ static __always_inline void implicit_offer(struct bpf_sock_ops *skops,
 		fresh->updated_ns = now;
 		fresh->mixed = 0;
 		fresh->depth = depth;
+		fresh->sig = sig;
 		__builtin_memcpy(&fresh->records, &st->records, sizeof(fresh->records));
 		if (!bpf_map_update_elem(&implicit, &key, fresh, BPF_NOEXIST))
 			return;
@@ -89,28 +92,36 @@ static __always_inline void implicit_offer(struct bpf_sock_ops *skops,
 			return;
 	}
 	if (!implicit_live(e, now)) {
-		/* Stale or drained: this flow starts it again. Records and flag
-		 * first, the count last, so a take that sees the count sees
-		 * them. Another offer doing the same at once (the count was not
-		 * 0 when ours landed) may have had another chain, and one of the
-		 * two records was overwritten: mark the entry ambiguous rather
-		 * than guess. A stale count left by flows never matched is
-		 * dropped (the compare-and-swap); losing that race only adds. */
+		/* Stale or drained: this flow starts it again. Records, flag and
+		 * signature first, the count last, so a take that sees the count
+		 * sees them. Another offer doing the same at once may have had
+		 * another chain, and one of the two records was overwritten: the
+		 * signatures tell (below), and differing chains make the entry
+		 * ambiguous rather than a guess. A stale count left by flows
+		 * never matched is dropped (the compare-and-swap); losing that
+		 * race only adds. */
 		__u32 p = e->pending, before;
+		__u64 prev;
 
 		__builtin_memcpy(&e->records, &st->records, sizeof(e->records));
 		e->mixed = 0;
 		e->depth = depth;
 		e->updated_ns = now;
+		prev = __sync_lock_test_and_set(&e->sig, sig);
 		if (p && __sync_val_compare_and_swap(&e->pending, p, 1) == p)
 			return;
 		before = __sync_fetch_and_add(&e->pending, 1);
-		if (before)
+		/* Of two offers restarting the entry at once, the later to count
+		 * sees the other's signature (returned by its exchange, or in the
+		 * entry after its count): only chains that differ make it
+		 * ambiguous. Marking every concurrent restart ambiguous, as
+		 * before, sent bursts of same-chain flows to every vendor again. */
+		if ((before && prev != sig) || *(volatile __u64 *)&e->sig != sig)
 			e->mixed = 1;
 		return;
 	}
 	__sync_fetch_and_add(&e->pending, 1);
-	if (!same_chain(&e->records, &st->records))
+	if (*(volatile __u64 *)&e->sig != sig)
 		e->mixed = 1;
 	if (depth > e->depth)
 		e->depth = depth;

@@ -9,6 +9,9 @@
 
 #include "common.h"
 
+/* Callers (uid, cgroup pairs) whose principal flags are cached. */
+#define CONNREDIR_PRINCIPAL_CACHE_MAX 4096
+
 /* Redirectors, indexed by callout id. Written by `connredir callout`; read by
  * connect4/6 (proxy address, proxy principal). */
 struct {
@@ -49,6 +52,43 @@ struct {
 	__type(value, __u32);
 } principals SEC(".maps");
 
+/* The generation of `principals` (ABI: bumped by the control plane after
+ * every change to it). Read by caller_flags() before it trusts or fills
+ * `principal_cache`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} principals_gen SEC(".maps");
+
+/* A `principal_cache` entry: the principals flags a (uid, cgroup) has, by
+ * uid or by the cgroup or any of its ancestors, computed under generation
+ * `gen` of `principals`. */
+struct principal_cache_key {
+	__u64 cgroup_id;
+	__u32 uid;
+	__u32 pad;
+};
+struct principal_cache_val {
+	__u64 gen;
+	__u32 flags; /* CONNREDIR_PRINCIPAL_F_* */
+	__u32 pad;
+};
+
+/* Who the caller is, per (uid, cgroup): without it, every record-less
+ * classified connect paid one `principals` lookup per cgroup level (about
+ * 245 ns at depth 4, bench/RESULTS.md) to learn whether it is a proxy's
+ * onward connect. Written and read only by the hooks (caller_flags()); an
+ * entry of an older generation is computed again, so the control plane
+ * never touches it. LRU: an evicted entry costs one walk up the cgroups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CONNREDIR_PRINCIPAL_CACHE_MAX);
+	__type(key, struct principal_cache_key);
+	__type(value, struct principal_cache_val);
+} principal_cache SEC(".maps");
+
 /* Who bound each TCP socket (explicit bind() to a port) in the attached
  * cgroups: uid, root/authorized flags, cgroup ancestry. Written by bind4/6,
  * where the binding task is current; read by connect4/6 on the listener found
@@ -88,7 +128,8 @@ struct implicit_offers {
 	__u8 mixed;	  /* 1: the pending flows' chains differ (by callout, in order) */
 	__u8 depth;	  /* the largest carried_hops + hop_count among them */
 	__u8 pad[6];
-	struct connredir_records records; /* the oldest pending flow's */
+	__u64 sig; /* chain_sig() of the records: compared atomically, never torn */
+	struct connredir_records records; /* a pending flow's (all have one chain unless mixed) */
 };
 
 /* Flows a callout's principal accepted, per (netns, callout, destination):

@@ -9,20 +9,20 @@
 
 #include "maps.h"
 
-/* Does the caller have a principals entry with any of `mask`'s flags (by
- * uid, or a cgroup that is the caller's cgroup or one of its ancestors)? */
-static __always_inline int caller_principal(__u32 mask)
+/* Every principals flag the caller has: by uid, or by a cgroup that is the
+ * caller's cgroup or one of its ancestors. One lookup per cgroup level: the
+ * walk caller_flags() caches. */
+static __always_inline __u32 caller_flags_uncached(__u32 uid)
 {
 	struct connredir_principal_key key = {};
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u32 *flags;
+	__u32 *flags, all = 0;
 	int level;
 
 	key.kind = CONNREDIR_PRINCIPAL_UID;
 	key.id = uid;
 	flags = bpf_map_lookup_elem(&principals, &key);
-	if (flags && (*flags & mask))
-		return 1;
+	if (flags)
+		all |= *flags;
 	key.kind = CONNREDIR_PRINCIPAL_CGROUP;
 	for (level = 1; level <= CONNREDIR_CGROUP_LEVELS_MAX; level++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
@@ -31,10 +31,41 @@ static __always_inline int caller_principal(__u32 mask)
 			break;
 		key.id = id;
 		flags = bpf_map_lookup_elem(&principals, &key);
-		if (flags && (*flags & mask))
-			return 1;
+		if (flags)
+			all |= *flags;
 	}
-	return 0;
+	return all;
+}
+
+/* The same, from `principal_cache` while the generation it was computed
+ * under is current. The generation is read before `principals` is: an
+ * answer computed while the control plane changes `principals` is stored
+ * under the old generation (or the new one, after the change landed), and
+ * the control plane bumps the generation only after its change, so a stale
+ * answer is never trusted after the bump. */
+static __always_inline __u32 caller_flags(void)
+{
+	struct principal_cache_key key = {};
+	struct principal_cache_val fresh = {};
+	struct principal_cache_val *c;
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&principals_gen, &zero);
+
+	fresh.gen = gen ? *gen : 0;
+	key.cgroup_id = bpf_get_current_cgroup_id();
+	key.uid = (__u32)bpf_get_current_uid_gid();
+	c = bpf_map_lookup_elem(&principal_cache, &key);
+	if (c && c->gen == fresh.gen)
+		return c->flags;
+	fresh.flags = caller_flags_uncached(key.uid);
+	bpf_map_update_elem(&principal_cache, &key, &fresh, BPF_ANY);
+	return fresh.flags;
+}
+
+/* Does the caller have a principals entry with any of `mask`'s flags? */
+static __always_inline int caller_principal(__u32 mask)
+{
+	return (caller_flags() & mask) != 0;
 }
 
 /* Root, or any registered principal: the first gate of the option hooks. */

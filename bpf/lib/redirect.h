@@ -13,8 +13,8 @@
 /* Step 1, candidates: the filters whose prefix contains the destination, in
  * WFP order, compiled by the control plane into one LPM entry per prefix.
  * NULL: no filter can match, and the connect is left alone with no state. */
-static __always_inline struct connredir_candidates *
-lookup_candidates(const struct connredir_addr *dst)
+static __always_inline struct connredir_candidates *lookup_candidates(
+	const struct connredir_addr *dst)
 {
 	struct connredir_lpm_key key = {};
 
@@ -167,8 +167,8 @@ static __always_inline void fill_context(struct classify_walk *w, struct connred
  * --on-proxy-down policy is refuse (the default), or --on-failure refuse
  * applies.
  */
-static __always_inline const struct connredir_addr *
-classify_candidates(struct classify_walk *w, const struct connredir_addr *dst)
+static __always_inline const struct connredir_addr *classify_candidates(
+	struct classify_walk *w, const struct connredir_addr *dst)
 {
 	struct connredir_sk_state *st;
 	const struct connredir_callout *chosen;
@@ -184,6 +184,12 @@ classify_candidates(struct classify_walk *w, const struct connredir_addr *dst)
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
 	if (st)
 		handoff_retire(st); /* an earlier attempt's hand-off, never adopted */
+	/* A connect no candidate's conditions apply to goes on untouched,
+	 * whatever its chain: skip the chain (and the question whether the
+	 * caller is a proxy taking implicit records, which costs a lookup). */
+	bpf_loop(CONNREDIR_CANDIDATES_MAX, filter_applies, w, 0);
+	if (!w->applies)
+		return NULL;
 	st = read_chain(w, dst, st, sk);
 	pick_callout(w);
 	if (w->refuse || w->blocked || !w->found)
@@ -209,7 +215,8 @@ classify_candidates(struct classify_walk *w, const struct connredir_addr *dst)
 		}
 	}
 	if (verdict != CONNREDIR_TV_REDIRECTED || !st) {
-		trace_note(w, chosen_id, w->chosen_fid, verdict, cannot_redirect(chosen, chosen_id, w));
+		trace_note(w, chosen_id, w->chosen_fid, verdict,
+			   cannot_redirect(chosen, chosen_id, w));
 		return NULL;
 	}
 	record_hop(w, st, chosen, chosen_f, dst);
@@ -289,8 +296,8 @@ static __always_inline int classify_end(struct classify_walk *w, const struct co
  * classify_candidates). Returns the proxy to connect to instead, or NULL to
  * leave the connect alone; *verdict says whether it must fail instead.
  */
-static __always_inline const struct connredir_addr *
-classify_connect(struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *verdict)
+static __always_inline const struct connredir_addr *classify_connect(
+	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *verdict)
 {
 	struct classify_walk w __attribute__((aligned(8))) = {};
 	struct connredir_candidates *cands;

@@ -176,6 +176,7 @@ enum class MapId {
   Filters,
   FilterIndex,
   Principals,
+  PrincipalsGen,  // bumped after every change to Principals (ABI: principals_gen)
   Secret,
   FlowSeq,
   Stats,
@@ -534,6 +535,10 @@ class Control {
   Result<Index> read_index();
   Result<void> apply_index(const std::vector<IndexWrite>& writes);
   Result<void> delete_filter_locked(const std::vector<connredir_filter>& all, uint32_t id);
+  Result<void> sync_principals_locked();
+  // After every change to Principals: the BPF side's per-caller cache of
+  // principal flags trusts only entries of the current generation.
+  Result<void> bump_principals_gen();
 
   MapStore& store_;
 };

@@ -72,7 +72,6 @@ std::string principal_flags(uint32_t f) {
   return s.empty() ? "-" : s;
 }
 
-
 Result<std::string> read_text(const std::string& file, std::string_view what) {
   std::string text;
   if (file == "-") {

@@ -316,8 +316,8 @@ bool same_callout(const CalloutSpec& s, const CalloutInfo& i) {
 }
 
 // A filter as the classifier sees it, for comparison and messages.
-using FilterKey = std::tuple<FilterAction, std::string, uint32_t, std::string, std::string,
-                             uint8_t, std::optional<uint32_t>, uint64_t, std::string>;
+using FilterKey = std::tuple<FilterAction, std::string, uint32_t, std::string, std::string, uint8_t,
+                             std::optional<uint32_t>, uint64_t, std::string>;
 
 FilterKey key_of(const FilterSpec& s) {
   return {s.action,

@@ -565,9 +565,10 @@ Result<void> check_filter_spec(const FilterSpec& spec) {
     return fail(EINVAL, "protocol must be tcp, udp or any");
   bool redirect = spec.action == FilterAction::Redirect;
   if (redirect && spec.proto == kProtoUdp)
-    return fail(EINVAL, "UDP flows are not redirected: a UDP filter may permit or block (action "
-                        "permit|block); a redirect filter takes proto tcp or any (and then "
-                        "applies to TCP only)");
+    return fail(EINVAL,
+                "UDP flows are not redirected: a UDP filter may permit or block (action "
+                "permit|block); a redirect filter takes proto tcp or any (and then "
+                "applies to TCP only)");
   if (!redirect && !spec.context.empty())
     return fail(EINVAL, fmt::format("a {} filter hands no context to a proxy: drop the context",
                                     to_string(spec.action)));
@@ -790,6 +791,22 @@ Result<void> Control::authorize(uint32_t kind, uint64_t id) {
       e.message += fmt::format(" (at most {} principals)", CONNREDIR_PRINCIPALS_MAX);
     return tl::unexpected(e);
   }
+  return bump_principals_gen();
+}
+
+Result<void> Control::bump_principals_gen() {
+  uint32_t zero = 0;
+  uint64_t gen = 0;
+  auto r = store_.lookup(MapId::PrincipalsGen, &zero, &gen);
+  if (!r) return tl::unexpected(r.error());
+  ++gen;
+  if (auto u = store_.update(MapId::PrincipalsGen, &zero, &gen); !u) {
+    auto e = u.error();
+    return fail(e.code, fmt::format("principals changed, but the kernel's cache of who is a "
+                                    "principal could not be invalidated ({}); run the command "
+                                    "again",
+                                    e.message));
+  }
   return {};
 }
 
@@ -808,7 +825,7 @@ Result<void> Control::deauthorize(uint32_t kind, uint64_t id) {
   } else if (auto u = store_.update(MapId::Principals, &k, &flags); !u) {
     return tl::unexpected(u.error());
   }
-  return {};
+  return bump_principals_gen();
 }
 
 Result<std::vector<PrincipalInfo>> Control::list_principals() {
@@ -828,7 +845,7 @@ Result<std::vector<PrincipalInfo>> Control::list_principals() {
   return out;
 }
 
-Result<void> Control::sync_principals() {
+Result<void> Control::sync_principals_locked() {
   auto callouts = read_callouts();
   if (!callouts) return tl::unexpected(callouts.error());
   std::set<std::pair<uint32_t, uint64_t>> want;
@@ -867,6 +884,17 @@ Result<void> Control::sync_principals() {
     }
   }
   return {};
+}
+
+// Whatever happened, also after an error half-way: the kernel's cache of
+// who is a principal is invalidated (an addition matters as much as a
+// removal: a proxy that connected before its callout existed was cached as
+// nobody).
+Result<void> Control::sync_principals() {
+  auto r = sync_principals_locked();
+  auto b = bump_principals_gen();
+  if (!r) return r;
+  return b;
 }
 
 // ---- misc --------------------------------------------------------------------

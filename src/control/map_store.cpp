@@ -26,14 +26,15 @@
 namespace connredir::control {
 namespace {
 
-constexpr MapId kAllMaps[] = {MapId::Callouts,   MapId::Filters,     MapId::FilterIndex,
-                              MapId::Principals, MapId::Secret,      MapId::FlowSeq,
-                              MapId::Stats,      MapId::CalloutStats};
+constexpr MapId kAllMaps[] = {MapId::Callouts,   MapId::Filters,       MapId::FilterIndex,
+                              MapId::Principals, MapId::PrincipalsGen, MapId::Secret,
+                              MapId::FlowSeq,    MapId::Stats,         MapId::CalloutStats};
 
 bool is_per_cpu(MapId id) { return id == MapId::Stats || id == MapId::CalloutStats; }
 
 bool is_array(MapId id) {
-  return id == MapId::Callouts || id == MapId::Secret || id == MapId::FlowSeq || is_per_cpu(id);
+  return id == MapId::Callouts || id == MapId::Secret || id == MapId::FlowSeq ||
+         id == MapId::PrincipalsGen || is_per_cpu(id);
 }
 
 uint32_t capacity(MapId id) {
@@ -48,6 +49,7 @@ uint32_t capacity(MapId id) {
       return CONNREDIR_PRINCIPALS_MAX;
     case MapId::Secret:
     case MapId::FlowSeq:
+    case MapId::PrincipalsGen:
       return 1;
     case MapId::Stats:
       return CONNREDIR_STAT_MAX;
@@ -69,6 +71,8 @@ const char* map_name(MapId id) {
       return "filter_index";
     case MapId::Principals:
       return "principals";
+    case MapId::PrincipalsGen:
+      return "principals_gen";
     case MapId::Secret:
       return "secret";
     case MapId::FlowSeq:
@@ -105,6 +109,7 @@ size_t map_value_size(MapId id) {
     case MapId::Secret:
       return sizeof(connredir_secret);
     case MapId::FlowSeq:
+    case MapId::PrincipalsGen:
     case MapId::Stats:
     case MapId::CalloutStats:
       return sizeof(uint64_t);

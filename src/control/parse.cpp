@@ -173,18 +173,25 @@ Result<uint8_t> parse_proto(std::string_view text) {
 
 std::string proto_name(uint8_t proto) {
   switch (proto) {
-    case kProtoAny: return "any";
-    case kProtoTcp: return "tcp";
-    case kProtoUdp: return "udp";
-    default: return fmt::format("proto {}", proto);
+    case kProtoAny:
+      return "any";
+    case kProtoTcp:
+      return "tcp";
+    case kProtoUdp:
+      return "udp";
+    default:
+      return fmt::format("proto {}", proto);
   }
 }
 
 const char* to_string(FilterAction a) {
   switch (a) {
-    case FilterAction::Redirect: return "redirect";
-    case FilterAction::Permit: return "permit";
-    case FilterAction::Block: return "block";
+    case FilterAction::Redirect:
+      return "redirect";
+    case FilterAction::Permit:
+      return "permit";
+    case FilterAction::Block:
+      return "block";
   }
   return "?";
 }

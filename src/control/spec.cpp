@@ -174,8 +174,9 @@ Result<FilterSpec> filter_spec(const FilterLine& l, CgroupResolver resolve) {
   }
   if (s.action == FilterAction::Redirect) {
     if (l.callout.empty())
-      return fail(EINVAL, "callout is required (callout = NAME; --callout NAME), or an action "
-                          "that names none (action = permit or block)");
+      return fail(EINVAL,
+                  "callout is required (callout = NAME; --callout NAME), or an action "
+                  "that names none (action = permit or block)");
     if (auto v = validate_callout_name(l.callout); !v) return tl::unexpected(v.error());
   } else if (!l.callout.empty()) {
     return fail(EINVAL, fmt::format("a {} filter sends the flow to no callout: drop callout '{}' "

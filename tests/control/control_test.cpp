@@ -691,6 +691,37 @@ TEST_F(ControlTest, PrincipalsAreTheUnion) {
   EXPECT_TRUE(principals().empty());
 }
 
+// The BPF side caches each caller's principal flags and trusts an entry only
+// under the current generation: every change to the principals, by
+// authorize, deauthorize or a callout's principal coming or going, bumps it,
+// after the change; a failed update says so and what to do.
+TEST_F(ControlTest, EveryPrincipalChangeBumpsTheGeneration) {
+  auto gen = [&] {
+    uint32_t zero = 0;
+    uint64_t g = 0;
+    EXPECT_TRUE(*store.lookup(MapId::PrincipalsGen, &zero, &g));
+    return g;
+  };
+  uint64_t g0 = gen();
+  ASSERT_TRUE(ctl.authorize(CONNREDIR_PRINCIPAL_UID, 1000));
+  EXPECT_EQ(gen(), g0 + 1);
+  add_callout("a", "127.0.0.1:9000", 2000);
+  uint64_t g1 = gen();
+  EXPECT_GT(g1, g0 + 1) << "a callout's principal is a change";
+  ASSERT_TRUE(ctl.deauthorize(CONNREDIR_PRINCIPAL_UID, 1000));
+  EXPECT_EQ(gen(), g1 + 1);
+  ASSERT_TRUE(ctl.delete_callout("a", false));
+  EXPECT_GT(gen(), g1 + 1);
+  EXPECT_TRUE(principals().empty());
+
+  store.fail_after = 2;  // the principal lands, the generation update fails
+  auto r = ctl.authorize(CONNREDIR_PRINCIPAL_UID, 1000);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("run the command again"), std::string::npos)
+      << r.error().message;
+  ASSERT_TRUE(ctl.authorize(CONNREDIR_PRINCIPAL_UID, 1000)) << "idempotent, and bumps again";
+}
+
 TEST_F(ControlTest, AuthorizeCgroupAndIdempotence) {
   ASSERT_TRUE(ctl.authorize(CONNREDIR_PRINCIPAL_CGROUP, 99));
   ASSERT_TRUE(ctl.authorize(CONNREDIR_PRINCIPAL_CGROUP, 99));

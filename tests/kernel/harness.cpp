@@ -344,8 +344,8 @@ void EchoServer::datagram_loop() {
     if (poll(&pfd, 1, 100) <= 0) continue;
     sockaddr_storage ss{};
     socklen_t sl = sizeof ss;
-    ssize_t n = recvfrom(fd_, buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss),
-                         &sl);
+    ssize_t n =
+        recvfrom(fd_, buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), &sl);
     if (n < 0) continue;
     auto peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sl);
     {
@@ -356,8 +356,8 @@ void EchoServer::datagram_loop() {
   }
 }
 
-std::string udp_roundtrip(const std::string& addr_port, const std::string& payload,
-                          bool connected, int family_override) {
+std::string udp_roundtrip(const std::string& addr_port, const std::string& payload, bool connected,
+                          int family_override) {
   auto a = Address::parse(addr_port);
   if (!a) return "ERR:bad address";
   sockaddr_storage ss{};

@@ -115,8 +115,8 @@ std::string echo_roundtrip(const std::string& addr_port, const std::string& payl
 // Sends `payload` as one UDP datagram to ADDR:PORT from the calling process
 // (after connect() if `connected`, else with sendto) and waits up to 3 s for
 // the echo. Returns the bytes read, or "ERR:<step> <errno text>".
-std::string udp_roundtrip(const std::string& addr_port, const std::string& payload,
-                          bool connected, int family_override = 0);
+std::string udp_roundtrip(const std::string& addr_port, const std::string& payload, bool connected,
+                          int family_override = 0);
 
 // Deterministic pseudo-random payload.
 std::string make_payload(size_t n, uint32_t seed);

@@ -70,7 +70,8 @@ TEST_F(Actions, PermitExemptsAFlowFromLowerWeightFiltersOnly) {
 
     auto list = cli_json({"filter", "list"});
     size_t permits = 0;
-    for (auto& f : list) permits += f.value("action", "") == "permit" && f.value("callout", "x") == "";
+    for (auto& f : list)
+      permits += f.value("action", "") == "permit" && f.value("callout", "x") == "";
     EXPECT_EQ(permits, 2u) << list.dump();
     procs_.clear();
     cli({"callout", "del", vendor, "--force"});
@@ -142,12 +143,11 @@ TEST_F(Actions, BlockingQuicLeavesTcpAndOtherUdpAlone) {
 TEST_F(Actions, PermitAboveABlockIsAnException) {
   EchoServer allowed("127.0.0.2:443", SOCK_DGRAM);
   EchoServer blocked("127.0.0.3:443", SOCK_DGRAM);
-  cli({"filter", "add", "--action", "block", "--proto", "udp", "--port", "443", "--weight",
-       "100"});
-  cli({"filter", "add", "--action", "permit", "--proto", "udp", "--dst", "127.0.0.2",
-       "--weight", "200"});
-  cli({"filter", "add", "--action", "permit", "--proto", "udp", "--dst", "127.0.0.3",
-       "--weight", "50"});
+  cli({"filter", "add", "--action", "block", "--proto", "udp", "--port", "443", "--weight", "100"});
+  cli({"filter", "add", "--action", "permit", "--proto", "udp", "--dst", "127.0.0.2", "--weight",
+       "200"});
+  cli({"filter", "add", "--action", "permit", "--proto", "udp", "--dst", "127.0.0.3", "--weight",
+       "50"});
   for (bool connected : {true, false}) {
     EXPECT_EQ(app_udp(allowed.addr(), "ok", connected), "ok");
     EXPECT_EQ(app_udp(blocked.addr(), "no", connected).rfind("ERR:", 0), 0u);

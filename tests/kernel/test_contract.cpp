@@ -170,6 +170,41 @@ TEST_F(Contract, NotRedirectedSocketIsENOENT) {
   EXPECT_EQ(r, "ENOENT ENOENT");
 }
 
+// The kernel caches who is a principal per (uid, cgroup). An authorization
+// (by uid or cgroup) or a callout's principal takes effect at the next call
+// of a caller that was refused a moment before, and a withdrawal at once:
+// every change bumps the generation the cache trusts.
+TEST_F(Contract, PrincipalChangesTakeEffectAtOnceDespiteTheCache) {
+  auto query = [&](int uid) {
+    return run_in(cg("app"), uid, [] {
+      int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      std::vector<uint8_t> out;
+      std::string r = get_opt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX);
+      close(s);
+      return r;
+    });
+  };
+  // Authorized: the query gets past the gate (no flow on the socket: ENOENT).
+  EXPECT_EQ(query(kStrangerUid), "EACCES");
+  cli({"authorize", "--uid", std::to_string(kStrangerUid)});
+  EXPECT_EQ(query(kStrangerUid), "ENOENT");
+  cli({"authorize", "--uid", std::to_string(kStrangerUid), "--remove"});
+  EXPECT_EQ(query(kStrangerUid), "EACCES");
+
+  EXPECT_EQ(query(kStrangerUid + 1), "EACCES");
+  cli({"authorize", "--cgroup", cg("app")});
+  EXPECT_EQ(query(kStrangerUid + 1), "ENOENT");
+  cli({"authorize", "--cgroup", cg("app"), "--remove"});
+  EXPECT_EQ(query(kStrangerUid + 1), "EACCES");
+
+  EXPECT_EQ(query(kProxyUid), "EACCES");
+  cli({"callout", "add", "vendor-a", "--proxy", "127.0.0.1:15001", "--proxy-uid",
+       std::to_string(kProxyUid)});
+  EXPECT_EQ(query(kProxyUid), "ENOENT");
+  cli({"callout", "del", "vendor-a"});
+  EXPECT_EQ(query(kProxyUid), "EACCES");
+}
+
 TEST_F(Contract, UnprivilegedProcessIsRefused) {
   EchoServer dst("127.0.0.1:0");
   setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");

@@ -127,7 +127,7 @@ TEST_F(Implicit, ConcurrentFlowsToOneDestinationEachPassEveryVendorOnce) {
   for (const auto& c : chains(b)) EXPECT_EQ(c, (std::vector<uint32_t>{ia, ib}));
   for (const auto& l : b) fb.insert(l.value("flow_id", 0ull));
   // Concurrent flows to one destination with one chain are interchangeable
-  // to the kernel: an onward connect gets the records of the oldest pending
+  // to the kernel: an onward connect gets the records of one pending
   // one (docs/ABI.md, "Implicit records"), so b's flow ids are some of a's,
   // never one that did not pass vendor-a.
   EXPECT_EQ(fa.size(), static_cast<size_t>(kFlows));
