@@ -81,32 +81,35 @@ static __always_inline __u8 socket_proto(struct bpf_sock_addr *ctx)
 	return CONNREDIR_PROTO_ANY;
 }
 
-SEC("cgroup/connect4")
-int connredir_connect4(struct bpf_sock_addr *ctx)
+/* connect4/6 and sendmsg4/6 (`v6` the hook's family, `send` for sendmsg,
+ * constants after inlining): a TCP connect is classified and maybe
+ * redirected, a UDP connect or send meets permit and block filters. */
+static __always_inline int sock_addr_hook(struct bpf_sock_addr *ctx, int v6, int send)
 {
 	struct connredir_addr dst __attribute__((aligned(8))) = {};
 	__u8 proto = socket_proto(ctx);
 
-	if (proto == CONNREDIR_PROTO_ANY)
+	if (proto == CONNREDIR_PROTO_ANY || (send && proto != CONNREDIR_PROTO_UDP))
 		return ALLOW;
-	sock_addr_read4(ctx, &dst);
+	if (v6)
+		sock_addr_read6(ctx, &dst);
+	else
+		sock_addr_read4(ctx, &dst);
 	if (proto == CONNREDIR_PROTO_UDP)
 		return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
-	return redirect_connect(ctx, &dst, 0);
+	return redirect_connect(ctx, &dst, v6);
+}
+
+SEC("cgroup/connect4")
+int connredir_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_hook(ctx, 0, 0);
 }
 
 SEC("cgroup/connect6")
 int connredir_connect6(struct bpf_sock_addr *ctx)
 {
-	struct connredir_addr dst __attribute__((aligned(8))) = {};
-	__u8 proto = socket_proto(ctx);
-
-	if (proto == CONNREDIR_PROTO_ANY)
-		return ALLOW;
-	sock_addr_read6(ctx, &dst);
-	if (proto == CONNREDIR_PROTO_UDP)
-		return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
-	return redirect_connect(ctx, &dst, 1);
+	return sock_addr_hook(ctx, 1, 0);
 }
 
 /* ---- Unconnected UDP sends (sendto, sendmsg with an address) -------------- */
@@ -117,23 +120,13 @@ int connredir_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg4")
 int connredir_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	struct connredir_addr dst __attribute__((aligned(8))) = {};
-
-	if (socket_proto(ctx) != CONNREDIR_PROTO_UDP)
-		return ALLOW;
-	sock_addr_read4(ctx, &dst);
-	return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
+	return sock_addr_hook(ctx, 0, 1);
 }
 
 SEC("cgroup/sendmsg6")
 int connredir_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	struct connredir_addr dst __attribute__((aligned(8))) = {};
-
-	if (socket_proto(ctx) != CONNREDIR_PROTO_UDP)
-		return ALLOW;
-	sock_addr_read6(ctx, &dst);
-	return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
+	return sock_addr_hook(ctx, 1, 1);
 }
 
 /* ---- Hand-off (lib/handoff.h) --------------------------------------------- */

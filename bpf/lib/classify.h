@@ -165,20 +165,31 @@ static __always_inline __u8 cannot_redirect(const struct connredir_callout *c, _
 	return 0;
 }
 
+/* Candidate `i` (below w->n)'s filter if its conditions hold for this
+ * connect or send, else NULL; *fid is its id. */
+static __always_inline const struct connredir_filter *candidate_filter(struct classify_walk *w,
+								       __u32 i, __u32 *fid)
+{
+	const struct connredir_filter *f;
+
+	*fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
+	f = bpf_map_lookup_elem(&filters, fid);
+	if (!f || !filter_matches(f, w->proto, w->port_host, w->uid))
+		return NULL;
+	return f;
+}
+
 /* bpf_loop step: does candidate `i`'s filter apply to this connect at all
  * (protocol, port, application)? Stops at the first that does. Reads
  * nothing but the filter: no redirect state, no listener, no counter. */
 static long filter_applies(__u32 i, void *data)
 {
 	struct classify_walk *w = data;
-	const struct connredir_filter *f;
 	__u32 fid;
 
 	if (i >= w->n || i >= CONNREDIR_CANDIDATES_MAX)
 		return 1;
-	fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
-	f = bpf_map_lookup_elem(&filters, &fid);
-	if (!f || !filter_matches(f, w->proto, w->port_host, w->uid))
+	if (!candidate_filter(w, i, &fid))
 		return 0;
 	w->applies = 1;
 	return 1;
@@ -218,9 +229,8 @@ static long classify_one(__u32 i, void *data)
 
 	if (i >= w->n || i >= CONNREDIR_CANDIDATES_MAX)
 		return 1;
-	fid = w->cands->ids[i & (CONNREDIR_CANDIDATES_MAX - 1)];
-	f = bpf_map_lookup_elem(&filters, &fid);
-	if (!f || !filter_matches(f, w->proto, w->port_host, w->uid))
+	f = candidate_filter(w, i, &fid);
+	if (!f)
 		return 0;
 	if (f->action != CONNREDIR_ACTION_REDIRECT)
 		return filter_decides(w, fid, f->action);
