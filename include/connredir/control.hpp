@@ -29,9 +29,9 @@ extern "C" {
 namespace connredir::control {
 
 inline constexpr const char* kDefaultPinDir = "/sys/fs/bpf/connredir";
-inline constexpr uint32_t kProtoAny = 0;
-inline constexpr uint32_t kProtoTcp = 6;
-inline constexpr uint32_t kProtoUdp = 17;
+inline constexpr uint32_t kProtoAny = CONNREDIR_PROTO_ANY;
+inline constexpr uint32_t kProtoTcp = CONNREDIR_PROTO_TCP;
+inline constexpr uint32_t kProtoUdp = CONNREDIR_PROTO_UDP;
 
 // ---- Parsing (pure) --------------------------------------------------------
 

@@ -572,9 +572,14 @@ Result<void> check_filter_spec(const FilterSpec& spec) {
   if (!redirect && !spec.context.empty())
     return fail(EINVAL, fmt::format("a {} filter hands no context to a proxy: drop the context",
                                     to_string(spec.action)));
-  if (redirect == spec.callout.empty())
-    return fail(EINVAL, redirect ? "a redirect filter needs a callout"
-                                 : "only a redirect filter names a callout");
+  if (redirect && spec.callout.empty())
+    return fail(EINVAL,
+                "callout is required (callout = NAME; --callout NAME), or an action that names "
+                "none (action = permit or block)");
+  if (!redirect && !spec.callout.empty())
+    return fail(EINVAL, fmt::format("a {} filter sends the flow to no callout: drop callout '{}' "
+                                    "(or use action redirect)",
+                                    to_string(spec.action), spec.callout));
   if (spec.ports.lo > spec.ports.hi) return fail(EINVAL, "port range is empty");
   if (spec.app_cgroup && spec.app_cgroup->level > CONNREDIR_CGROUP_LEVELS_MAX)
     return fail(EINVAL, fmt::format("app cgroup {} is {} levels deep; at most {} are supported",

@@ -172,17 +172,9 @@ Result<FilterSpec> filter_spec(const FilterLine& l, CgroupResolver resolve) {
     if (!a) return tl::unexpected(a.error());
     s.action = *a;
   }
-  if (s.action == FilterAction::Redirect) {
-    if (l.callout.empty())
-      return fail(EINVAL,
-                  "callout is required (callout = NAME; --callout NAME), or an action "
-                  "that names none (action = permit or block)");
+  // Whether the action wants a callout is check_filter_spec's to say.
+  if (!l.callout.empty() && s.action == FilterAction::Redirect)
     if (auto v = validate_callout_name(l.callout); !v) return tl::unexpected(v.error());
-  } else if (!l.callout.empty()) {
-    return fail(EINVAL, fmt::format("a {} filter sends the flow to no callout: drop callout '{}' "
-                                    "(or use action redirect)",
-                                    to_string(s.action), l.callout));
-  }
   s.callout = l.callout;
   if (!l.dst.empty() && l.dst != "any") {
     auto p = parse_cidr(l.dst);
