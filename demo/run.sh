@@ -122,7 +122,7 @@ case_basic() {
   done
   for port in 8080 15001 15002; do
     for _ in $(seq 100); do
-      ss -Htln "sport = :$port" | grep -q . && break
+      [[ -n $(ss -Htln "sport = :$port") ]] && break
       sleep 0.05
     done
   done
@@ -184,7 +184,7 @@ PY
 # Waits for a TCP listener on 127.0.0.1:$1, up to $2 tenths of a second.
 wait_port() {
   for _ in $(seq "${2:-100}"); do
-    ss -Htln "sport = :$1" | grep -q . && return 0
+    [[ -n $(ss -Htln "sport = :$1") ]] && return 0
     sleep 0.1
   done
   echo "FAIL: nothing listens on port $1" >&2

@@ -61,7 +61,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
 fi
 # A dynamically linked busybox cannot run from the initramfs.
-file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
+grep -q 'statically linked' <<<"$(file -L /bin/busybox 2>/dev/null)" ||
   die "/bin/busybox is not static (install busybox-static)"
 
 CLI=$BUILD/src/cli/connredir

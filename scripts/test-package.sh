@@ -14,6 +14,9 @@
 #     purges them, checking nothing is left.
 # Root only. Everything it creates is removed on exit.
 set -euo pipefail
+# No `producer | grep -q` below: under pipefail, grep -q exiting at its first
+# match can kill the producer with SIGPIPE and turn a match into a failure
+# (stop 20's CI: ldd | grep -q). Capture the output, then grep it.
 cd "$(dirname "$0")/.."
 REPO=$PWD
 [[ $(id -u) -eq 0 ]] || { echo "test-package.sh: run as root" >&2; exit 1; }
@@ -83,9 +86,9 @@ for f in usr/sbin/connredir usr/bin/connredir-proxy usr/share/man/man8/connredir
 done
 [[ ! -e $ROOT/usr/include/connredir/control.hpp ]] ||
   { echo "FAIL: control-plane internals (control.hpp) are in the public headers" >&2; exit 1; }
-objdump -p "$LIB/libconnredir.so.0" | grep -q 'SONAME *libconnredir.so.0' ||
+grep -q 'SONAME *libconnredir.so.0' <<<"$(objdump -p "$LIB/libconnredir.so.0")" ||
   { echo "FAIL: libconnredir.so.0 has no SONAME libconnredir.so.0" >&2; exit 1; }
-if nm -D --defined-only "$LIB/libconnredir.so.0" | c++filt | grep -q 'connredir::control'; then
+if grep -q 'connredir::control' <<<"$(nm -D --defined-only "$LIB/libconnredir.so.0" | c++filt)"; then
   echo "FAIL: libconnredir exports control-plane symbols" >&2; exit 1
 fi
 export LD_LIBRARY_PATH=$LIB
@@ -117,8 +120,7 @@ if [[ -d $EX/cpp ]]; then
 fi
 example_bin() { [[ $1 == c ]] && echo "$WORK/c/connredir-example-c" || echo "$WORK/cpp/connredir-example-cpp"; }
 for b in "${built[@]}"; do
-  ldd "$(example_bin "$b")" |
-    grep -q "$LIB/libconnredir.so.0" ||
+  grep -qF "$LIB/libconnredir.so.0" <<<"$(ldd "$(example_bin "$b")")" ||
     { echo "FAIL: the $b example does not load the package's libconnredir.so.0" >&2; exit 1; }
 done
 
@@ -134,7 +136,7 @@ head -c $((4 * 1024 * 1024)) /dev/urandom >"$WORK/payload.bin"
 python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK" >"$WORK/http.log" 2>&1 &
 PIDS+=($!)
 wait_port() {
-  for _ in $(seq 200); do ss -Htln "sport = :$1" | grep -q . && return 0; sleep 0.05; done
+  for _ in $(seq 200); do [[ -n $(ss -Htln "sport = :$1") ]] && return 0; sleep 0.05; done
   echo "FAIL: nothing listens on port $1" >&2
   return 1
 }
@@ -155,7 +157,7 @@ chain_download() {
   shift
   rm -f "$WORK/vendor-a.jsonl" "$WORK/download.bin"
   : >"$WORK/vendor-b.jsonl"
-  if ss -Htln "sport = :15001" | grep -q .; then
+  if [[ -n $(ss -Htln "sport = :15001") ]]; then
     echo "FAIL ($label): port 15001 is taken before vendor-a starts" >&2
     exit 1
   fi
@@ -185,7 +187,7 @@ PY
   # a child), so the next vendor-a is the only one listening.
   echo 1 >"$CG/vendor-a/cgroup.kill"
   wait "$apid" 2>/dev/null || true
-  for _ in $(seq 200); do ss -Htln "sport = :15001" | grep -q . || return 0; sleep 0.05; done
+  for _ in $(seq 200); do [[ -n $(ss -Htln "sport = :15001") ]] || return 0; sleep 0.05; done
   echo "FAIL ($label): vendor-a still listens after it was killed" >&2
   exit 1
 }
