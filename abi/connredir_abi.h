@@ -27,10 +27,15 @@
  * loaded callers get the kernel's own EOPNOTSUPP (get) / ENOPROTOOPT (set). */
 #define SOL_CONNREDIR 0x4352
 /* get: records blob of an accepted, redirected socket.
- * set: attach a records blob to a not-yet-connected TCP socket. */
+ * set: attach a records blob to a not-yet-connected TCP or UDP socket. */
 #define CONNREDIR_RECORDS 1
 /* get: struct connredir_context of an accepted, redirected socket. */
 #define CONNREDIR_CONTEXT 2
+/* set, on a UDP proxy's socket bound to its callout's proxy address: select
+ * the flow whose datagrams come from `struct connredir_udp_flow.client`; the
+ * socket's CONNREDIR_RECORDS / CONNREDIR_CONTEXT / SO_ORIGINAL_DST then
+ * answer for that flow until the next selection (docs/ABI.md, "UDP"). */
+#define CONNREDIR_UDP_FLOW 3
 
 /* The iptables-compatible original-destination options (same numbers as
  * <linux/netfilter_ipv4.h> SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST). */
@@ -299,7 +304,16 @@ struct connredir_flow_key {
 	__u8 proxy_ip[16];
 	__u16 client_port; /* network order */
 	__u16 proxy_port;  /* network order */
-	__u32 reserved;
+	/* 0 for TCP (the byte was reserved and zero before UDP, so pinned
+	 * entries stay valid across an upgrade), CONNREDIR_PROTO_UDP for UDP */
+	__u8 proto;
+	__u8 reserved[3];
+};
+
+/* setsockopt(SOL_CONNREDIR, CONNREDIR_UDP_FLOW) argument: the client end of
+ * a UDP flow, as recvfrom()/recvmsg() reported it to the proxy. */
+struct connredir_udp_flow {
+	struct connredir_addr client;
 };
 
 /*
@@ -326,6 +340,7 @@ struct connredir_implicit_key {
 #define CONNREDIR_SK_PUBLISHED	 0x4u  /* hand-off entry published */
 #define CONNREDIR_SK_ACCEPTED	 0x8u  /* socket accepted by a proxy, state handed off */
 #define CONNREDIR_SK_IMPLICIT	 0x10u /* records attached implicitly at connect */
+#define CONNREDIR_SK_UDP_FLOW	 0x20u /* a UDP proxy socket: the flow it selected */
 
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
 struct connredir_sk_state {

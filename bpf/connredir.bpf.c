@@ -5,11 +5,16 @@
  *
  *   connect4/6      classify the connect against the filter index, pick the
  *                   first callout whose redirect state allows it, append a
- *                   hop to the flow's records, rewrite the destination (TCP);
+ *                   hop to the flow's records, rewrite the destination (TCP
+ *                   and UDP);
  *                   or stop at a permit filter (direct) or a block filter
  *                   (EPERM); while `connredir trace` holds its lease, queue
  *                   an event saying why (trace_events).
  *   sendmsg4/6      unconnected UDP sends: permit and block filters.
+ *   recvmsg4/6      connected UDP: a proxy socket's first datagram from a
+ *                   redirected client publishes the client's flow (the
+ *                   hand-off TCP does in sockops); a client sees replies
+ *                   come from its original destination.
  *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
  *                   has left yet, so publish the flow (records + context) in
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
@@ -17,7 +22,8 @@
  *                   records for the proxy's onward connect (`implicit`), in
  *                   case the proxy never sets records itself.
  *   getsockopt      SOL_CONNREDIR queries and SO_ORIGINAL_DST emulation.
- *   setsockopt      SOL_CONNREDIR records set (MAC-verified).
+ *   setsockopt      SOL_CONNREDIR records set (MAC-verified); a UDP
+ *                   proxy's flow selection.
  *   getpeername4/6  the client sees its original destination.
  *   sock_release    drop an unconsumed hand-off.
  *   bind4/6         only a callout's principal (or root) may bind its proxy
@@ -46,6 +52,7 @@
  *   handoff.h     sockops: publish and adopt a flow
  *   sockopt.h     the proxy's socket options
  *   bind.h        the proxy listener guard
+ *   datagram.h    connected UDP: the hand-off, the flow selection, replies
  */
 #include "lib/common.h"
 
@@ -61,14 +68,16 @@
 #include "lib/handoff.h"
 #include "lib/sockopt.h"
 #include "lib/bind.h"
+#include "lib/datagram.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* ---- Connect: classify and redirect (lib/redirect.h) ---------------------- */
 
-/* Which classifier a socket's connect or send goes through: TCP connects are
- * redirected; UDP (connected or not) meets permit and block filters only;
- * anything else (ping sockets, UDP-Lite, raw) is not ours. */
+/* Which classifier a socket's connect or send goes through: TCP and UDP
+ * connects may be redirected; an unconnected UDP send meets permit and
+ * block filters only; anything else (ping sockets, UDP-Lite, raw) is not
+ * ours. */
 static __always_inline __u8 socket_proto(struct bpf_sock_addr *ctx)
 {
 	__u32 type = ctx->type;
@@ -82,8 +91,8 @@ static __always_inline __u8 socket_proto(struct bpf_sock_addr *ctx)
 }
 
 /* connect4/6 and sendmsg4/6 (`v6` the hook's family, `send` for sendmsg,
- * constants after inlining): a TCP connect is classified and maybe
- * redirected, a UDP connect or send meets permit and block filters. */
+ * constants after inlining): a connect is classified and maybe redirected,
+ * an unconnected send meets permit and block filters. */
 static __always_inline int sock_addr_hook(struct bpf_sock_addr *ctx, int v6, int send)
 {
 	struct connredir_addr dst __attribute__((aligned(8))) = {};
@@ -95,9 +104,9 @@ static __always_inline int sock_addr_hook(struct bpf_sock_addr *ctx, int v6, int
 		sock_addr_read6(ctx, &dst);
 	else
 		sock_addr_read4(ctx, &dst);
-	if (proto == CONNREDIR_PROTO_UDP)
+	if (send)
 		return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
-	return redirect_connect(ctx, &dst, v6);
+	return redirect_connect(ctx, &dst, v6, proto);
 }
 
 SEC("cgroup/connect4")
@@ -179,19 +188,31 @@ int connredir_setsockopt(struct bpf_sockopt *ctx)
 {
 	if (ctx->level != SOL_CONNREDIR)
 		return 1;
-	if (ctx->optname != CONNREDIR_RECORDS)
-		return set_fail(ENOPROTOOPT);
-	return set_records(ctx);
+	if (ctx->optname == CONNREDIR_RECORDS)
+		return set_records(ctx);
+	if (ctx->optname == CONNREDIR_UDP_FLOW)
+		return select_udp_flow(ctx);
+	return set_fail(ENOPROTOOPT);
 }
 
-/* ---- Proxy listeners (lib/bind.h) ----------------------------------------- */
+/* ---- Proxy sockets (lib/bind.h) ------------------------------------------- */
+
+/* A callout's proxy address is guarded for TCP and UDP sockets alike. */
+static __always_inline int bind_guarded(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type;
+	__u32 protocol = ctx->protocol;
+
+	return (type == SOCK_STREAM && protocol == IPPROTO_TCP) ||
+	       (type == SOCK_DGRAM && protocol == IPPROTO_UDP);
+}
 
 SEC("cgroup/bind4")
 int connredir_bind4(struct bpf_sock_addr *ctx)
 {
 	struct bind_scan scan __attribute__((aligned(8))) = {};
 
-	if (ctx->type != SOCK_STREAM)
+	if (!bind_guarded(ctx))
 		return ALLOW;
 	sock_addr_read4(ctx, &scan.addr);
 	return guard_proxy_bind(ctx, &scan);
@@ -202,10 +223,24 @@ int connredir_bind6(struct bpf_sock_addr *ctx)
 {
 	struct bind_scan scan __attribute__((aligned(8))) = {};
 
-	if (ctx->type != SOCK_STREAM)
+	if (!bind_guarded(ctx))
 		return ALLOW;
 	sock_addr_read6(ctx, &scan.addr);
 	return guard_proxy_bind(ctx, &scan);
+}
+
+/* ---- Connected UDP: hand-off and replies (lib/datagram.h) ----------------- */
+
+SEC("cgroup/recvmsg4")
+int connredir_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return datagram_received(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int connredir_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return datagram_received(ctx, 1);
 }
 
 /* ---- Transparency (lib/redirect.h) ---------------------------------------- */

@@ -10,7 +10,10 @@
 #                         SO_ORIGINAL_DST and set no records, plus the
 #                         reference proxy: implicit records keep it one chain
 #                         (docs/OFF-THE-SHELF.md);
-#   demo/run.sh all       both, one after the other.
+#   demo/run.sh dns       DNS over UDP: dig resolves a name served by dnsmasq
+#                         through the two vendors' proxies (connredir-proxy
+#                         --udp), each once; each proxy prints the chain;
+#   demo/run.sh all       all three, one after the other.
 #
 # It installs what it needs, builds, then inside a private network namespace:
 # creates a throwaway cgroup tree, brings connredir up on it, registers the
@@ -26,9 +29,9 @@ ROOT=$PWD
 if [[ ${1:-} != --inside ]]; then
   CASE=${1:-basic}
   case $CASE in
-    basic | offshelf | all) ;;
+    basic | offshelf | dns | all) ;;
     *)
-      echo "usage: demo/run.sh [basic|offshelf|all]" >&2
+      echo "usage: demo/run.sh [basic|offshelf|dns|all]" >&2
       exit 2
       ;;
   esac
@@ -42,7 +45,8 @@ if [[ ${1:-} != --inside ]]; then
   # A private network namespace per case: every address below is ours alone.
   if [[ $CASE == all ]]; then
     unshare --net -- "$0" --inside basic
-    exec unshare --net -- "$0" --inside offshelf
+    unshare --net -- "$0" --inside offshelf
+    exec unshare --net -- "$0" --inside dns
   fi
   exec unshare --net -- "$0" --inside "$CASE"
 fi
@@ -315,6 +319,82 @@ PY
   }
   cr status
   echo "== demo passed: one download, mitmproxy -> squid -> connredir-proxy, each exactly once"
+}
+
+# DNS over UDP through two vendors: dig (connected UDP socket) -> vendor-a ->
+# vendor-b -> dnsmasq, each vendor once; the proxies relay UDP (--udp).
+case_dns() {
+  mkdir -p "$CG/app" "$CG/vendor-a" "$CG/vendor-b"
+  echo "== connredir up on $CG"
+  cr up --cgroup "$CG" --proxies-in "$CG/vendor-a" --proxies-in "$CG/vendor-b"
+  cr callout add vendor-a --proxy 127.0.0.1:15001 --proxy-uid 4001
+  cr callout add vendor-b --proxy 127.0.0.1:15002 --proxy-uid 4002
+  # UDP is redirected by filters that name it; vendor-a (weight 200) first.
+  cr filter add --callout vendor-a --proto udp --dst 127.0.0.1/32 --port 53 --weight 200 \
+    --context "vendor-a: DNS inspection"
+  cr filter add --callout vendor-b --proto udp --dst 127.0.0.0/8 --weight 100 \
+    --context "vendor-b: UDP DLP"
+  cr filter list
+
+  echo "== starting dnsmasq on 127.0.0.1:53 and the two vendors' proxies (--udp)"
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --conf-file=/dev/null --user=root \
+    --bind-interfaces --listen-address=127.0.0.1 --port=53 \
+    --address=/inspected.example/192.0.2.7 --log-queries --log-facility=- \
+    >"$WORK/dnsmasq.log" 2>&1 &
+  PIDS+=($!)
+  for v in a b; do
+    uid=$((4000 + $(printf '%d' "'$v") - 96))
+    cr exec --cgroup "$CG/vendor-$v" --uid "$uid" -- \
+      "$PROXY" --listen "127.0.0.1:1500$((uid - 4000))" --name "vendor-$v" --udp \
+      --udp-idle-timeout-ms 500 --log "$WORK/vendor-$v.jsonl" >"$WORK/vendor-$v.out" 2>&1 &
+    PIDS+=($!)
+  done
+  for port in 15001 15002; do wait_port "$port"; done
+  for _ in $(seq 100); do
+    [[ -n $(ss -Huln "sport = :53") ]] && break
+    sleep 0.05
+  done
+
+  echo "== dig (uid 1000, in the app cgroup) asks 127.0.0.1 for inspected.example"
+  answer=$(cr exec --cgroup "$CG/app" --uid 1000 -- \
+    dig @127.0.0.1 +short +tries=1 +time=3 +notcp inspected.example A)
+  echo "answer: $answer"
+  [[ $answer == 192.0.2.7 ]] || {
+    echo "FAIL: dig got '$answer', expected 192.0.2.7" >&2
+    cat "$WORK/dnsmasq.log" "$WORK"/vendor-*.out >&2
+    exit 1
+  }
+  # A UDP flow is logged when it has been idle for --udp-idle-timeout-ms.
+  for v in a b; do
+    for _ in $(seq 100); do [[ -s $WORK/vendor-$v.jsonl ]] && break; sleep 0.05; done
+  done
+  echo "== the chain each proxy saw"
+  cr --json callout list >"$WORK/callouts.json"
+  python3 - "$WORK" <<'PY'
+import json, sys, os
+work = sys.argv[1]
+names = {c["id"]: c["name"] for c in json.load(open(os.path.join(work, "callouts.json")))}
+for i, v in enumerate(("vendor-a", "vendor-b")):
+    path = os.path.join(work, v + ".jsonl")
+    flows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+    if len(flows) != 1:
+        sys.exit(f"FAIL: {v} saw {len(flows)} flows, expected exactly 1")
+    f = flows[0]
+    chain = [names.get(h["callout_id"], str(h["callout_id"])) for h in f["chain"]]
+    print(f"{v}: {f['proto']} flow {f['flow_id']} from {f['comm']} (uid {f['uid']}) to "
+          f"{f['orig_dst']}: chain [{' -> '.join(chain)}], {f['bytes_up']} bytes up, "
+          f"{f['bytes_down']} bytes down, {f['result']}")
+    if chain != ["vendor-a", "vendor-b"][: i + 1] or f["result"] != "ok":
+        sys.exit(f"FAIL: {v} saw the chain {chain}")
+PY
+  grep -q 'query\[A\] inspected.example' "$WORK/dnsmasq.log" || {
+    echo "FAIL: dnsmasq did not log the query" >&2
+    exit 1
+  }
+  echo "-- dnsmasq:"
+  grep 'inspected.example' "$WORK/dnsmasq.log"
+  cr status
+  echo "== demo passed: one DNS query, two vendors, each exactly once"
 }
 
 "case_$CASE"

@@ -20,6 +20,9 @@ pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev 
       # off-the-shelf vendors (tests/kernel/test_offshelf.cpp, demo/run.sh offshelf):
       # Debian's unmodified mitmproxy (transparent mode) and squid (intercept port)
       mitmproxy squid
+      # DNS through a chain of vendors (tests/kernel/test_udp.cpp, demo/run.sh):
+      # dig, and dnsmasq without its system service
+      bind9-dnsutils dnsmasq-base
       # the Debian packages (scripts/build-deb.sh, scripts/test-package.sh) and their man pages
       debhelper dpkg-dev fakeroot lintian help2man)
 missing=()

@@ -17,35 +17,48 @@
 #define PROXY_NOT_OWNER 2 /* someone else's listener (or an unmarked one) is there */
 
 /*
- * Who would receive a connect to the proxy's address in the connecting
- * socket's namespace? The lookup is the kernel's own listener lookup (a
- * listener bound to the address wins over a wildcard one, as for the SYN), so
- * the listener found is the one the SYN will reach, except for what
- * docs/SECURITY.md lists (a socket that binds in the microseconds between
+ * Who would receive a connect (or datagram) to the proxy's address in the
+ * connecting socket's namespace? The lookup is the kernel's own (a socket
+ * bound to the address wins over a wildcard one, as for the SYN or the
+ * datagram), so the socket found is the one the flow will reach, except for
+ * what docs/SECURITY.md lists (a socket that binds in the microseconds between
  * this check and the SYN; a SO_REUSEPORT group, whose members all share a
- * uid). A listener owns the flow only if its sk_owner says the callout's
- * principal bound it; an unmarked listener was bound outside the attached
- * cgroups, or before connredir was up. A routable proxy address with no
- * listener here is in another namespace (reached over veth): not visible from
- * here, so it is redirected to (PROXY_OWNED) and guarded where it listens.
+ * uid). It owns the flow only if its sk_owner says the callout's principal
+ * bound it; an unmarked socket was bound outside the attached cgroups, or
+ * before connredir was up. A routable proxy address with nothing bound here
+ * is in another namespace (reached over veth): not visible from here, so it
+ * is redirected to (PROXY_OWNED) and guarded where it listens.
  */
 static __always_inline int proxy_verdict(struct bpf_sock_addr *ctx, const struct connredir_addr *p,
-					 const struct connredir_callout *c)
+					 const struct connredir_callout *c, __u8 proto)
 {
 	struct bpf_sock_tuple t = {};
 	struct connredir_sk_owner *o;
 	struct bpf_sock *sk;
+	__u32 len = sizeof(t.ipv6);
 	int v = PROXY_NOT_OWNER;
 
 	if (p->family == CONNREDIR_AF_INET) {
 		t.ipv4.daddr = addr_word(p, 3);
 		t.ipv4.dport = p->port;
-		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		len = sizeof(t.ipv4);
 	} else {
 		__builtin_memcpy(t.ipv6.daddr, p->addr, 16);
 		t.ipv6.dport = p->port;
-		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
 	}
+	if (proto == CONNREDIR_PROTO_UDP) {
+		/* A UDP proxy's socket is unconnected: the lookup of a datagram
+		 * from nowhere in particular finds it, and only it. */
+		sk = bpf_sk_lookup_udp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return addr_is_loopback(p) ? PROXY_ABSENT : PROXY_OWNED;
+		o = bpf_sk_storage_get(&sk_owner, sk, NULL, 0);
+		if (o && owner_serves(o, c))
+			v = PROXY_OWNED;
+		bpf_sk_release(sk);
+		return v;
+	}
+	sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return addr_is_loopback(p) ? PROXY_ABSENT : PROXY_OWNED;
 	/* bpf_sk_fullsock is not offered to sock_addr programs; a listener is
@@ -122,6 +135,7 @@ struct classify_walk {
 	__u8 proto;    /* CONNREDIR_PROTO_TCP or _UDP */
 	__u8 blocked;  /* out: a block filter matched: fail with EPERM */
 	__u8 applies;  /* out of filter_applies: some candidate's conditions hold */
+	__u8 send;     /* an unconnected UDP send: redirect filters are not applied */
 	__u32 chosen_id;
 	__u32 chosen_fid;
 	__u32 carried; /* hops carried over record-less proxies (loop budget) */
@@ -234,8 +248,12 @@ static long classify_one(__u32 i, void *data)
 		return 0;
 	if (f->action != CONNREDIR_ACTION_REDIRECT)
 		return filter_decides(w, fid, f->action);
-	if (w->proto != CONNREDIR_PROTO_TCP)
-		return 0; /* redirection is TCP only so far */
+	/* UDP is redirected only by a filter that names it (proto udp): a
+	 * proxy that relays no UDP would otherwise refuse every UDP flow that
+	 * a `proto any` filter written for TCP covers. Unconnected sends are
+	 * not redirected (docs/UDP-DESIGN.md). */
+	if (w->proto == CONNREDIR_PROTO_UDP && (w->send || f->proto != CONNREDIR_PROTO_UDP))
+		return 0;
 	cid = f->callout_id;
 	c = bpf_map_lookup_elem(&callouts, &cid);
 	if (!c || !(c->flags & CONNREDIR_CALLOUT_F_USED))
@@ -261,7 +279,7 @@ static long classify_one(__u32 i, void *data)
 		trace_note(w, cid, fid, CONNREDIR_TV_NO_PROXY_FAMILY, flags);
 		return w->refuse ? 1 : 0;
 	}
-	verdict = w->can_take ? proxy_verdict(w->ctx, proxy, c) : PROXY_OWNED;
+	verdict = w->can_take ? proxy_verdict(w->ctx, proxy, c, w->proto) : PROXY_OWNED;
 	if (verdict != PROXY_OWNED) {
 		/* Never "deliver to whatever listens": bypass if the callout
 		 * asked for it, else refuse. */

@@ -36,14 +36,7 @@ static __always_inline void flow_key(struct bpf_sock_ops *skops, struct connredi
 				     const struct connredir_addr *client,
 				     const struct connredir_addr *proxy)
 {
-	/* Loopback 4-tuples repeat across namespaces: scope them by netns. A
-	 * routable proxy address may be in another namespace (veth): unscoped. */
-	key->netns = addr_is_loopback(proxy) ? bpf_get_netns_cookie(skops) : 0;
-	__builtin_memcpy(key->client_ip, client->addr, 16);
-	__builtin_memcpy(key->proxy_ip, proxy->addr, 16);
-	key->client_port = client->port;
-	key->proxy_port = proxy->port;
-	key->reserved = 0;
+	handoff_key(key, bpf_get_netns_cookie(skops), client, proxy, 0 /* TCP */);
 }
 
 static __always_inline void publish_flow(struct bpf_sock_ops *skops)

@@ -97,6 +97,26 @@ static __always_inline int records_tail_zero(const struct connredir_records *r)
 	return acc == 0;
 }
 
+/* The hand-off key of the flow from `client` to the proxy at `proxy` (the
+ * proxy's view: its own address). Loopback addresses repeat across
+ * namespaces: such a key is scoped by the netns cookie. A routable proxy
+ * address may be in another namespace (veth): unscoped. `proto` is 0 for
+ * TCP, CONNREDIR_PROTO_UDP for UDP, so the two never meet. */
+static __always_inline void handoff_key(struct connredir_flow_key *key, __u64 netns,
+					const struct connredir_addr *client,
+					const struct connredir_addr *proxy, __u8 proto)
+{
+	key->netns = addr_is_loopback(proxy) ? netns : 0;
+	__builtin_memcpy(key->client_ip, client->addr, 16);
+	__builtin_memcpy(key->proxy_ip, proxy->addr, 16);
+	key->client_port = client->port;
+	key->proxy_port = proxy->port;
+	key->proto = proto;
+	key->reserved[0] = 0;
+	key->reserved[1] = 0;
+	key->reserved[2] = 0;
+}
+
 /* Delete the hand-off this socket published, if the entry is still its own.
  * Called when the socket connects again (a failed connect freed its source
  * port, so the next attempt publishes under a new 4-tuple: without this each

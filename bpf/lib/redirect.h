@@ -43,9 +43,12 @@ static __always_inline struct connredir_sk_state *read_chain(struct classify_wal
 	__u32 hops = 0, last = 0, i;
 	__u64 seen = 0;
 
-	if (!st || !(st->flags & (CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_REDIRECTED)))
-		st = implicit_take(w, dst, st, sk);
-	else if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
+	/* Implicit offers come from accepted TCP connections: a UDP socket
+	 * has records only if its proxy set them. */
+	if (!st || !(st->flags & (CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_REDIRECTED))) {
+		if (w->proto == CONNREDIR_PROTO_TCP)
+			st = implicit_take(w, dst, st, sk);
+	} else if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
 		w->carried = st->records.carried_hops; /* a re-connect keeps its budget */
 	if (st && (st->flags & CONNREDIR_SK_RECORDS_SET)) {
 		w->carried = st->records.carried_hops;
@@ -292,12 +295,13 @@ static __always_inline int classify_end(struct classify_walk *w, const struct co
 }
 
 /*
- * Classify one TCP connect and redirect it if a filter says so (step 1, then
- * classify_candidates). Returns the proxy to connect to instead, or NULL to
- * leave the connect alone; *verdict says whether it must fail instead.
+ * Classify one TCP or UDP connect and redirect it if a filter says so (step
+ * 1, then classify_candidates). Returns the proxy to connect to instead, or
+ * NULL to leave the connect alone; *verdict says whether it must fail
+ * instead.
  */
 static __always_inline const struct connredir_addr *classify_connect(
-	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, int *verdict)
+	struct bpf_sock_addr *ctx, const struct connredir_addr *dst, __u8 proto, int *verdict)
 {
 	struct classify_walk w __attribute__((aligned(8))) = {};
 	struct connredir_candidates *cands;
@@ -306,16 +310,17 @@ static __always_inline const struct connredir_addr *classify_connect(
 	cands = lookup_candidates(dst);
 	if (!cands)
 		return NULL; /* matches no filter: untouched, no state */
-	classify_begin(&w, ctx, cands, dst, CONNREDIR_PROTO_TCP);
+	classify_begin(&w, ctx, cands, dst, proto);
 	proxy = classify_candidates(&w, dst);
 	*verdict = classify_end(&w, dst, proxy);
 	return proxy;
 }
 
 /*
- * Classify a UDP connect or unconnected send: permit and block filters
- * apply (UDP is not redirected). No per-socket state is read or created.
- * Returns CLASSIFY_GO or CLASSIFY_BLOCK.
+ * Classify an unconnected UDP send: permit and block filters apply; it is
+ * not redirected (docs/UDP-DESIGN.md: that needs a proxy address per
+ * destination). No per-socket state is read or created. Returns CLASSIFY_GO
+ * or CLASSIFY_BLOCK.
  */
 static __always_inline int classify_datagram(struct bpf_sock_addr *ctx,
 					     const struct connredir_addr *dst)
@@ -327,6 +332,7 @@ static __always_inline int classify_datagram(struct bpf_sock_addr *ctx,
 	if (!cands)
 		return CLASSIFY_GO;
 	classify_begin(&w, ctx, cands, dst, CONNREDIR_PROTO_UDP);
+	w.send = 1;
 	bpf_loop(CONNREDIR_CANDIDATES_MAX, classify_one, &w, 0);
 	return classify_end(&w, dst, NULL);
 }
@@ -339,22 +345,42 @@ static __always_inline int refuse_connect(void)
 	return 0;
 }
 
+/* A UDP socket may connect again, elsewhere: a redirect of an earlier
+ * connect no longer holds (its replies and getpeername are its own), and
+ * its hand-off is withdrawn. TCP cannot connect twice. */
+static __always_inline void forget_redirect(struct bpf_sock_addr *ctx)
+{
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (!st || !(st->flags & CONNREDIR_SK_REDIRECTED))
+		return;
+	handoff_retire(st);
+	st->flags &= ~CONNREDIR_SK_REDIRECTED;
+}
+
 /* A connect hook's work: classify the connect to `dst` (read from ctx) and
  * rewrite its destination to the proxy if a callout takes the flow. `v6`
  * is the hook's family (a constant after inlining). Returns the verdict. */
 static __always_inline int redirect_connect(struct bpf_sock_addr *ctx,
-					    const struct connredir_addr *dst, int v6)
+					    const struct connredir_addr *dst, int v6, __u8 proto)
 {
 	const struct connredir_addr *proxy;
 	int verdict = CLASSIFY_GO;
 
-	proxy = classify_connect(ctx, dst, &verdict);
+	proxy = classify_connect(ctx, dst, proto, &verdict);
 	if (verdict == CLASSIFY_BLOCK)
 		return 0; /* EPERM, the cgroup hooks' "not permitted" */
 	if (verdict == CLASSIFY_REFUSE)
 		return refuse_connect();
-	if (!proxy)
+	if (!proxy) {
+		if (proto == CONNREDIR_PROTO_UDP)
+			forget_redirect(ctx);
 		return ALLOW;
+	}
 	/* A v4-mapped destination of a v6 socket got an IPv4 proxy: written
 	 * back v4-mapped. */
 	if (v6)

@@ -180,8 +180,11 @@ static __always_inline int set_records(struct bpf_sockopt *ctx)
 	}
 	if (!sk)
 		return set_fail(EINVAL);
-	if (sk->type != SOCK_STREAM || sk->protocol != IPPROTO_TCP)
+	if (!((sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP) ||
+	      (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)))
 		return set_fail(EOPNOTSUPP);
+	/* An unconnected UDP socket is in TCP_CLOSE too; a connected one has
+	 * been classified already. */
 	if (sk->state != BPF_TCP_CLOSE)
 		return set_fail(EISCONN);
 	if (optlen != (int)sizeof(*r) || optval + sizeof(*r) > end)

@@ -22,14 +22,37 @@ Result<RecordsBlob> query_records(int fd);
 // Raw context bytes (CONNREDIR_CONTEXT_SIZE) and the decoded form.
 Result<std::vector<uint8_t>> query_context_raw(int fd);
 Result<Context> query_context(int fd);
-// Attach records to a not-yet-connected TCP socket, before connect().
+// Attach records to a not-yet-connected TCP or UDP socket, before connect()
+// (or, for UDP, the first send).
 //   EINVAL: forged/altered/truncated blob.  EISCONN: already connected.
-//   EOPNOTSUPP: not a TCP socket.  EACCES: not authorized.
+//   EOPNOTSUPP: not a TCP or UDP socket.  EACCES: not authorized.
 //   ENOPROTOOPT: connredir is not loaded for this process's cgroup.
 Result<void> set_records(int fd, std::span<const uint8_t> blob);
 // Original destination of an accepted, redirected socket, via the
 // iptables-compatible SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST options.
 Result<Address> original_destination(int fd);
+
+// One redirected UDP flow, as a UDP proxy sees it: what query_records,
+// query_context and original_destination give for an accepted TCP socket.
+struct UdpFlow {
+  RecordsBlob records;
+  Context context;                   // context.orig_dst is the original destination
+  std::vector<uint8_t> context_raw;  // the same, as the kernel returned it
+};
+
+// The flow whose datagrams come from `client` (the address recvfrom() or
+// recvmsg() reported) to the UDP socket `fd`, which is bound to its
+// callout's proxy address. The flow is known once `fd` has received a
+// datagram from the client with its source address asked for. Selecting
+// and reading are two socket options on `fd`; calls are serialised inside
+// the library, so threads may share `fd`.
+//   ENOENT: no redirected flow from `client` reached this socket's address
+//           (the client was not redirected, or its socket was closed).
+//   EADDRNOTAVAIL: `fd` is bound to a wildcard address: bind the callout's
+//           proxy address itself.
+//   EACCES: the caller is not the principal of the callout that redirected
+//           the flow (nor root).   EOPNOTSUPP: not a UDP socket.
+Result<UdpFlow> udp_flow(int fd, const Address& client);
 
 }  // namespace connredir
 

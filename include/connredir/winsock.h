@@ -19,6 +19,7 @@
 #ifndef CONNREDIR_WINSOCK_H
 #define CONNREDIR_WINSOCK_H
 
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -179,6 +180,65 @@ typedef struct _WSAPROTOCOL_INFOA* LPWSAPROTOCOL_INFO;
 /* Aborts this socket's overlapped operations that have not started. */
 #define SIO_FLUSH _WSAIO(IOC_WS2, 4) /* 0x28000004 */
 
+/* SIO_GET_EXTENSION_FUNCTION_POINTER (mswsock.h): with WSAID_WSARECVMSG as
+ * input, returns WSARecvMsg's address (the only extension provided). */
+#define SIO_GET_EXTENSION_FUNCTION_POINTER _WSAIORW(IOC_WS2, 6) /* 0xC8000006 */
+typedef struct _GUID {
+  DWORD Data1;
+  WORD Data2;
+  WORD Data3;
+  BYTE Data4[8];
+} GUID;
+#define WSAID_WSARECVMSG                                                           \
+  {                                                                                \
+    0xf689d7c8, 0x6f1f, 0x436b, { 0x8a, 0x53, 0xe5, 0x4f, 0xe3, 0x51, 0xc3, 0x22 } \
+  }
+
+/* ---- UDP: redirect records and context as control data ------------------ */
+/* setsockopt(IPPROTO_IP or IPPROTO_IPV6, IP_WFP_REDIRECT_RECORDS or
+ * IP_WFP_REDIRECT_CONTEXT, &(DWORD){TRUE}, sizeof(DWORD)) enables the control
+ * message on a UDP proxy socket: WSARecvMsg then returns each redirected
+ * flow's records (60) and context (70) with its datagrams. WSASendMsg with an
+ * IP_WFP_REDIRECT_RECORDS control message attaches the records. */
+#define IP_WFP_REDIRECT_RECORDS 60
+#define IP_WFP_REDIRECT_CONTEXT 70
+#define IPV6_WFP_REDIRECT_RECORDS 60
+#define IPV6_WFP_REDIRECT_CONTEXT 70
+
+typedef struct _WSABUF {
+  ULONG len;
+  CHAR* buf;
+} WSABUF, *LPWSABUF;
+
+typedef struct _WSAMSG {
+  struct sockaddr* name;
+  INT namelen;
+  LPWSABUF lpBuffers;
+  ULONG dwBufferCount;
+  WSABUF Control;
+  ULONG dwFlags;
+} WSAMSG, *PWSAMSG, *LPWSAMSG;
+
+/* Same layout as Windows' WSACMSGHDR (SIZE_T length, INT level, INT type). */
+typedef struct cmsghdr WSACMSGHDR, *PWSACMSGHDR, *LPWSACMSGHDR;
+#define WSA_CMSG_DATA(cmsg) CMSG_DATA(cmsg)
+#define WSA_CMSG_SPACE(length) CMSG_SPACE(length)
+#define WSA_CMSG_LEN(length) CMSG_LEN(length)
+/* The control buffer's first and next headers, NULL past the end. */
+static inline LPWSACMSGHDR connredir_ws_cmsg_next(const WSAMSG* msg, LPWSACMSGHDR cmsg) {
+  struct msghdr mh;
+  mh.msg_name = NULL;
+  mh.msg_namelen = 0;
+  mh.msg_iov = NULL;
+  mh.msg_iovlen = 0;
+  mh.msg_control = msg->Control.buf;
+  mh.msg_controllen = msg->Control.len;
+  mh.msg_flags = 0;
+  return cmsg ? CMSG_NXTHDR(&mh, cmsg) : CMSG_FIRSTHDR(&mh);
+}
+#define WSA_CMSG_FIRSTHDR(msg) connredir_ws_cmsg_next((msg), NULL)
+#define WSA_CMSG_NXTHDR(msg, cmsg) connredir_ws_cmsg_next((msg), (cmsg))
+
 /* ---- Error codes (winerror.h / winsock2.h values) ----------------------- */
 #define ERROR_INVALID_HANDLE 6
 #define ERROR_INVALID_PARAMETER 87
@@ -278,6 +338,40 @@ int WSAAPI closesocket(SOCKET s);
 /* ws2spi.h: a WSATHREADID for the calling thread, for WSPIoctl. */
 int WSPAPI WPUOpenCurrentThread(LPWSATHREADID lpThreadId, LPINT lpErrno);
 int WSPAPI WPUCloseThread(LPWSATHREADID lpThreadId, LPINT lpErrno);
+
+/* Receives one datagram (or stream bytes) like recvmsg(); on a socket where
+ * IP_WFP_REDIRECT_RECORDS / _CONTEXT were enabled, a datagram of a redirected
+ * UDP flow comes with the flow's records and context as control messages at
+ * the socket's level (IPPROTO_IP or IPPROTO_IPV6), after any the kernel
+ * returned; MSG_CTRUNC in lpMsg->dwFlags if they did not fit. Synchronous
+ * only: lpOverlapped must be NULL (else WSAEOPNOTSUPP). Also reachable as on
+ * Windows, through SIO_GET_EXTENSION_FUNCTION_POINTER. */
+typedef INT(WSAAPI* LPFN_WSARECVMSG)(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
+                                     LPWSAOVERLAPPED lpOverlapped,
+                                     LPWSAOVERLAPPED_COMPLETION_ROUTINE lpCompletionRoutine);
+INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
+                      LPWSAOVERLAPPED lpOverlapped,
+                      LPWSAOVERLAPPED_COMPLETION_ROUTINE lpCompletionRoutine);
+/* Sends like sendmsg(). An IP_WFP_REDIRECT_RECORDS control message attaches
+ * its records to the socket first (SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS);
+ * an unconnected socket that is given records and a destination is then
+ * connected to it (connredir redirects connected UDP sockets, not unconnected
+ * sends), so the datagram goes on to the next vendor. Other control messages
+ * go to the kernel. Synchronous only. */
+INT WSAAPI WSASendMsg(SOCKET Handle, LPWSAMSG lpMsg, DWORD dwFlags, LPDWORD lpNumberOfBytesSent,
+                      LPWSAOVERLAPPED lpOverlapped,
+                      LPWSAOVERLAPPED_COMPLETION_ROUTINE lpCompletionRoutine);
+
+/* setsockopt() that also knows IP_WFP_REDIRECT_RECORDS / _CONTEXT at
+ * IPPROTO_IP / IPPROTO_IPV6 (per socket, this layer's state); everything else
+ * goes to the kernel unchanged. This header maps setsockopt(...) calls to it,
+ * so Windows code enabling the control messages compiles unchanged; define
+ * CONNREDIR_WS_NO_SETSOCKOPT_MACRO before including it to opt out. */
+int connredir_ws_setsockopt(SOCKET s, int level, int optname, const void* optval, socklen_t optlen);
+#ifndef CONNREDIR_WS_NO_SETSOCKOPT_MACRO
+#define setsockopt(s, level, optname, optval, optlen) \
+  connredir_ws_setsockopt((SOCKET)(s), (level), (optname), (optval), (socklen_t)(optlen))
+#endif
 
 /* ---- connredir extensions (not Windows API) ----------------------------- */
 

@@ -564,11 +564,6 @@ Result<void> check_filter_spec(const FilterSpec& spec) {
   if (spec.proto != kProtoAny && spec.proto != kProtoTcp && spec.proto != kProtoUdp)
     return fail(EINVAL, "protocol must be tcp, udp or any");
   bool redirect = spec.action == FilterAction::Redirect;
-  if (redirect && spec.proto == kProtoUdp)
-    return fail(EINVAL,
-                "UDP flows are not redirected: a UDP filter may permit or block (action "
-                "permit|block); a redirect filter takes proto tcp or any (and then "
-                "applies to TCP only)");
   if (!redirect && !spec.context.empty())
     return fail(EINVAL, fmt::format("a {} filter hands no context to a proxy: drop the context",
                                     to_string(spec.action)));

@@ -123,7 +123,7 @@ std::vector<KernelFeature> probe_kernel_features(const std::string& pin_dir) {
   out.push_back(cg);
 
   out.push_back(prog_type("cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                          "connect4/6, bind4/6, getpeername4/6"));
+                          "connect4/6, bind4/6, getpeername4/6, sendmsg4/6, recvmsg4/6"));
   out.push_back(prog_type("sock_ops", BPF_PROG_TYPE_SOCK_OPS, "the flow hand-off"));
   out.push_back(prog_type("cgroup_sockopt", BPF_PROG_TYPE_CGROUP_SOCKOPT,
                           "the records and context socket options"));

@@ -198,7 +198,8 @@ Result<std::string> metrics_text(const std::string& pin_dir) {
   auto handoff = pinned_map_occupancy(pin_dir, "handoff");
   if (!handoff) return tl::unexpected(handoff.error());
   x.family("connredir_handoff_entries", "gauge",
-           "Redirected connects published for a proxy's accept and not yet taken over.");
+           "Redirected TCP connects published for a proxy's accept and not yet taken "
+           "over, and live redirected UDP flows (each until its client socket closes).");
   x.sample("connredir_handoff_entries", handoff->entries);
   x.family("connredir_handoff_capacity", "gauge",
            "Capacity of the hand-off map (publishing fails when it is full).");

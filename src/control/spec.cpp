@@ -37,7 +37,8 @@ constexpr FilterField kFilterFields[] = {
     {"dst", &FilterLine::dst, "destination CIDR or address, or any (default: any)"},
     {"port", &FilterLine::port, "destination port P or range P-Q, or any (default: any)"},
     {"proto", &FilterLine::proto,
-     "tcp, udp or any (default: any); UDP is permitted or blocked, not redirected"},
+     "tcp, udp or any (default: any); UDP is redirected when connected, permitted or "
+     "blocked either way"},
     {"weight", &FilterLine::weight, "higher weights are classified first (default 0)"},
     {"app_uid", &FilterLine::app_uid, "only apps running as this uid"},
     {"app_cgroup", &FilterLine::app_cgroup, "only apps in this cgroup v2 directory"},

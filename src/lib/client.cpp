@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include <fmt/format.h>
@@ -26,6 +27,8 @@ const char* op_name(SockOp op) {
       return "set_records";
     case Op::OriginalDst:
       return "original_destination";
+    case Op::UdpFlow:
+      return "udp_flow";
   }
   return "connredir";
 }
@@ -51,7 +54,16 @@ Error socket_option_error(SockOp op, int fd, int err) {
     case ENOENT:
       why = op == Op::OriginalDst
                 ? "socket was not redirected by connredir (no original destination is known)"
+            : op == Op::UdpFlow
+                ? "no redirected UDP flow from this client reached the socket's address (the "
+                  "client was not redirected, or its socket was closed); a flow is known once "
+                  "the socket received the client's datagram through recvfrom() or recvmsg()"
                 : "socket was not redirected by connredir";
+      break;
+    case EADDRNOTAVAIL:
+      why =
+          "the UDP socket is bound to a wildcard address: bind it to the callout's proxy "
+          "address (connredir callout show NAME), so that a flow is named by its two ends";
       break;
     case EACCES:
     case EPERM:
@@ -66,8 +78,10 @@ Error socket_option_error(SockOp op, int fd, int err) {
       // The kernel's own answer to an unknown option level on get; on set
       // connredir itself uses it for non-TCP sockets.
       why = op == Op::SetRecords
-                ? fmt::format("records can only be attached to a TCP socket (or {})", kNotLoaded)
-                : kNotLoaded;
+                ? fmt::format("records can only be attached to a TCP or UDP socket (or {})",
+                              kNotLoaded)
+            : op == Op::UdpFlow ? fmt::format("fd is not a UDP socket (or {})", kNotLoaded)
+                                : kNotLoaded;
       break;
     case EINVAL:
       why = op == Op::SetRecords
@@ -188,6 +202,26 @@ Result<Address> original_destination(int fd) {
     }
   }
   return tl::unexpected(len.error());
+}
+
+Result<UdpFlow> udp_flow(int fd, const Address& client) {
+  connredir_udp_flow sel{};
+  sel.client = client.to_abi();
+  // The selection is the socket's until the next one: select and read as one
+  // step, so two threads serving one socket never read each other's flow.
+  static std::mutex mu;
+  std::lock_guard lock(mu);
+  if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, sizeof sel) != 0)
+    return tl::unexpected(explain(Op::UdpFlow, fd, errno));
+  auto records = query_records(fd);
+  if (!records) return tl::unexpected(records.error());
+  auto raw = query_context_raw(fd);
+  if (!raw) return tl::unexpected(raw.error());
+  auto context = decode_context(*raw);
+  if (!context)
+    return fail(context.error().code,
+                fmt::format("udp_flow(fd {}): {}", fd, context.error().message));
+  return UdpFlow{std::move(*records), std::move(*context), std::move(*raw)};
 }
 
 }  // namespace connredir

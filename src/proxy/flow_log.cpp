@@ -23,6 +23,30 @@ Json opt(const std::optional<T>& v) {
 
 }  // namespace
 
+void describe_flow(FlowRecord& rec, std::span<const uint8_t> records, const Context* ctx) {
+  if (!records.empty()) {
+    if (auto info = decode_records(records)) {
+      rec.flow_id = info->flow_id;
+      for (const Hop& h : info->hops)
+        rec.chain.push_back(ChainEntry{h.callout_id, h.filter_id, h.dst.to_string()});
+      rec.pid = info->origin.pid;
+      rec.uid = info->origin.uid;
+      rec.comm = info->origin.comm;
+      if (info->origin.src.family != 0) rec.orig_src = info->origin.src.to_string();
+    }
+  }
+  if (!ctx) return;
+  rec.flow_id = ctx->flow_id;
+  rec.callout_id = ctx->callout_id;
+  rec.filter_id = ctx->filter_id;
+  rec.hop = ctx->hop;
+  rec.pid = ctx->pid;
+  rec.uid = ctx->uid;
+  rec.comm = ctx->comm;
+  if (ctx->orig_src.family != 0) rec.orig_src = ctx->orig_src.to_string();
+  if (ctx->orig_dst.family != 0) rec.orig_dst = ctx->orig_dst.to_string();
+}
+
 std::string format_flow_json(const FlowRecord& r) {
   Json chain = Json::array();
   for (const auto& h : r.chain) {
@@ -47,6 +71,8 @@ std::string format_flow_json(const FlowRecord& r) {
       {"bytes_down", r.bytes_down},
       {"duration_ms", r.duration_ms},
       {"result", r.result},
+      {"proto", r.proto},
+      {"dropped", opt(r.dropped)},
   };
   return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "connredir/records.hpp"
 #include "unique_fd.hpp"
 
 namespace connredir::proxy {
@@ -38,8 +39,14 @@ struct FlowRecord {
   uint64_t bytes_up = 0;    // client -> server
   uint64_t bytes_down = 0;  // server -> client
   uint64_t duration_ms = 0;
-  std::string result;  // "ok" or what went wrong
+  std::string result;               // "ok" or what went wrong
+  std::string proto = "tcp";        // "tcp" or "udp"
+  std::optional<uint64_t> dropped;  // UDP: datagrams that could not be sent at once
 };
+
+// What a flow's records and context say, for its log line: the chain, the
+// application, this proxy's hop. Either may be missing (null / empty).
+void describe_flow(FlowRecord& rec, std::span<const uint8_t> records, const Context* ctx);
 
 // One JSON object, no trailing newline. Never throws on odd bytes: invalid
 // UTF-8 (e.g. in comm) is replaced with U+FFFD.

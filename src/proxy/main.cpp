@@ -41,6 +41,16 @@ int main(int argc, char** argv) {
   app.add_option("--idle-timeout-ms", opt.idle_timeout_ms,
                  "reset a flow that moved no data for this long (0 = never)")
       ->capture_default_str();
+  app.add_flag("--udp", opt.udp,
+               "relay UDP too: a UDP socket at each --listen address receives the flows "
+               "connredir redirects with `filter add --proto udp` (docs/ABI.md, \"UDP\")");
+  app.add_option("--udp-idle-timeout-ms", opt.udp_idle_timeout_ms,
+                 "end (and log) a UDP flow after this long without a datagram (0 = never)")
+      ->capture_default_str();
+  app.add_option("--max-udp-flows", opt.max_udp_flows,
+                 "most UDP flows at once; the least recently active one makes room")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1u << 20));
   app.add_flag("--splice", splice,
                "relay bulk flows (past 64 KiB per direction) with splice(2) instead of "
                "recv/send; on loopback recv/send is faster (bench/RESULTS.md)");

@@ -1,5 +1,6 @@
 #include "connredir/error.hpp"
 #include "proxy.hpp"
+#include "udp_relay.hpp"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -26,8 +27,15 @@ namespace connredir::proxy {
 namespace {
 
 // epoll_data.u64 = pointer | tag (Listener and Conn are 8-byte aligned).
-enum Tag : uint64_t { kTagSignal = 0, kTagListener = 1, kTagClient = 2, kTagServer = 3 };
-constexpr uint64_t kTagMask = 3;
+enum Tag : uint64_t {
+  kTagSignal = 0,
+  kTagListener = 1,
+  kTagClient = 2,
+  kTagServer = 3,
+  kTagUdpListener = 4,
+  kTagUdpServer = 5,
+};
+constexpr uint64_t kTagMask = 7;  // every tagged object is at least 8-byte aligned
 constexpr uint32_t kConnEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
 uint64_t now_ns() {
@@ -143,6 +151,7 @@ struct Proxy::Impl {
   // Last member: destroyed (its thread stopped) first, while `metrics`
   // still exists.
   MetricsServer metrics_server;
+  std::unique_ptr<UdpRelay> udp;  // --udp
 
   std::string prefix() const { return "connredir-proxy[" + opt.name + "]: "; }
 
@@ -266,6 +275,20 @@ std::string Proxy::Impl::start() {
     std::fprintf(stderr, "%slistening on %s\n", prefix().c_str(), l->text.c_str());
     listeners.push_back(std::move(l));
   }
+  if (opt.udp) {
+    UdpRelay::Hooks hooks{[this] { metrics.flow_accepted(); },
+                          [this](FlowRecord& rec, uint64_t start, const std::string& result,
+                                 ErrorKind kind) { log_now(rec, start, result, kind); }};
+    udp = std::make_unique<UdpRelay>(
+        UdpRelay::Options{opt.name, opt.propagate, opt.udp_idle_timeout_ms, opt.max_udp_flows},
+        std::move(hooks));
+    udp->set_server_tag(kTagUdpServer);
+    for (const Address& a : opt.listen) {
+      if (auto err = udp->listen(a, ep.get(), kTagUdpListener); !err.empty()) return err;
+      std::fprintf(stderr, "%slistening for UDP on %s\n", prefix().c_str(),
+                   udp->listeners().back()->text.c_str());
+    }
+  }
   // Last: the server's threads inherit the blocked SIGTERM/SIGINT above.
   if (opt.metrics) return start_metrics();
   return {};
@@ -292,6 +315,7 @@ int Proxy::Impl::compute_timeout() const {
     next = std::min(next, connecting.head->stamp + connecting.timeout_ms);
   if (idle.head && idle.timeout_ms) next = std::min(next, idle.head->stamp + idle.timeout_ms);
   if (accept_paused_until) next = std::min(next, accept_paused_until);
+  if (udp) next = std::min(next, udp->next_deadline());
   if (next == UINT64_MAX) return -1;
   const uint64_t t = now_ms();
   if (next <= t) return 0;
@@ -333,6 +357,12 @@ int Proxy::Impl::run() {
           break;
         case kTagServer:
           conn_event(static_cast<Conn*>(ptr), Side::Server, evs[i].events);
+          break;
+        case kTagUdpListener:
+          udp->on_listener(static_cast<UdpListener*>(ptr), now);
+          break;
+        case kTagUdpServer:
+          udp->on_server(static_cast<UdpSession*>(ptr), now);
           break;
       }
     }
@@ -529,28 +559,9 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
     dst = *od;
   } else {
     blob = std::move(*recs);
-    if (auto info = decode_records(blob)) {
-      rec.flow_id = info->flow_id;
-      for (const Hop& h : info->hops) {
-        rec.chain.push_back(ChainEntry{h.callout_id, h.filter_id, h.dst.to_string()});
-      }
-      rec.pid = info->origin.pid;
-      rec.uid = info->origin.uid;
-      rec.comm = info->origin.comm;
-      if (info->origin.src.family != 0) rec.orig_src = info->origin.src.to_string();
-    }
     auto ctx = query_context(fd.get());
-    if (ctx) {
-      rec.flow_id = ctx->flow_id;
-      rec.callout_id = ctx->callout_id;
-      rec.filter_id = ctx->filter_id;
-      rec.hop = ctx->hop;
-      rec.pid = ctx->pid;
-      rec.uid = ctx->uid;
-      rec.comm = ctx->comm;
-      if (ctx->orig_src.family != 0) rec.orig_src = ctx->orig_src.to_string();
-      if (ctx->orig_dst.family != 0) dst = ctx->orig_dst;
-    }
+    describe_flow(rec, blob, ctx ? &*ctx : nullptr);
+    if (ctx && ctx->orig_dst.family != 0) dst = ctx->orig_dst;
     if (!dst) {
       auto od = original_destination(fd.get());
       if (od && od->family != 0) dst = *od;
@@ -723,6 +734,7 @@ void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset, Err
 }
 
 void Proxy::Impl::expire_timers() {
+  if (udp) udp->expire(now);
   while (connecting.head && connecting.timeout_ms &&
          connecting.head->stamp + connecting.timeout_ms <= now) {
     Conn* c = connecting.head;
@@ -746,6 +758,7 @@ void Proxy::Impl::shutdown_all() {
   for (TimerList* l : {&connecting, &idle}) {
     while (l->head) close_conn(l->head, why, false, ErrorKind::Shutdown);
   }
+  if (udp) udp->shutdown(now_ms());
   graveyard.clear();
   std::fprintf(stderr, "%sexiting: %llu flows ok, %llu failed, %llu not redirected\n",
                prefix().c_str(), static_cast<unsigned long long>(n_ok),

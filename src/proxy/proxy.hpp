@@ -1,7 +1,8 @@
 // The reference proxy: accepts redirected connections, reads their redirect
 // records and context, connects to the original destination with the
 // records attached (so connredir does not loop the flow back to this proxy)
-// and relays. Single-threaded epoll; see relay.hpp for the data path.
+// and relays. Single-threaded epoll; see relay.hpp for the data path, and
+// udp_relay.hpp for UDP (--udp).
 #pragma once
 
 #include <cstdint>
@@ -35,6 +36,11 @@ struct ProxyOptions {
   // --metrics: serve Prometheus metrics at http://ADDR:PORT/metrics.
   std::optional<Address> metrics;
   bool metrics_allow_remote = false;  // else a non-loopback ADDR is refused
+  // --udp: relay UDP flows too, on a UDP socket at each --listen address
+  // (udp_relay.hpp).
+  bool udp = false;
+  unsigned udp_idle_timeout_ms = 30000;
+  unsigned max_udp_flows = 4096;
 };
 
 class Proxy {

@@ -23,6 +23,12 @@ class SystemBackend final : public Backend {
   Result<void> set_records(int fd, std::span<const uint8_t> blob) override {
     return connredir::set_records(fd, blob);
   }
+  Result<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> udp_flow(
+      int fd, const Address& client) override {
+    auto f = connredir::udp_flow(fd, client);
+    if (!f) return tl::unexpected(f.error());
+    return std::pair{std::move(f->records), std::move(f->context_raw)};
+  }
   Result<uint64_t> socket_cookie(int fd) override {
     uint64_t cookie = 0;
     socklen_t len = sizeof(cookie);

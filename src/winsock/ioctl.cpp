@@ -257,6 +257,33 @@ struct Call {
   LPWSATHREADID tid;
 };
 
+// SIO_GET_EXTENSION_FUNCTION_POINTER: WSARecvMsg is the one extension this
+// layer has (msg.cpp). Answered at once, also for an overlapped call.
+int extension_pointer(const Call& c) {
+  static const GUID recvmsg_id = WSAID_WSARECVMSG;
+  if (c.in == nullptr || c.cb_in != sizeof(GUID)) {
+    set_last_error(WSAEINVAL, "SIO_GET_EXTENSION_FUNCTION_POINTER takes a GUID as input");
+    return WSAEINVAL;
+  }
+  if (std::memcmp(c.in, &recvmsg_id, sizeof(GUID)) != 0) {
+    set_last_error(WSAEINVAL, "unknown extension GUID: only WSAID_WSARECVMSG is provided");
+    return WSAEINVAL;
+  }
+  LPFN_WSARECVMSG fn = WSARecvMsg;
+  if (c.out == nullptr || c.cb_out < sizeof fn) {
+    set_last_error(WSAEFAULT, "the output buffer must hold a function pointer");
+    return WSAEFAULT;
+  }
+  std::memcpy(c.out, &fn, sizeof fn);
+  if (c.bytes) *c.bytes = sizeof fn;
+  if (c.ov) {
+    c.ov->Internal = 0;
+    c.ov->InternalHigh = sizeof fn;
+  }
+  set_last_error(0);
+  return 0;
+}
+
 // Returns 0 on synchronous success, else the Winsock error (WSA_IO_PENDING
 // when an overlapped operation was started).
 int ioctl_core(const Call& c) {
@@ -297,6 +324,7 @@ int ioctl_core(const Call& c) {
     }
   }
   if (c.bytes) *c.bytes = 0;
+  if (c.code == SIO_GET_EXTENSION_FUNCTION_POINTER) return extension_pointer(c);
 
   Kind kind = classify(c.code);
   if (kind == Kind::Invalid) {

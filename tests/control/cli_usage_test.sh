@@ -48,7 +48,7 @@ expect 2 filter load "$BADF"
 printf '{"callout":"x","colour":"red"}\n' >"$BADF"
 expect 2 filter load "$BADF"
 rm -f "$BADF"
-expect 2 filter add --callout x --proto udp
+expect 2 filter add --proto udp --port 443
 expect 2 filter add --callout x --weight x
 expect 2 filter add --callout x --app-uid 4294967295
 expect 2 filter add --callout x --context "$(printf '%0129d' 0)"

@@ -446,7 +446,7 @@ TEST(Config, FilterActionErrorsNameFileLineAndKey) {
       {"[[filter]]\naction = \"deny\"\n", "a.toml:2: [[filter]] #1 key action"},
       {"[[filter]]\naction = \"block\"\ncallout = \"x\"\n", "drop callout 'x'"},
       {"[[filter]]\naction = \"permit\"\ncontext = \"tls\"\n", "no context"},
-      {"[[filter]]\ncallout = \"x\"\nproto = \"udp\"\n", "not redirected"},
+      {"[[filter]]\nproto = \"udp\"\n", "callout is required"},
       {"[[filter]]\nproto = \"sctp\"\naction = \"block\"\n", "sctp"},
   };
   for (const auto& c : cases) {

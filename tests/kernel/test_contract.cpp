@@ -144,6 +144,10 @@ TEST_F(Contract, SetRecordsAcceptsGenuineAndRejectsForgedAlteredTruncated) {
     int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     o << " udp=" << set_records_raw(u, rec.data(), rec.size());
     close(u);
+    // Neither TCP nor UDP: not ours to carry records.
+    int un = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    o << " unix=" << set_records_raw(un, rec.data(), rec.size());
+    close(un);
     // A connected socket: connect to our own listener's port (no filter
     // matches it), accepted without redirect -> ENOENT on the accepted side.
     int cc = connect_to("127.0.0.1:15001");
@@ -153,7 +157,7 @@ TEST_F(Contract, SetRecordsAcceptsGenuineAndRejectsForgedAlteredTruncated) {
   });
   EXPECT_EQ(r,
             "genuine=OK flipped_not_rejected=0 forged_not_rejected=0 truncated=EINVAL "
-            "oversized=EINVAL empty=EINVAL udp=EOPNOTSUPP connected=EISCONN");
+            "oversized=EINVAL empty=EINVAL udp=OK unix=EOPNOTSUPP connected=EISCONN");
   auto s = stats();
   EXPECT_GE(s["records_rejected"], 2000u + sizeof(connredir_records));
 }

@@ -195,7 +195,7 @@ TEST_F(Netns, DownDetachesEverythingAndUpIsIdempotent) {
   for (size_t p = before.out.find("connredir_"); p != std::string::npos;
        p = before.out.find("connredir_", p + 1))
     attached++;
-  EXPECT_EQ(attached, 12u) << before.out;
+  EXPECT_EQ(attached, 14u) << before.out;
   cli({"down"});
   EXPECT_NE(access(pin_dir_.c_str(), F_OK), 0) << pin_dir_ << " still exists";
   // Unpinning drops the links' last reference; the kernel detaches and frees

@@ -40,7 +40,9 @@ TEST(FlowLog, FormatHasEveryKeyWithTheRightValues) {
   const std::string line = format_flow_json(sample());
   EXPECT_EQ(line.find('\n'), std::string::npos) << "one line per flow";
   const auto j = nlohmann::json::parse(line);
-  EXPECT_EQ(j.size(), 18u);
+  EXPECT_EQ(j.size(), 20u);
+  EXPECT_EQ(j["proto"], "tcp");
+  EXPECT_TRUE(j["dropped"].is_null());
   EXPECT_EQ(j["name"], "p1");
   EXPECT_EQ(j["flow_id"].get<uint64_t>(), 0x1234567890abcdefull);
   ASSERT_EQ(j["chain"].size(), 2u);

@@ -206,7 +206,11 @@ TEST(ClientErrors, EveryErrnoSaysWhatToDo) {
     }
   }
   EXPECT_TRUE(contains(msg(SockOp::SetRecords, ENOPROTOOPT), "connredir up --cgroup"));
-  EXPECT_TRUE(contains(msg(SockOp::SetRecords, EOPNOTSUPP), "TCP socket"));
+  EXPECT_TRUE(contains(msg(SockOp::SetRecords, EOPNOTSUPP), "TCP or UDP socket"));
+  EXPECT_TRUE(contains(msg(SockOp::UdpFlow, ENOENT), "recvfrom() or recvmsg()"));
+  EXPECT_TRUE(contains(msg(SockOp::UdpFlow, EADDRNOTAVAIL), "callout's proxy address"));
+  EXPECT_TRUE(contains(msg(SockOp::UdpFlow, EOPNOTSUPP), "not a UDP socket"));
+  EXPECT_EQ(msg(SockOp::UdpFlow, EACCES).rfind("udp_flow(fd 7): ", 0), 0u);
   EXPECT_EQ(msg(SockOp::SetRecords, EINVAL),
             "set_records(fd 7): records blob was rejected: it was not issued by this kernel's "
             "connredir or was altered; pass the exact bytes query_records returned");

@@ -56,6 +56,15 @@ class FakeBackend final : public Backend {
     last_set.assign(blob.begin(), blob.end());
     return set_result;
   }
+  Result<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> udp_flow(
+      int, const connredir::Address&) override {
+    Enter e(*this);
+    std::lock_guard lk(mu_);
+    ++queries;
+    if (!records) return tl::unexpected(records.error());
+    if (!context) return tl::unexpected(context.error());
+    return std::pair{*records, *context};
+  }
   Result<uint64_t> socket_cookie(int fd) override {
     Enter e(*this);
     if (!cookie && cookie.error().code == 0)

@@ -138,7 +138,7 @@ TEST_F(ControlCode, ValidButUnsupportedIsEopnotsupp) {
   const DWORD codes[] = {
       0x98000004u,               // SIO_KEEPALIVE_VALS
       0x8004667Eu,               // FIONBIO
-      0xC8000006u,               // SIO_GET_EXTENSION_FUNCTION_POINTER
+      0x48000016u,               // SIO_ADDRESS_LIST_QUERY
       _WSAIOW(IOC_VENDOR, 223),  // next to the WFP codes
       _WSAIOR(IOC_VENDOR, 204),
   };

@@ -1,0 +1,101 @@
+// The reference proxy's UDP side (--udp): one socket per listen address,
+// bound to the callout's proxy address; one flow per client address, each
+// with its own onward socket connected to the flow's original destination
+// with the flow's records attached (so connredir sends it to the next
+// vendor, never back here). Datagrams are relayed as they come, never
+// queued: a datagram that cannot be sent at once is dropped and counted, as
+// the network would. A flow ends after --udp-idle-timeout-ms without a
+// datagram either way, and is logged then with its chain. At most
+// --max-udp-flows flows exist; the least recently active one makes room.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "connredir/address.hpp"
+#include "flow_log.hpp"
+#include "metrics.hpp"
+#include "unique_fd.hpp"
+
+namespace connredir::proxy {
+
+struct UdpListener {
+  UniqueFd fd;
+  Address addr;
+  std::string text;
+};
+
+struct UdpSession {
+  UdpListener* listener = nullptr;
+  Address client;
+  UniqueFd server;  // empty: the flow was not relayed (rec.result says why)
+  FlowRecord rec;
+  uint64_t start_ms = 0;
+  uint64_t last_ms = 0;
+  uint64_t dropped = 0;  // datagrams that could not be sent at once
+  std::string result = "ok";
+  ErrorKind kind = ErrorKind::None;
+  std::list<UdpSession*>::iterator lru;
+};
+
+class UdpRelay {
+ public:
+  struct Options {
+    std::string name;
+    bool propagate = true;
+    unsigned idle_timeout_ms = 30000;
+    unsigned max_flows = 4096;
+  };
+  struct Hooks {
+    std::function<void()> flow_started;
+    // Writes the flow's log line (result "ok" or what went wrong).
+    std::function<void(FlowRecord&, uint64_t start_ms, const std::string& result, ErrorKind)>
+        flow_ended;
+  };
+
+  UdpRelay(Options opt, Hooks hooks);
+  ~UdpRelay();
+  UdpRelay(const UdpRelay&) = delete;
+  UdpRelay& operator=(const UdpRelay&) = delete;
+
+  // Binds a UDP socket at `addr` and adds it to epoll `ep` with user data
+  // (listener pointer | tag). Returns "" or an error that says what to do.
+  std::string listen(const Address& addr, int ep, uint64_t tag);
+  // Tag for the onward sockets' epoll user data (session pointer | tag).
+  void set_server_tag(uint64_t tag) { server_tag_ = tag; }
+
+  void on_listener(UdpListener* l, uint64_t now_ms);
+  void on_server(UdpSession* s, uint64_t now_ms);
+  // Ends flows idle past the timeout. Returns the next deadline (ms since
+  // the epoch of now_ms), or UINT64_MAX if none.
+  void expire(uint64_t now_ms);
+  uint64_t next_deadline() const;
+  // Ends every flow (proxy stopping).
+  void shutdown(uint64_t now_ms);
+  size_t flows() const { return sessions_.size(); }
+  const std::vector<std::unique_ptr<UdpListener>>& listeners() const { return listeners_; }
+
+ private:
+  using Key = std::tuple<const UdpListener*, std::array<uint8_t, 16>, uint16_t>;
+  UdpSession* open_session(UdpListener* l, const Address& client, uint64_t now_ms);
+  void end(UdpSession* s, uint64_t now_ms);
+  void touch(UdpSession* s, uint64_t now_ms);
+  void fail(UdpSession* s, std::string result, ErrorKind kind);
+
+  Options opt_;
+  Hooks hooks_;
+  int ep_ = -1;
+  uint64_t server_tag_ = 0;
+  std::vector<std::unique_ptr<UdpListener>> listeners_;
+  std::map<Key, std::unique_ptr<UdpSession>> sessions_;
+  std::list<UdpSession*> lru_;  // least recently active first
+  std::vector<uint8_t> buf_;
+};
+
+}  // namespace connredir::proxy
