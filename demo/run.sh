@@ -98,6 +98,35 @@ verify_download() {
   echo "bytes verified: sha256 $got"
 }
 
+# Waits for each of vendor-a and vendor-b to log its one flow (a proxy logs a
+# flow when it ends), prints what each saw and fails unless vendor-a saw the
+# chain [vendor-a] and vendor-b [vendor-a -> vendor-b].
+show_chains() {
+  for v in a b; do
+    for _ in $(seq 100); do [[ -s $WORK/vendor-$v.jsonl ]] && break; sleep 0.05; done
+  done
+  echo "== the chain each proxy saw"
+  cr --json callout list >"$WORK/callouts.json"
+  python3 - "$WORK" <<'PY'
+import json, sys, os
+work = sys.argv[1]
+names = {c["id"]: c["name"] for c in json.load(open(os.path.join(work, "callouts.json")))}
+for i, v in enumerate(("vendor-a", "vendor-b")):
+    path = os.path.join(work, v + ".jsonl")
+    flows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+    if len(flows) != 1:
+        sys.exit(f"FAIL: {v} saw {len(flows)} flows, expected exactly 1")
+    f = flows[0]
+    chain = [names.get(h["callout_id"], str(h["callout_id"])) for h in f["chain"]]
+    print(f"{v}: {f.get('proto', 'tcp')} flow {f['flow_id']} from {f['comm']} (pid {f['pid']}, "
+          f"uid {f['uid']}) to {f['orig_dst']}: chain [{' -> '.join(chain)}], "
+          f"{f['bytes_up']} bytes up, {f['bytes_down']} bytes down, {f['duration_ms']} ms, "
+          f"{f['result']}")
+    if chain != ["vendor-a", "vendor-b"][: i + 1] or f["result"] != "ok":
+        sys.exit(f"FAIL: {v} saw the chain {chain} ({f['result']})")
+PY
+}
+
 case_basic() {
   mkdir -p "$CG/app" "$CG/vendor-a" "$CG/vendor-b"
 
@@ -153,28 +182,7 @@ case_basic() {
   }
   verify_download
 
-  # Proxies log a flow when it ends; give them a moment to flush.
-  for v in a b; do
-    for _ in $(seq 100); do [[ -s $WORK/vendor-$v.jsonl ]] && break; sleep 0.05; done
-  done
-
-  echo "== the chain each proxy saw"
-  cr --json callout list >"$WORK/callouts.json"
-  python3 - "$WORK" <<'PY'
-import json, sys, os
-work = sys.argv[1]
-names = {c["id"]: c["name"] for c in json.load(open(os.path.join(work, "callouts.json")))}
-for v in ("vendor-a", "vendor-b"):
-    path = os.path.join(work, v + ".jsonl")
-    flows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-    if len(flows) != 1:
-        sys.exit(f"FAIL: {v} saw {len(flows)} flows, expected exactly 1")
-    f = flows[0]
-    chain = " -> ".join(names.get(h["callout_id"], str(h["callout_id"])) for h in f["chain"])
-    print(f"{v}: flow {f['flow_id']} from {f['comm']} (pid {f['pid']}, uid {f['uid']}) to "
-          f"{f['orig_dst']}: chain [{chain}], {f['bytes_down']} bytes down, "
-          f"{f['duration_ms']} ms, {f['result']}")
-PY
+  show_chains
   cr status
   if dot -Tsvg -o "$PICTURE/chains.svg" "$PICTURE/chains.dot"; then
     echo "== the live chain as a picture: $PICTURE/chains.svg (from \`connredir flows --dot\`: $PICTURE/chains.dot)"
@@ -337,7 +345,7 @@ case_dns() {
   cr filter list
 
   echo "== starting dnsmasq on 127.0.0.1:53 and the two vendors' proxies (--udp)"
-  dnsmasq --keep-in-foreground --no-resolv --no-hosts --conf-file=/dev/null --user=root \
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --conf-file=/dev/null --pid-file= --user=root \
     --bind-interfaces --listen-address=127.0.0.1 --port=53 \
     --address=/inspected.example/192.0.2.7 --log-queries --log-facility=- \
     >"$WORK/dnsmasq.log" 2>&1 &
@@ -365,28 +373,7 @@ case_dns() {
     exit 1
   }
   # A UDP flow is logged when it has been idle for --udp-idle-timeout-ms.
-  for v in a b; do
-    for _ in $(seq 100); do [[ -s $WORK/vendor-$v.jsonl ]] && break; sleep 0.05; done
-  done
-  echo "== the chain each proxy saw"
-  cr --json callout list >"$WORK/callouts.json"
-  python3 - "$WORK" <<'PY'
-import json, sys, os
-work = sys.argv[1]
-names = {c["id"]: c["name"] for c in json.load(open(os.path.join(work, "callouts.json")))}
-for i, v in enumerate(("vendor-a", "vendor-b")):
-    path = os.path.join(work, v + ".jsonl")
-    flows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-    if len(flows) != 1:
-        sys.exit(f"FAIL: {v} saw {len(flows)} flows, expected exactly 1")
-    f = flows[0]
-    chain = [names.get(h["callout_id"], str(h["callout_id"])) for h in f["chain"]]
-    print(f"{v}: {f['proto']} flow {f['flow_id']} from {f['comm']} (uid {f['uid']}) to "
-          f"{f['orig_dst']}: chain [{' -> '.join(chain)}], {f['bytes_up']} bytes up, "
-          f"{f['bytes_down']} bytes down, {f['result']}")
-    if chain != ["vendor-a", "vendor-b"][: i + 1] or f["result"] != "ok":
-        sys.exit(f"FAIL: {v} saw the chain {chain}")
-PY
+  show_chains
   grep -q 'query\[A\] inspected.example' "$WORK/dnsmasq.log" || {
     echo "FAIL: dnsmasq did not log the query" >&2
     exit 1

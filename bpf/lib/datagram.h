@@ -44,30 +44,6 @@ static __always_inline void sock_local(struct bpf_sock *sk, struct connredir_add
 		addr_set_v6(a, w0, w1, w2, w3, port);
 }
 
-/* Publish a redirected client socket's flow, now that its source is known:
- * the same MAC'd state a TCP client publishes at TCP_CONNECT_CB. */
-static __always_inline void udp_publish(struct connredir_sk_state *st, __u64 netns,
-					const struct connredir_addr *client,
-					const struct connredir_addr *proxy)
-{
-	const struct connredir_secret *k = mac_key();
-
-	if (!k)
-		return;
-	if (st->records.hop_count == 1)
-		st->records.origin.src = *client;
-	st->context.orig_src = st->records.origin.src;
-	st->records.mac = records_mac(k, &st->records);
-	handoff_key(&st->handoff, netns, client, proxy, CONNREDIR_PROTO_UDP);
-	st->flags |= CONNREDIR_SK_PUBLISHED;
-	if (bpf_map_update_elem(&handoff, &st->handoff, st, BPF_ANY)) {
-		st->flags &= ~CONNREDIR_SK_PUBLISHED;
-		stat_inc(CONNREDIR_STAT_PUBLISH_FAIL);
-		return;
-	}
-	stat_inc(CONNREDIR_STAT_PUBLISHED);
-}
-
 /*
  * A socket some principal bound received a datagram from `client`: if the
  * sender is a redirected client socket connected to this socket's address,
@@ -106,7 +82,7 @@ static __always_inline void udp_received_by_proxy(struct bpf_sock_addr *ctx, str
 	st = bpf_sk_storage_get(&sk_state, csk, NULL, 0);
 	if (st && (st->flags & CONNREDIR_SK_REDIRECTED) && !(st->flags & CONNREDIR_SK_PUBLISHED) &&
 	    same_ip(st->handoff.proxy_ip, local.addr) && st->handoff.proxy_port == local.port)
-		udp_publish(st, bpf_get_netns_cookie(ctx), client, &local);
+		handoff_publish(st, bpf_get_netns_cookie(ctx), client, &local, CONNREDIR_PROTO_UDP);
 	bpf_sk_release(csk);
 }
 

@@ -43,7 +43,6 @@ static __always_inline void publish_flow(struct bpf_sock_ops *skops)
 {
 	struct connredir_addr local __attribute__((aligned(8))) = {};
 	struct connredir_addr remote __attribute__((aligned(8))) = {};
-	const struct connredir_secret *k;
 	struct connredir_sk_state *st;
 	struct bpf_sock *sk = skops->sk;
 
@@ -51,9 +50,6 @@ static __always_inline void publish_flow(struct bpf_sock_ops *skops)
 		return;
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
 	if (!st || !(st->flags & CONNREDIR_SK_REDIRECTED))
-		return;
-	k = mac_key();
-	if (!k)
 		return;
 	skops_ends(skops, &local, &remote);
 	if (!same_ip(remote.addr, st->handoff.proxy_ip) || remote.port != st->handoff.proxy_port) {
@@ -63,18 +59,7 @@ static __always_inline void publish_flow(struct bpf_sock_ops *skops)
 		st->flags &= ~CONNREDIR_SK_REDIRECTED;
 		return;
 	}
-	if (st->records.hop_count == 1)
-		st->records.origin.src = local;
-	st->context.orig_src = st->records.origin.src;
-	st->records.mac = records_mac(k, &st->records);
-	flow_key(skops, &st->handoff, &local, &remote);
-	st->flags |= CONNREDIR_SK_PUBLISHED;
-	if (bpf_map_update_elem(&handoff, &st->handoff, st, BPF_ANY)) {
-		st->flags &= ~CONNREDIR_SK_PUBLISHED;
-		stat_inc(CONNREDIR_STAT_PUBLISH_FAIL);
-		return;
-	}
-	stat_inc(CONNREDIR_STAT_PUBLISHED);
+	handoff_publish(st, bpf_get_netns_cookie(skops), &local, &remote, 0 /* TCP */);
 }
 
 static __always_inline void adopt_flow(struct bpf_sock_ops *skops)

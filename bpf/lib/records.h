@@ -9,6 +9,7 @@
 #define CONNREDIR_LIB_RECORDS_H
 
 #include "maps.h"
+#include "stats.h"
 
 #define RECORDS_MAC_WORDS ((sizeof(struct connredir_records) - sizeof(__u64)) / sizeof(__u64))
 _Static_assert(sizeof(struct connredir_records) % 8 == 0, "records must be whole words");
@@ -115,6 +116,33 @@ static __always_inline void handoff_key(struct connredir_flow_key *key, __u64 ne
 	key->reserved[0] = 0;
 	key->reserved[1] = 0;
 	key->reserved[2] = 0;
+}
+
+/* Publish a redirected client socket's flow under the key of its two ends,
+ * now that its source end is known: a first hop's origin is that end, and
+ * the records are MAC'd only now, complete. TCP at TCP_CONNECT_CB
+ * (handoff.h), UDP when the proxy receives its first datagram
+ * (datagram.h). */
+static __always_inline void handoff_publish(struct connredir_sk_state *st, __u64 netns,
+					    const struct connredir_addr *client,
+					    const struct connredir_addr *proxy, __u8 proto)
+{
+	const struct connredir_secret *k = mac_key();
+
+	if (!k)
+		return;
+	if (st->records.hop_count == 1)
+		st->records.origin.src = *client;
+	st->context.orig_src = st->records.origin.src;
+	st->records.mac = records_mac(k, &st->records);
+	handoff_key(&st->handoff, netns, client, proxy, proto);
+	st->flags |= CONNREDIR_SK_PUBLISHED;
+	if (bpf_map_update_elem(&handoff, &st->handoff, st, BPF_ANY)) {
+		st->flags &= ~CONNREDIR_SK_PUBLISHED;
+		stat_inc(CONNREDIR_STAT_PUBLISH_FAIL);
+		return;
+	}
+	stat_inc(CONNREDIR_STAT_PUBLISHED);
 }
 
 /* Delete the hand-off this socket published, if the entry is still its own.

@@ -53,6 +53,11 @@ struct UdpFlow {
 //   EACCES: the caller is not the principal of the callout that redirected
 //           the flow (nor root).   EOPNOTSUPP: not a UDP socket.
 Result<UdpFlow> udp_flow(int fd, const Address& client);
+// Only the flow id of that flow (two socket options, no records copied).
+// Client addresses are reused: a UDP proxy checks the id with each datagram
+// and takes a new id for a new flow, so that a new client socket that got an
+// old one's address never rides on the old flow's records. Same errors.
+Result<uint64_t> udp_flow_id(int fd, const Address& client);
 
 }  // namespace connredir
 

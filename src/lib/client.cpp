@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -204,15 +205,36 @@ Result<Address> original_destination(int fd) {
   return tl::unexpected(len.error());
 }
 
-Result<UdpFlow> udp_flow(int fd, const Address& client) {
+namespace {
+
+// The selection is the socket's until the next one: select and read as one
+// step, so two threads serving one socket never read each other's flow.
+std::mutex g_udp_select;
+
+Result<void> select_udp_flow(int fd, const Address& client) {
   connredir_udp_flow sel{};
   sel.client = client.to_abi();
-  // The selection is the socket's until the next one: select and read as one
-  // step, so two threads serving one socket never read each other's flow.
-  static std::mutex mu;
-  std::lock_guard lock(mu);
   if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, sizeof sel) != 0)
     return tl::unexpected(explain(Op::UdpFlow, fd, errno));
+  return {};
+}
+
+}  // namespace
+
+Result<uint64_t> udp_flow_id(int fd, const Address& client) {
+  std::lock_guard lock(g_udp_select);
+  if (auto s = select_udp_flow(fd, client); !s) return tl::unexpected(s.error());
+  connredir_context c{};
+  auto len = get_opt(Op::QueryContext, fd, SOL_CONNREDIR, CONNREDIR_CONTEXT, &c, sizeof c);
+  if (!len) return tl::unexpected(len.error());
+  if (*len < offsetof(connredir_context, flow_id) + sizeof c.flow_id)
+    return tl::unexpected(explain(Op::UdpFlow, fd, ENOENT));
+  return c.flow_id;
+}
+
+Result<UdpFlow> udp_flow(int fd, const Address& client) {
+  std::lock_guard lock(g_udp_select);
+  if (auto s = select_udp_flow(fd, client); !s) return tl::unexpected(s.error());
   auto records = query_records(fd);
   if (!records) return tl::unexpected(records.error());
   auto raw = query_context_raw(fd);

@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
       "Metrics served by --metrics (Prometheus text format; docs/METRICS.md):\n"
       "  connredir_proxy_info{name,version}               gauge: always 1\n"
       "  connredir_proxy_listen_info{address}             gauge: 1 per listening address\n"
-      "  connredir_proxy_flows_total                      counter: connections accepted\n"
+      "  connredir_proxy_flows_total                      counter: connections accepted and UDP "
+      "flows begun\n"
       "  connredir_proxy_flows_active                     gauge: flows connecting or relaying\n"
       "  connredir_proxy_flow_errors_total{kind}          counter: flows that did not end ok, "
       "by kind:\n      " +

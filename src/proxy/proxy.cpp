@@ -1,5 +1,6 @@
 #include "connredir/error.hpp"
 #include "proxy.hpp"
+#include "bind_local.hpp"
 #include "udp_relay.hpp"
 
 #include <errno.h>
@@ -153,6 +154,8 @@ struct Proxy::Impl {
   MetricsServer metrics_server;
   std::unique_ptr<UdpRelay> udp;  // --udp
 
+  // The gauge counts TCP connections and UDP flows alike.
+  void publish_active() { metrics.set_active(active + (udp ? udp->flows() : 0)); }
   std::string prefix() const { return "connredir-proxy[" + opt.name + "]: "; }
 
   std::string start();
@@ -243,27 +246,13 @@ std::string Proxy::Impl::start() {
     auto l = std::make_unique<Listener>();
     l->addr = a;
     const std::string what = "listening on " + a.to_string() + " failed: ";
-    l->fd.reset(socket(a.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!l->fd) return what + "socket: " + connredir::errno_text(errno) + "; " + listen_hint(errno);
-    const int one = 1;
-    if (setsockopt(l->fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
-      return what + "SO_REUSEADDR: " + connredir::errno_text(errno);
-    if (a.family == AF_INET6 &&
-        setsockopt(l->fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
-      return what + "IPV6_V6ONLY: " + connredir::errno_text(errno);
-    sockaddr_storage ss{};
-    const socklen_t len = a.to_sockaddr(ss);
-    if (bind(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-      const int e = errno;
-      return what + "bind: " + connredir::errno_text(e) + "; " + listen_hint(e);
-    }
+    auto bound = bind_local(a, SOCK_STREAM);
+    if (!bound) return what + bound.error().message + "; " + listen_hint(bound.error().code);
+    l->fd = std::move(bound->fd);
+    l->addr = bound->addr;
     if (listen(l->fd.get(), SOMAXCONN) != 0) {
       const int e = errno;
       return what + "listen: " + connredir::errno_text(e) + "; " + listen_hint(e);
-    }
-    socklen_t blen = sizeof ss;
-    if (getsockname(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), &blen) == 0) {
-      if (auto b = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), blen)) l->addr = *b;
     }
     l->text = l->addr.to_string();
     // Level-triggered, accepts in bounded batches (see accept_from).
@@ -278,7 +267,8 @@ std::string Proxy::Impl::start() {
   if (opt.udp) {
     UdpRelay::Hooks hooks{[this] { metrics.flow_accepted(); },
                           [this](FlowRecord& rec, uint64_t start, const std::string& result,
-                                 ErrorKind kind) { log_now(rec, start, result, kind); }};
+                                 ErrorKind kind) { log_now(rec, start, result, kind); },
+                          [this](uint64_t up, uint64_t down) { metrics.bytes(up, down); }};
     udp = std::make_unique<UdpRelay>(
         UdpRelay::Options{opt.name, opt.propagate, opt.udp_idle_timeout_ms, opt.max_udp_flows},
         std::move(hooks));
@@ -360,6 +350,7 @@ int Proxy::Impl::run() {
           break;
         case kTagUdpListener:
           udp->on_listener(static_cast<UdpListener*>(ptr), now);
+          publish_active();
           break;
         case kTagUdpServer:
           udp->on_server(static_cast<UdpSession*>(ptr), now);
@@ -627,7 +618,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
   c->server = std::move(out);
   list_append(&connecting, c, start);
   ++active;
-  metrics.set_active(active);
+  publish_active();
   owned.release();  // owned by the timer lists until close_conn()
 }
 
@@ -729,12 +720,15 @@ void Proxy::Impl::close_conn(Conn* c, const std::string& result, bool reset, Err
   list_remove(c);
   c->phase = Conn::Phase::Closed;
   --active;
-  metrics.set_active(active);
+  publish_active();
   graveyard.emplace_back(c);  // freed after this batch of events
 }
 
 void Proxy::Impl::expire_timers() {
-  if (udp) udp->expire(now);
+  if (udp) {
+    udp->expire(now);
+    publish_active();
+  }
   while (connecting.head && connecting.timeout_ms &&
          connecting.head->stamp + connecting.timeout_ms <= now) {
     Conn* c = connecting.head;

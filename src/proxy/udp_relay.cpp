@@ -1,5 +1,7 @@
 #include "udp_relay.hpp"
 
+#include "bind_local.hpp"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
@@ -34,26 +36,17 @@ std::string UdpRelay::listen(const Address& addr, int ep, uint64_t tag) {
   auto l = std::make_unique<UdpListener>();
   l->addr = addr;
   const std::string what = "listening for UDP on " + addr.to_string() + " failed: ";
-  l->fd.reset(socket(addr.family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!l->fd) return what + "socket: " + errno_text(errno) + "; raise the descriptor limit";
-  const int one = 1;
-  if (addr.family == AF_INET6 &&
-      setsockopt(l->fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
-    return what + "IPV6_V6ONLY: " + errno_text(errno);
-  sockaddr_storage ss{};
-  const socklen_t len = addr.to_sockaddr(ss);
-  if (bind(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    const int e = errno;
-    return what + "bind: " + errno_text(e) +
-           (e == EACCES ? "; only the callout's proxy principal may bind its proxy address: run "
-                          "the proxy as that uid or in that cgroup"
-                        : "; check the --listen address (is the UDP port in use?)");
+  auto bound = bind_local(addr, SOCK_DGRAM);
+  if (!bound) {
+    const int e = bound.error().code;
+    return what + bound.error().message +
+           (e == EACCES   ? "; only the callout's proxy principal may bind its proxy address: run "
+                            "the proxy as that uid or in that cgroup"
+            : e == EMFILE ? "; raise the descriptor limit"
+                          : "; check the --listen address (is the UDP port in use?)");
   }
-  // A flow is named by both ends: a wildcard address cannot name one.
-  socklen_t blen = sizeof ss;
-  if (getsockname(l->fd.get(), reinterpret_cast<sockaddr*>(&ss), &blen) == 0) {
-    if (auto b = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), blen)) l->addr = *b;
-  }
+  l->fd = std::move(bound->fd);
+  l->addr = bound->addr;
   l->text = l->addr.to_string();
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -110,6 +103,7 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, uint64
     return s;
   }
   describe_flow(s->rec, flow->records, &flow->context);
+  s->flow_id = flow->context.flow_id;
   const Address& dst = flow->context.orig_dst;
   if (dst.family == 0) {
     fail(s, "redirected, but the original destination is unknown (context has none)",
@@ -169,7 +163,16 @@ void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
     auto client = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), plen);
     if (!client) continue;
     auto it = sessions_.find(Key{l, client->ip, client->port});
-    UdpSession* s = it != sessions_.end() ? it->second.get() : open_session(l, *client, now_ms);
+    UdpSession* s = it != sessions_.end() ? it->second.get() : nullptr;
+    if (s) {
+      // The same address, but is it the same flow? (udp_relay.hpp)
+      auto id = udp_flow_id(l->fd.get(), *client);
+      if ((id ? *id : 0) != s->flow_id) {
+        end(s, now_ms);
+        s = nullptr;
+      }
+    }
+    if (!s) s = open_session(l, *client, now_ms);
     touch(s, now_ms);
     if (!s->server) {
       ++s->dropped;
@@ -187,6 +190,7 @@ void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
       continue;
     }
     s->rec.bytes_up += static_cast<uint64_t>(n);
+    if (hooks_.bytes) hooks_.bytes(static_cast<uint64_t>(n), 0);
   }
 }
 
@@ -210,6 +214,7 @@ void UdpRelay::on_server(UdpSession* s, uint64_t now_ms) {
       continue;
     }
     s->rec.bytes_down += static_cast<uint64_t>(n);
+    if (hooks_.bytes) hooks_.bytes(0, static_cast<uint64_t>(n));
   }
 }
 

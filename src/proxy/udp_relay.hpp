@@ -7,6 +7,9 @@
 // the network would. A flow ends after --udp-idle-timeout-ms without a
 // datagram either way, and is logged then with its chain. At most
 // --max-udp-flows flows exist; the least recently active one makes room.
+// Client addresses are reused (a new socket may get a closed one's port), so
+// each datagram's flow id is checked: a new id ends the old flow and starts
+// a new one with the new flow's records.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +42,7 @@ struct UdpSession {
   uint64_t start_ms = 0;
   uint64_t last_ms = 0;
   uint64_t dropped = 0;  // datagrams that could not be sent at once
+  uint64_t flow_id = 0;  // the kernel's id of the flow (0: not redirected)
   std::string result = "ok";
   ErrorKind kind = ErrorKind::None;
   std::list<UdpSession*>::iterator lru;
@@ -57,6 +61,7 @@ class UdpRelay {
     // Writes the flow's log line (result "ok" or what went wrong).
     std::function<void(FlowRecord&, uint64_t start_ms, const std::string& result, ErrorKind)>
         flow_ended;
+    std::function<void(uint64_t up, uint64_t down)> bytes;  // relayed, as they go
   };
 
   UdpRelay(Options opt, Hooks hooks);

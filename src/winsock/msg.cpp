@@ -151,16 +151,17 @@ INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
   size_t used = mh.msg_controllen;
   ULONG flags = static_cast<ULONG>(mh.msg_flags);
   if ((wants.records || wants.context) && mh.msg_namelen > 0) {
-    auto client = connredir::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&from),
-                                                    mh.msg_namelen);
+    auto client =
+        connredir::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&from), mh.msg_namelen);
     if (client) {
       // No flow (ENOENT: not redirected) means no control messages, as on
       // Windows for a datagram no callout redirected.
       auto flow = backend().udp_flow(fd, *client);
       if (flow) {
-        const int level = sock_int(fd, SOL_SOCKET, SO_DOMAIN) == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
-        if ((wants.records && !append_cmsg(lpMsg, &used, level, IP_WFP_REDIRECT_RECORDS,
-                                           flow->first)) ||
+        const int level =
+            sock_int(fd, SOL_SOCKET, SO_DOMAIN) == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
+        if ((wants.records &&
+             !append_cmsg(lpMsg, &used, level, IP_WFP_REDIRECT_RECORDS, flow->first)) ||
             (wants.context &&
              !append_cmsg(lpMsg, &used, level, IP_WFP_REDIRECT_CONTEXT, flow->second)))
           flags |= MSG_CTRUNC;
@@ -168,7 +169,8 @@ INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
     }
   }
   if (lpMsg->name != nullptr && lpMsg->namelen > 0) {
-    const socklen_t copy = std::min<socklen_t>(mh.msg_namelen, static_cast<socklen_t>(lpMsg->namelen));
+    const socklen_t copy =
+        std::min<socklen_t>(mh.msg_namelen, static_cast<socklen_t>(lpMsg->namelen));
     std::memcpy(lpMsg->name, &from, copy);
     lpMsg->namelen = static_cast<INT>(mh.msg_namelen);
   }

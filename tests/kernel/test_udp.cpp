@@ -72,8 +72,8 @@ class Udp : public KernelTest {
   // Two vendors, each with a v4 and a v6 proxy address, filters for UDP to
   // `cidr4` and `cidr6` port `port`: vendor-a (weight 200) first.
   void two_vendors(uint16_t port, const std::vector<std::string>& proxy_extra = {}) {
-    for (auto [name, p, uid, weight] : {std::tuple{"vendor-a", 15001, kUidA, 200},
-                                        std::tuple{"vendor-b", 15002, kUidB, 100}}) {
+    for (auto [name, p, uid, weight] :
+         {std::tuple{"vendor-a", 15001, kUidA, 200}, std::tuple{"vendor-b", 15002, kUidB, 100}}) {
       cli({"callout", "add", name, "--proxy", fmt::format("127.0.0.1:{}", p), "--proxy",
            fmt::format("[::1]:{}", p), "--proxy-uid", std::to_string(uid)});
       for (const char* cidr : {"127.0.0.0/8", "::1/128"})
@@ -147,7 +147,9 @@ TEST_F(Udp, ConnectedFlowsPassEachVendorOnceInOrder) {
   }
   // Per-flow state went with the sockets: no hand-off left behind.
   EXPECT_TRUE(eventually(
-      [&] { return metric_samples(cli({"metrics", "--once"}).out)["connredir_handoff_entries"] == 0; },
+      [&] {
+        return metric_samples(cli({"metrics", "--once"}).out)["connredir_handoff_entries"] == 0;
+      },
       3000))
       << cli({"metrics", "--once"}).out;
 }
@@ -224,8 +226,8 @@ TEST_F(Udp, ProxyContract) {
   });
   ASSERT_TRUE(eventually(
       [&] { return read_file("/proc/net/udp").find(":3A99 ") != std::string::npos; }, 3000));
-  std::string got = run_in(cg("app"), kAppUid,
-                           [&] { return connected_exchange(echo.addr(), "q", AF_INET); });
+  std::string got =
+      run_in(cg("app"), kAppUid, [&] { return connected_exchange(echo.addr(), "q", AF_INET); });
   EXPECT_EQ(got, "q|" + echo.addr() + "|" + echo.addr());
   EXPECT_EQ(proxy->wait(),
             fmt::format("dst={} hop=1 hops=1 user=dns-tenant src=client unknown={} wildcard={} "
@@ -295,13 +297,13 @@ TEST_F(Udp, DigResolvesThroughTwoVendorsToDnsmasq) {
   ASSERT_EQ(access(dig, X_OK), 0) << "install bind9-dnsutils (scripts/install-deps.sh)";
   ASSERT_EQ(access(dnsmasq, X_OK), 0) << "install dnsmasq-base (scripts/install-deps.sh)";
   const uint16_t port = 5353;
-  auto server = spawn_in("", -1,
-                         {dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                          "--conf-file=/dev/null", "--user=root", "--bind-interfaces",
-                          "--listen-address=127.0.0.1", fmt::format("--port={}", port),
-                          "--address=/inspected.test/192.0.2.77", "--log-queries",
-                          "--log-facility=-"},
-                         dir_ + "/dnsmasq.out");
+  auto server =
+      spawn_in("", -1,
+               {dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                "--conf-file=/dev/null", "--pid-file=", "--user=root", "--bind-interfaces",
+                "--listen-address=127.0.0.1", fmt::format("--port={}", port),
+                "--address=/inspected.test/192.0.2.77", "--log-queries", "--log-facility=-"},
+               dir_ + "/dnsmasq.out");
   ASSERT_TRUE(eventually(
       [&] {
         return read_file("/proc/net/udp").find(fmt::format(":{:04X} ", port)) != std::string::npos;
@@ -310,8 +312,8 @@ TEST_F(Udp, DigResolvesThroughTwoVendorsToDnsmasq) {
       << read_file(dir_ + "/dnsmasq.out");
   two_vendors(port);
   auto r = run_in(cg("app"), kAppUid, [&] {
-    auto res = run({dig, "@127.0.0.1", "-p", std::to_string(port), "+short", "+tries=1",
-                    "+time=3", "+notcp", "inspected.test", "A"});
+    auto res = run({dig, "@127.0.0.1", "-p", std::to_string(port), "+short", "+tries=1", "+time=3",
+                    "+notcp", "inspected.test", "A"});
     return res.out;
   });
   EXPECT_EQ(r, "192.0.2.77\n") << read_file(dir_ + "/dnsmasq.out");

@@ -40,8 +40,12 @@ class Msg : public WinsockTest {
     std::vector<char> control(ctl);
     sockaddr_storage from{};
     WSABUF b{sizeof data, data};
-    WSAMSG m{reinterpret_cast<sockaddr*>(&from), sizeof from, &b, 1,
-             {static_cast<ULONG>(control.size()), control.data()}, 0};
+    WSAMSG m{reinterpret_cast<sockaddr*>(&from),
+             sizeof from,
+             &b,
+             1,
+             {static_cast<ULONG>(control.size()), control.data()},
+             0};
     DWORD n = 0;
     if (WSARecvMsg(s, &m, &n, nullptr, nullptr) != 0)
       return "ERR " + std::to_string(WSAGetLastError());
@@ -86,8 +90,8 @@ TEST_F(Msg, ExtensionPointerIsWSARecvMsgForItsGuidOnly) {
             SOCKET_ERROR);
   EXPECT_EQ(WSAGetLastError(), WSAEINVAL);
   char small[2];
-  EXPECT_EQ(WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, small, sizeof small,
-                     &n, nullptr, nullptr),
+  EXPECT_EQ(WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, small, sizeof small, &n,
+                     nullptr, nullptr),
             SOCKET_ERROR);
   EXPECT_EQ(WSAGetLastError(), WSAEFAULT);
 }
@@ -144,8 +148,12 @@ TEST_F(Msg, SendMsgAttachesTheRecordsAndConnectsAnUnconnectedSocket) {
   std::memcpy(WSA_CMSG_DATA(c), blob.data(), blob.size());
   char payload[] = "datagram";
   WSABUF b{8, payload};
-  WSAMSG m{reinterpret_cast<sockaddr*>(&da), sizeof da, &b, 1,
-           {static_cast<ULONG>(ctl.size()), ctl.data()}, 0};
+  WSAMSG m{reinterpret_cast<sockaddr*>(&da),
+           sizeof da,
+           &b,
+           1,
+           {static_cast<ULONG>(ctl.size()), ctl.data()},
+           0};
   DWORD sent = 0;
   ASSERT_EQ(WSASendMsg(out, &m, 0, &sent, nullptr, nullptr), 0) << WSAGetLastError();
   EXPECT_EQ(sent, 8u);
