@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <chrono>
@@ -266,12 +267,17 @@ std::unique_ptr<Process> spawn_in(const std::string& cgroup, int uid,
   return proc;
 }
 
-bool wait_listening(int port, int timeout_ms) {
+bool wait_listening(int port, int timeout_ms, int family, bool udp) {
   char want[16];
   snprintf(want, sizeof want, ":%04X", port);
+  std::vector<const char*> files;
+  if (family != AF_INET6) files.push_back(udp ? "/proc/net/udp" : "/proc/net/tcp");
+  if (family != AF_INET) files.push_back(udp ? "/proc/net/udp6" : "/proc/net/tcp6");
+  // A listener is LISTEN (0A); a bound, unconnected UDP socket is CLOSE (07).
+  const char* bound = udp ? "07" : "0A";
   auto t0 = Clock::now();
   while (ms_since(t0) < timeout_ms) {
-    for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    for (const char* f : files) {
       std::istringstream ss(read_file(f));
       std::string line;
       std::getline(ss, line);
@@ -279,7 +285,7 @@ bool wait_listening(int port, int timeout_ms) {
         std::istringstream ls(line);
         std::string sl, local, remote, state;
         ls >> sl >> local >> remote >> state;
-        if (state == "0A" && local.size() > 5 && local.substr(local.size() - 5) == want)
+        if (state == bound && local.size() > 5 && local.substr(local.size() - 5) == want)
           return true;
       }
     }
@@ -650,8 +656,16 @@ Process& KernelTest::start_proxy(const std::string& name, int uid, const std::st
   auto port = Address::parse(listen);
   EXPECT_TRUE(port.has_value());
   if (port) {
-    EXPECT_TRUE(wait_listening(port->port)) << "proxy " << name << " not listening; output:\n"
-                                            << read_file(dir_ + "/" + name + ".out");
+    // The family's own table: a proxy of the other family on the same port
+    // must not count (vendor-a and vendor-a6 share a port).
+    EXPECT_TRUE(wait_listening(port->port, 5000, port->family))
+        << "proxy " << name << " not listening; output:\n"
+        << read_file(dir_ + "/" + name + ".out");
+    if (std::find(extra.begin(), extra.end(), "--udp") != extra.end()) {
+      EXPECT_TRUE(wait_listening(port->port, 5000, port->family, true))
+          << "proxy " << name << " has no UDP socket; output:\n"
+          << read_file(dir_ + "/" + name + ".out");
+    }
   }
   return *procs_.back();
 }

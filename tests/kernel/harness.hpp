@@ -74,8 +74,10 @@ std::unique_ptr<Process> spawn_in(const std::string& cgroup, int uid,
                                   const std::vector<std::string>& argv,
                                   const std::string& output_file);
 
-// Waits until a TCP listener on `port` exists in this netns (/proc/net/tcp*).
-bool wait_listening(int port, int timeout_ms = 5000);
+// Waits until a TCP listener on `port` exists in this netns (/proc/net/tcp*),
+// of `family` only if given (AF_INET, AF_INET6); with `udp`, a bound UDP
+// socket (/proc/net/udp*) instead.
+bool wait_listening(int port, int timeout_ms = 5000, int family = 0, bool udp = false);
 // Reads JSON lines from a file, waiting until at least `n` exist.
 std::vector<nlohmann::json> read_json_lines(const std::string& path, size_t n,
                                             int timeout_ms = 8000);

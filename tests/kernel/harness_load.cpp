@@ -638,6 +638,20 @@ long tcp_socket_count() {
 
 // ---- ChainFixture -------------------------------------------------------------------
 
+long ChainFixture::two_hop_lines(const std::string& log) {
+  uint32_t a = callout_id("vendor-a"), b = callout_id("vendor-b");
+  std::ifstream in(log);
+  std::string line;
+  long n = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("chain") || j["chain"].size() != 2) continue;
+    if (j["chain"][0].value("callout_id", 0u) == a && j["chain"][1].value("callout_id", 0u) == b)
+      n++;
+  }
+  return n;
+}
+
 void ChainFixture::register_chain(const std::string& dst_ip, int dst_port,
                                   const std::vector<std::string>& callout_extra) {
   for (char v : {'a', 'b'}) {

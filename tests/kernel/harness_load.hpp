@@ -139,6 +139,8 @@ class ChainFixture : public KernelTest {
   void register_chain(const std::string& dst_ip, int dst_port,
                       const std::vector<std::string>& callout_extra = {});
   Process& start_vendor(char v, const std::vector<std::string>& extra = {});
+  // Lines of a flow log (vendor-b's) whose chain is [vendor-a, vendor-b].
+  long two_hop_lines(const std::string& log);
   void two_vendor_chain(const std::string& dst_ip, int dst_port,
                         const std::vector<std::string>& extra = {}) {
     register_chain(dst_ip, dst_port);

@@ -20,21 +20,6 @@ class Load : public ChainFixture {
   static bool eventually_slow(F pred, int timeout_ms) {
     return eventually(pred, timeout_ms, 50);
   }
-
-  // Every line of vendor-b's log carries the chain [vendor-a, vendor-b].
-  long two_hop_lines(const std::string& log) {
-    uint32_t a = callout_id("vendor-a"), b = callout_id("vendor-b");
-    std::ifstream in(log);
-    std::string line;
-    long n = 0;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.contains("chain") || j["chain"].size() != 2) continue;
-      if (j["chain"][0].value("callout_id", 0u) == a && j["chain"][1].value("callout_id", 0u) == b)
-        n++;
-    }
-    return n;
-  }
 };
 
 // 10 000 connections open at once, half IPv4 and half IPv6. Each vendor's

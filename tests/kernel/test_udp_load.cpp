@@ -212,19 +212,6 @@ class UdpLoad : public ChainFixture {
       start_proxy(name + "6", uid, "[::1]:" + port, flags);
     }
   }
-  long two_hop_lines(const std::string& log) {
-    uint32_t a = callout_id("vendor-a"), b = callout_id("vendor-b");
-    std::ifstream in(log);
-    std::string line;
-    long n = 0;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.contains("chain") || j["chain"].size() != 2) continue;
-      if (j["chain"][0].value("callout_id", 0u) == a && j["chain"][1].value("callout_id", 0u) == b)
-        n++;
-    }
-    return n;
-  }
   long lines(const std::vector<std::string>& names) {
     long n = 0;
     for (const auto& x : names) n += count_log(proxy_log(x)).lines;
