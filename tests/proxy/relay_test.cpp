@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -387,10 +389,25 @@ TEST_P(RelayModes, ResetAfterHalfCloseStillFails) {
   EXPECT_TRUE(errno == EPIPE || errno == ECONNRESET) << strerror(errno);
 }
 
+// The most a TCP socket may autotune its buffer to (the third value of
+// /proc/sys/net/ipv4/tcp_rmem or tcp_wmem), or `fallback`.
+size_t tcp_buffer_max(const char* sysctl, size_t fallback) {
+  FILE* f = std::fopen(sysctl, "r");
+  unsigned long lo = 0, def = 0, hi = 0;
+  const bool ok = f && std::fscanf(f, "%lu %lu %lu", &lo, &def, &hi) == 3;
+  if (f) std::fclose(f);
+  return ok ? hi : fallback;
+}
+
 TEST_P(RelayModes, SlowReaderBackpressureBoundsBufferingAndLosesNothing) {
   const Relay::Options opt = mode_options(GetParam());
   Rig s = make(Kind::Tcp, opt);
-  const Bytes down = random_bytes(32 * 1024 * 1024, 3);
+  // More than every buffer on the way can hold (two receive and two send
+  // buffers at their autotuning limits, plus the relay's own): kernels since
+  // 6.x let tcp_rmem grow to 32 MiB, which a fixed 32 MiB payload would fit.
+  const size_t rmem = tcp_buffer_max("/proc/sys/net/ipv4/tcp_rmem", 6u << 20);
+  const size_t wmem = tcp_buffer_max("/proc/sys/net/ipv4/tcp_wmem", 4u << 20);
+  const Bytes down = random_bytes(std::max<size_t>(32u << 20, 2 * rmem + 2 * wmem + (8u << 20)), 3);
   std::atomic<bool> server_wrote_all{false};
   std::thread srv([&] {
     EXPECT_TRUE(write_all(s.server.get(), down.data(), down.size()));
