@@ -27,18 +27,8 @@
 #include "state.hpp"
 
 namespace connredir::winsock {
-namespace {
 
-constexpr DWORD kMaxSetInput = 65536;  // no records blob is anywhere near this
-
-struct Identity {
-  dev_t dev = 0;
-  ino_t ino = 0;
-  bool operator==(const Identity&) const = default;
-};
-
-// fd of an open socket, or -1.
-int socket_fd(SOCKET s, Identity* id = nullptr) {
+int socket_fd(SOCKET s, Identity* id) {
   if (s > static_cast<SOCKET>(INT_MAX)) return -1;
   int fd = static_cast<int>(s);
   struct stat st;
@@ -46,6 +36,10 @@ int socket_fd(SOCKET s, Identity* id = nullptr) {
   if (id) *id = {st.st_dev, st.st_ino};
   return fd;
 }
+
+namespace {
+
+constexpr DWORD kMaxSetInput = 65536;  // no records blob is anywhere near this
 
 enum class Kind { QueryRecords, QueryContext, Set, EndpointHandle, Flush, Invalid, Unsupported };
 

@@ -11,9 +11,7 @@
 #define CONNREDIR_WS_NO_SETSOCKOPT_MACRO 1  // this file defines the function
 
 #include <errno.h>
-#include <limits.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <cstring>
 #include <mutex>
@@ -30,8 +28,7 @@ namespace {
 // Which control messages a socket asked for. Keyed by fd and checked against
 // the socket's identity, so a reused descriptor starts with none.
 struct Wants {
-  dev_t dev = 0;
-  ino_t ino = 0;
+  Identity id;
   bool records = false;
   bool context = false;
 };
@@ -39,17 +36,10 @@ struct Wants {
 std::mutex g_mu;
 std::unordered_map<int, Wants> g_wants;
 
-int open_socket(SOCKET s, struct stat* st) {
-  if (s > static_cast<SOCKET>(INT_MAX)) return -1;
-  const int fd = static_cast<int>(s);
-  if (fstat(fd, st) != 0 || !S_ISSOCK(st->st_mode)) return -1;
-  return fd;
-}
-
-Wants wants_of(int fd, const struct stat& st) {
+Wants wants_of(int fd, const Identity& id) {
   std::lock_guard lk(g_mu);
   auto it = g_wants.find(fd);
-  if (it == g_wants.end() || it->second.dev != st.st_dev || it->second.ino != st.st_ino) return {};
+  if (it == g_wants.end() || !(it->second.id == id)) return {};
   return it->second;
 }
 
@@ -98,8 +88,8 @@ int connredir_ws_setsockopt(SOCKET s, int level, int optname, const void* optval
   if (!is_wfp_level(level) ||
       (optname != IP_WFP_REDIRECT_RECORDS && optname != IP_WFP_REDIRECT_CONTEXT))
     return ::setsockopt(static_cast<int>(s), level, optname, optval, optlen);
-  struct stat st {};
-  const int fd = open_socket(s, &st);
+  Identity id;
+  const int fd = socket_fd(s, &id);
   if (fd < 0) {
     errno = ENOTSOCK;
     return -1;
@@ -116,7 +106,7 @@ int connredir_ws_setsockopt(SOCKET s, int level, int optname, const void* optval
   std::memcpy(&on, optval, sizeof on);
   std::lock_guard lk(g_mu);
   Wants& w = g_wants[fd];
-  if (w.dev != st.st_dev || w.ino != st.st_ino) w = Wants{st.st_dev, st.st_ino};
+  if (!(w.id == id)) w = Wants{id};
   (optname == IP_WFP_REDIRECT_RECORDS ? w.records : w.context) = on != 0;
   return 0;
 }
@@ -124,8 +114,8 @@ int connredir_ws_setsockopt(SOCKET s, int level, int optname, const void* optval
 INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
                       LPWSAOVERLAPPED lpOverlapped,
                       LPWSAOVERLAPPED_COMPLETION_ROUTINE lpCompletionRoutine) {
-  struct stat st {};
-  const int fd = open_socket(s, &st);
+  Identity id;
+  const int fd = socket_fd(s, &id);
   if (fd < 0) return fail_with(WSAENOTSOCK, "descriptor is not an open socket");
   if (lpOverlapped != nullptr || lpCompletionRoutine != nullptr)
     return fail_with(WSAEOPNOTSUPP,
@@ -133,7 +123,7 @@ INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
                      "and receive synchronously");
   if (lpMsg == nullptr || !probe_write(lpMsg, sizeof *lpMsg))
     return fail_with(WSAEFAULT, "lpMsg is not valid user memory");
-  const Wants wants = wants_of(fd, st);
+  const Wants wants = wants_of(fd, id);
   std::vector<iovec> iov = iovecs(lpMsg);
   sockaddr_storage from{};
   msghdr mh{};
@@ -184,8 +174,7 @@ INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
 INT WSAAPI WSASendMsg(SOCKET Handle, LPWSAMSG lpMsg, DWORD dwFlags, LPDWORD lpNumberOfBytesSent,
                       LPWSAOVERLAPPED lpOverlapped,
                       LPWSAOVERLAPPED_COMPLETION_ROUTINE lpCompletionRoutine) {
-  struct stat st {};
-  const int fd = open_socket(Handle, &st);
+  const int fd = socket_fd(Handle);
   if (fd < 0) return fail_with(WSAENOTSOCK, "descriptor is not an open socket");
   if (lpOverlapped != nullptr || lpCompletionRoutine != nullptr)
     return fail_with(WSAEOPNOTSUPP,

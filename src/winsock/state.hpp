@@ -16,6 +16,15 @@
 
 namespace connredir::winsock {
 
+// ioctl.cpp: the fd of an open socket, or -1; *id (if given) names the
+// socket itself, so a reused descriptor number is told apart.
+struct Identity {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool operator==(const Identity&) const = default;
+};
+int socket_fd(SOCKET s, Identity* id = nullptr);
+
 // errors.cpp
 void set_last_error(int code, std::string message = {});
 void set_required_size(uint32_t size);
