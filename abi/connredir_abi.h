@@ -31,8 +31,10 @@
 #define CONNREDIR_RECORDS 1
 /* get: struct connredir_context of an accepted, redirected socket. */
 #define CONNREDIR_CONTEXT 2
-/* set, on a UDP proxy's socket bound to its callout's proxy address: select
- * the flow whose datagrams come from `struct connredir_udp_flow.client`; the
+/* set, on a UDP proxy's socket: select the flow whose datagrams come from
+ * `struct connredir_udp_flow.client` to `.local` (the address the datagram
+ * was sent to, from IP_PKTINFO / IPV6_PKTINFO; optional on a socket bound to
+ * its callout's proxy address, which may pass only `client`, 20 bytes); the
  * socket's CONNREDIR_RECORDS / CONNREDIR_CONTEXT / SO_ORIGINAL_DST then
  * answer for that flow until the next selection (docs/ABI.md, "UDP"). */
 #define CONNREDIR_UDP_FLOW 3
@@ -311,10 +313,38 @@ struct connredir_flow_key {
 };
 
 /* setsockopt(SOL_CONNREDIR, CONNREDIR_UDP_FLOW) argument: the client end of
- * a UDP flow, as recvfrom()/recvmsg() reported it to the proxy. */
+ * a UDP flow, as recvfrom()/recvmsg() reported it to the proxy, and the local
+ * end the datagram was sent to (IP_PKTINFO's ipi_addr / IPV6_PKTINFO's
+ * ipi6_addr, with the socket's port). A caller may pass only `client`
+ * (optlen 20): the local end is then the socket's own bound address. */
 struct connredir_udp_flow {
 	struct connredir_addr client;
+	struct connredir_addr local; /* family 0: the socket's bound address */
 };
+
+/*
+ * Unconnected UDP sends (sendto(), sendmsg() with an address) are redirected
+ * to a proxy address of their own per original destination, so a reply's
+ * source says which destination it answers: the pool below, one address
+ * per (network namespace, destination) in use, at the callout's proxy port.
+ * The IPv4 pool is inside 127.0.0.0/8 (always local); the IPv6 pool needs a
+ * local route in each namespace whose sockets are redirected (`connredir up`
+ * adds it: `ip -6 route add local fdcc:7264::/64 dev lo`). Slot 0, the
+ * pool's base address, is never given out: the classifier looks a callout's
+ * wildcard proxy socket up there. A proxy receives these flows on a socket
+ * bound to the wildcard address at its callout's port, with IP_PKTINFO /
+ * IPV6_RECVPKTINFO to learn the pool address (docs/ABI.md, "UDP").
+ */
+#define CONNREDIR_UDP_POOL4	 0x7f4d0000u /* 127.77.0.0/16, host order */
+#define CONNREDIR_UDP_POOL6_W0	 0xfdcc7264u /* fdcc:7264::/64: its first word, host order */
+#define CONNREDIR_UDP_POOL_SLOTS 65536u
+/* Flows of unconnected sends the proxy may select (map `udp_sends`, LRU): a
+ * flow not sent on for CONNREDIR_UDP_SEND_IDLE_NS is over; the next send to
+ * that destination starts a new one. */
+#define CONNREDIR_UDP_SENDS_MAX 8192
+/* Destinations with a pool address at once (maps `udp_pool`, `udp_pool_rev`, LRU). */
+#define CONNREDIR_UDP_POOL_MAX	   16384
+#define CONNREDIR_UDP_SEND_IDLE_NS (60ULL * 1000 * 1000 * 1000)
 
 /*
  * map `implicit` (LRU_HASH) key: flows a callout's principal accepted, by

@@ -10,11 +10,14 @@
  *                   or stop at a permit filter (direct) or a block filter
  *                   (EPERM); while `connredir trace` holds its lease, queue
  *                   an event saying why (trace_events).
- *   sendmsg4/6      unconnected UDP sends: permit and block filters.
+ *   sendmsg4/6      unconnected UDP sends: classified per datagram like a
+ *                   connect; a redirected one goes to its destination's
+ *                   pool address at the proxy's port, its flow stored for
+ *                   the proxy (`udp_sends`).
  *   recvmsg4/6      connected UDP: a proxy socket's first datagram from a
  *                   redirected client publishes the client's flow (the
  *                   hand-off TCP does in sockops); a client sees replies
- *                   come from its original destination.
+ *                   come from its original destination (connected or not).
  *   sockops         TCP_CONNECT_CB: the client's 4-tuple is known and no SYN
  *                   has left yet, so publish the flow (records + context) in
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
@@ -42,6 +45,7 @@
  *   maps.h        every map: what it holds, who writes and reads it
  *   stats.h       counters, host-wide and per callout
  *   addr.h        endpoints; reading and writing a sock_addr context
+ *   pool.h        the proxy address pool of unconnected UDP sends
  *   principals.h  who the caller (or a socket's binder) is
  *   records.h     records, their MAC, the hand-off entry
  *   trace.h       `connredir trace` events
@@ -52,7 +56,8 @@
  *   handoff.h     sockops: publish and adopt a flow
  *   sockopt.h     the proxy's socket options
  *   bind.h        the proxy listener guard
- *   datagram.h    connected UDP: the hand-off, the flow selection, replies
+ *   datagram.h    UDP: the connected hand-off, unconnected sends, the flow
+ *                 selection, replies
  */
 #include "lib/common.h"
 
@@ -75,9 +80,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* ---- Connect: classify and redirect (lib/redirect.h) ---------------------- */
 
 /* Which classifier a socket's connect or send goes through: TCP and UDP
- * connects may be redirected; an unconnected UDP send meets permit and
- * block filters only; anything else (ping sockets, UDP-Lite, raw) is not
- * ours. */
+ * connects and unconnected UDP sends may be redirected; anything else (ping
+ * sockets, UDP-Lite, raw) is not ours. */
 static __always_inline __u8 socket_proto(struct bpf_sock_addr *ctx)
 {
 	__u32 type = ctx->type;
@@ -91,8 +95,8 @@ static __always_inline __u8 socket_proto(struct bpf_sock_addr *ctx)
 }
 
 /* connect4/6 and sendmsg4/6 (`v6` the hook's family, `send` for sendmsg,
- * constants after inlining): a connect is classified and maybe redirected,
- * an unconnected send meets permit and block filters. */
+ * constants after inlining): a connect or an unconnected send is classified
+ * and maybe redirected. */
 static __always_inline int sock_addr_hook(struct bpf_sock_addr *ctx, int v6, int send)
 {
 	struct connredir_addr dst __attribute__((aligned(8))) = {};
@@ -105,7 +109,7 @@ static __always_inline int sock_addr_hook(struct bpf_sock_addr *ctx, int v6, int
 	else
 		sock_addr_read4(ctx, &dst);
 	if (send)
-		return classify_datagram(ctx, &dst) == CLASSIFY_BLOCK ? 0 : ALLOW;
+		return datagram_sent(ctx, &dst, v6);
 	return redirect_connect(ctx, &dst, v6, proto);
 }
 
@@ -125,7 +129,8 @@ int connredir_connect6(struct bpf_sock_addr *ctx)
 
 /* The kernel runs these only for a send that names its destination; a
  * connected socket's sends were classified at its connect. A block filter
- * fails the send with EPERM. */
+ * fails the send with EPERM; a redirect filter for UDP sends it to a pool
+ * address of its destination (lib/pool.h). */
 SEC("cgroup/sendmsg4")
 int connredir_sendmsg4(struct bpf_sock_addr *ctx)
 {

@@ -107,7 +107,12 @@ static __always_inline void sock_addr_read6(struct bpf_sock_addr *ctx, struct co
 static __always_inline void sock_addr_write4(struct bpf_sock_addr *ctx,
 					     const struct connredir_addr *a)
 {
-	ctx->user_ip4 = addr_word(a, 3);
+	__u32 ip = addr_word(a, 3);
+
+	/* One 4-byte store: the context refuses narrower writes, which clang
+	 * makes of an address whose bytes it can see (a pool address). */
+	barrier_var(ip);
+	ctx->user_ip4 = ip;
 	ctx->user_port = a->port;
 }
 
@@ -115,10 +120,17 @@ static __always_inline void sock_addr_write4(struct bpf_sock_addr *ctx,
 static __always_inline void sock_addr_write6(struct bpf_sock_addr *ctx,
 					     const struct connredir_addr *a)
 {
-	ctx->user_ip6[0] = addr_word(a, 0);
-	ctx->user_ip6[1] = addr_word(a, 1);
-	ctx->user_ip6[2] = addr_word(a, 2);
-	ctx->user_ip6[3] = addr_word(a, 3);
+	__u32 w0 = addr_word(a, 0), w1 = addr_word(a, 1);
+	__u32 w2 = addr_word(a, 2), w3 = addr_word(a, 3);
+
+	barrier_var(w0);
+	barrier_var(w1);
+	barrier_var(w2);
+	barrier_var(w3);
+	ctx->user_ip6[0] = w0;
+	ctx->user_ip6[1] = w1;
+	ctx->user_ip6[2] = w2;
+	ctx->user_ip6[3] = w3;
 	ctx->user_port = a->port;
 }
 

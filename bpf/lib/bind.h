@@ -7,21 +7,28 @@
 #define CONNREDIR_LIB_BIND_H
 
 #include "addr.h"
+#include "pool.h"
 #include "principals.h"
 #include "stats.h"
 
-/* Would a listener bound at `a` receive flows redirected to callout c? */
+/* Would a listener bound at `a` receive flows redirected to callout c? A
+ * pool address at the callout's port would take the unconnected UDP sends
+ * of one destination (pool.h). */
 static __always_inline int bind_takes_proxy(const struct connredir_addr *a,
 					    const struct connredir_callout *c)
 {
-	int v6_any = a->family == CONNREDIR_AF_INET6 && addr_is_wildcard(a);
+	__u32 slot;
+	/* The v6 wildcard also receives IPv4; a pool address at the port is
+	 * as good as the wildcard for the sends it stands for. */
+	int any =
+		(a->family == CONNREDIR_AF_INET6 && addr_is_wildcard(a)) || pool_slot_of(a, &slot);
 
 	if (c->flags & CONNREDIR_CALLOUT_F_PROXY4 && a->port == c->proxy4.port &&
-	    (same_endpoint(a, &c->proxy4) || v6_any ||
+	    (same_endpoint(a, &c->proxy4) || any ||
 	     (a->family == CONNREDIR_AF_INET && addr_is_wildcard(a))))
 		return 1;
 	if (c->flags & CONNREDIR_CALLOUT_F_PROXY6 && a->port == c->proxy6.port &&
-	    (same_endpoint(a, &c->proxy6) || v6_any))
+	    (same_endpoint(a, &c->proxy6) || any))
 		return 1;
 	return 0;
 }

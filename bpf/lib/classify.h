@@ -8,6 +8,7 @@
 #define CONNREDIR_LIB_CLASSIFY_H
 
 #include "addr.h"
+#include "pool.h"
 #include "principals.h"
 #include "stats.h"
 #include "trace.h"
@@ -30,7 +31,7 @@
  * is redirected to (PROXY_OWNED) and guarded where it listens.
  */
 static __always_inline int proxy_verdict(struct bpf_sock_addr *ctx, const struct connredir_addr *p,
-					 const struct connredir_callout *c, __u8 proto)
+					 const struct connredir_callout *c, __u8 proto, __u8 pool)
 {
 	struct bpf_sock_tuple t = {};
 	struct connredir_sk_owner *o;
@@ -39,19 +40,26 @@ static __always_inline int proxy_verdict(struct bpf_sock_addr *ctx, const struct
 	int v = PROXY_NOT_OWNER;
 
 	if (p->family == CONNREDIR_AF_INET) {
-		t.ipv4.daddr = addr_word(p, 3);
+		t.ipv4.daddr = pool ? bpf_htonl(CONNREDIR_UDP_POOL4) : addr_word(p, 3);
 		t.ipv4.dport = p->port;
 		len = sizeof(t.ipv4);
 	} else {
-		__builtin_memcpy(t.ipv6.daddr, p->addr, 16);
+		if (pool)
+			t.ipv6.daddr[0] = bpf_htonl(CONNREDIR_UDP_POOL6_W0);
+		else
+			__builtin_memcpy(t.ipv6.daddr, p->addr, 16);
 		t.ipv6.dport = p->port;
 	}
 	if (proto == CONNREDIR_PROTO_UDP) {
 		/* A UDP proxy's socket is unconnected: the lookup of a datagram
-		 * from nowhere in particular finds it, and only it. */
+		 * from nowhere in particular finds it, and only it. An
+		 * unconnected send goes to a pool address at the proxy's port
+		 * (pool.h), which only the proxy's wildcard socket receives:
+		 * the pool's base address, never given out, finds that socket
+		 * (the bind guard keeps everyone else off pool addresses). */
 		sk = bpf_sk_lookup_udp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
-			return addr_is_loopback(p) ? PROXY_ABSENT : PROXY_OWNED;
+			return pool || addr_is_loopback(p) ? PROXY_ABSENT : PROXY_OWNED;
 		o = bpf_sk_storage_get(&sk_owner, sk, NULL, 0);
 		if (o && owner_serves(o, c))
 			v = PROXY_OWNED;
@@ -126,16 +134,17 @@ struct classify_walk {
 	__u32 last; /* the newest hop's callout */
 	__u32 uid;
 	__u16 port_host;
-	__u8 family;   /* CONNREDIR_AF_* of the destination */
-	__u8 can_take; /* chain not full and MAC key set: worth a listener lookup */
-	__u8 trace;    /* a trace lease holds: note the verdicts in trace_scratch */
-	__u8 refuse;   /* out: fail the connect */
-	__u8 found;    /* out: chosen_* name the callout that takes the flow */
-	__u8 implicit; /* CONNREDIR_TRACE_IMPLICIT_*: what implicit_take did */
-	__u8 proto;    /* CONNREDIR_PROTO_TCP or _UDP */
-	__u8 blocked;  /* out: a block filter matched: fail with EPERM */
-	__u8 applies;  /* out of filter_applies: some candidate's conditions hold */
-	__u8 send;     /* an unconnected UDP send: redirect filters are not applied */
+	__u8 family;	  /* CONNREDIR_AF_* of the destination */
+	__u8 can_take;	  /* chain not full and MAC key set: worth a listener lookup */
+	__u8 trace;	  /* a trace lease holds: note the verdicts in trace_scratch */
+	__u8 refuse;	  /* out: fail the connect */
+	__u8 found;	  /* out: chosen_* name the callout that takes the flow */
+	__u8 implicit;	  /* CONNREDIR_TRACE_IMPLICIT_*: what implicit_take did */
+	__u8 proto;	  /* CONNREDIR_PROTO_TCP or _UDP */
+	__u8 blocked;	  /* out: a block filter matched: fail with EPERM */
+	__u8 applies;	  /* out of filter_applies: some candidate's conditions hold */
+	__u8 send;	  /* an unconnected UDP send: redirected to a pool address */
+	__u8 no_redirect; /* an unconnected send from a bound port: permit and block only */
 	__u32 chosen_id;
 	__u32 chosen_fid;
 	__u32 carried; /* hops carried over record-less proxies (loop budget) */
@@ -250,9 +259,10 @@ static long classify_one(__u32 i, void *data)
 		return filter_decides(w, fid, f->action);
 	/* UDP is redirected only by a filter that names it (proto udp): a
 	 * proxy that relays no UDP would otherwise refuse every UDP flow that
-	 * a `proto any` filter written for TCP covers. Unconnected sends are
-	 * not redirected (docs/UDP-DESIGN.md). */
-	if (w->proto == CONNREDIR_PROTO_UDP && (w->send || f->proto != CONNREDIR_PROTO_UDP))
+	 * a `proto any` filter written for TCP covers. An unconnected send
+	 * from a port its socket bound (a server's reply, a proxy's) is not a
+	 * new outbound flow (datagram.h). */
+	if (w->proto == CONNREDIR_PROTO_UDP && (f->proto != CONNREDIR_PROTO_UDP || w->no_redirect))
 		return 0;
 	cid = f->callout_id;
 	c = bpf_map_lookup_elem(&callouts, &cid);
@@ -279,7 +289,7 @@ static long classify_one(__u32 i, void *data)
 		trace_note(w, cid, fid, CONNREDIR_TV_NO_PROXY_FAMILY, flags);
 		return w->refuse ? 1 : 0;
 	}
-	verdict = w->can_take ? proxy_verdict(w->ctx, proxy, c, w->proto) : PROXY_OWNED;
+	verdict = w->can_take ? proxy_verdict(w->ctx, proxy, c, w->proto, w->send) : PROXY_OWNED;
 	if (verdict != PROXY_OWNED) {
 		/* Never "deliver to whatever listens": bypass if the callout
 		 * asked for it, else refuse. */

@@ -254,4 +254,77 @@ struct {
 	__type(key, __u32);
 	__type(value, struct connredir_records);
 } scratch SEC(".maps");
+
+/* ---- Unconnected UDP sends (pool.h, datagram.h; docs/UDP-DESIGN.md) ---- */
+
+/* A destination in a namespace, and a pool slot in one (the slot's address
+ * is local to the namespace: 127.77.x.y or fdcc:7264::x). */
+struct udp_pool_key {
+	__u64 netns;
+	struct connredir_addr dst;
+	__u32 pad;
+};
+struct udp_pool_slot_key {
+	__u64 netns;
+	__u32 slot;
+	__u32 family; /* CONNREDIR_AF_*: the v4 and v6 pools are separate */
+};
+
+/* Original destination -> its pool slot. Written and read by sendmsg4/6
+ * (pool_slot). LRU: a destination nobody sent to for long loses its slot
+ * and gets a new one at its next send (a new flow for the proxy). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CONNREDIR_UDP_POOL_MAX);
+	__type(key, struct udp_pool_key);
+	__type(value, __u32);
+} udp_pool SEC(".maps");
+
+/* Pool slot -> the destination it stands for: read by recvmsg4/6 to show a
+ * reply from the pool address as from the destination, and by pool_slot to
+ * check a slot is still the destination's (a slot is reused once the
+ * counter wraps). Written by sendmsg4/6 only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CONNREDIR_UDP_POOL_MAX);
+	__type(key, struct udp_pool_slot_key);
+	__type(value, struct connredir_addr);
+} udp_pool_rev SEC(".maps");
+
+/* The next pool slot to give out (atomic add by sendmsg4/6). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} udp_pool_next SEC(".maps");
+
+/* A flow of unconnected sends, as the proxy selects it: the state a
+ * connected socket would hold in sk_state, and when it last sent. */
+struct udp_send_flow {
+	struct connredir_sk_state st;
+	__u64 last_ns; /* bpf_ktime_get_boot_ns() of its newest send */
+};
+
+/* Flows of unconnected sends by the key of their two ends (client ip:port,
+ * pool address:proxy port, UDP): written by sendmsg4/6 at a flow's first
+ * send (and its stamp at each later one), read by the proxy's
+ * setsockopt(CONNREDIR_UDP_FLOW). One socket may have many (one per
+ * destination), so sock_release cannot find them: a flow is over after
+ * CONNREDIR_UDP_SEND_IDLE_NS without a send, and LRU bounds the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CONNREDIR_UDP_SENDS_MAX);
+	__type(key, struct connredir_flow_key);
+	__type(value, struct udp_send_flow);
+} udp_sends SEC(".maps");
+
+/* A new udp_sends value is built here (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct udp_send_flow);
+} udp_send_scratch SEC(".maps");
+
 #endif /* CONNREDIR_LIB_MAPS_H */

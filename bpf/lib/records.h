@@ -9,6 +9,7 @@
 #define CONNREDIR_LIB_RECORDS_H
 
 #include "maps.h"
+#include "pool.h"
 #include "stats.h"
 
 #define RECORDS_MAC_WORDS ((sizeof(struct connredir_records) - sizeof(__u64)) / sizeof(__u64))
@@ -107,7 +108,7 @@ static __always_inline void handoff_key(struct connredir_flow_key *key, __u64 ne
 					const struct connredir_addr *client,
 					const struct connredir_addr *proxy, __u8 proto)
 {
-	key->netns = addr_is_loopback(proxy) ? netns : 0;
+	key->netns = addr_is_local_only(proxy) ? netns : 0;
 	__builtin_memcpy(key->client_ip, client->addr, 16);
 	__builtin_memcpy(key->proxy_ip, proxy->addr, 16);
 	key->client_port = client->port;
@@ -118,24 +119,35 @@ static __always_inline void handoff_key(struct connredir_flow_key *key, __u64 ne
 	key->reserved[2] = 0;
 }
 
-/* Publish a redirected client socket's flow under the key of its two ends,
- * now that its source end is known: a first hop's origin is that end, and
- * the records are MAC'd only now, complete. TCP at TCP_CONNECT_CB
- * (handoff.h), UDP when the proxy receives its first datagram
- * (datagram.h). */
-static __always_inline void handoff_publish(struct connredir_sk_state *st, __u64 netns,
-					    const struct connredir_addr *client,
-					    const struct connredir_addr *proxy, __u8 proto)
+/* Complete a redirected flow's state for the proxy now that its source end
+ * is known: a first hop's origin is that end, the records are MAC'd only
+ * now, complete, and st->handoff becomes the key of its two ends. -1 if
+ * there is no MAC key. */
+static __always_inline int flow_seal(struct connredir_sk_state *st, __u64 netns,
+				     const struct connredir_addr *client,
+				     const struct connredir_addr *proxy, __u8 proto)
 {
 	const struct connredir_secret *k = mac_key();
 
 	if (!k)
-		return;
+		return -1;
 	if (st->records.hop_count == 1)
 		st->records.origin.src = *client;
 	st->context.orig_src = st->records.origin.src;
 	st->records.mac = records_mac(k, &st->records);
 	handoff_key(&st->handoff, netns, client, proxy, proto);
+	return 0;
+}
+
+/* Publish a redirected client socket's flow under the key of its two ends:
+ * TCP at TCP_CONNECT_CB (handoff.h), connected UDP when the proxy receives
+ * its first datagram (datagram.h). */
+static __always_inline void handoff_publish(struct connredir_sk_state *st, __u64 netns,
+					    const struct connredir_addr *client,
+					    const struct connredir_addr *proxy, __u8 proto)
+{
+	if (flow_seal(st, netns, client, proxy, proto))
+		return;
 	st->flags |= CONNREDIR_SK_PUBLISHED;
 	if (bpf_map_update_elem(&handoff, &st->handoff, st, BPF_ANY)) {
 		st->flags &= ~CONNREDIR_SK_PUBLISHED;

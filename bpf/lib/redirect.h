@@ -38,7 +38,7 @@ static __always_inline struct connredir_candidates *lookup_candidates(
 static __always_inline struct connredir_sk_state *read_chain(struct classify_walk *w,
 							     const struct connredir_addr *dst,
 							     struct connredir_sk_state *st,
-							     struct bpf_sock *sk)
+							     struct bpf_sock *sk, int send)
 {
 	__u32 hops = 0, last = 0, i;
 	__u64 seen = 0;
@@ -46,8 +46,8 @@ static __always_inline struct connredir_sk_state *read_chain(struct classify_wal
 	/* Implicit offers come from accepted TCP connections: a UDP socket
 	 * has records only if its proxy set them. */
 	if (!st || !(st->flags & (CONNREDIR_SK_RECORDS_SET | CONNREDIR_SK_REDIRECTED))) {
-		if (w->proto == CONNREDIR_PROTO_TCP)
-			st = implicit_take(w, dst, st, sk);
+		if (!send && w->proto == CONNREDIR_PROTO_TCP) /* `send` a constant: */
+			st = implicit_take(w, dst, st, sk);   /* no stack for it there */
 	} else if (!(st->flags & CONNREDIR_SK_RECORDS_SET))
 		w->carried = st->records.carried_hops; /* a re-connect keeps its budget */
 	if (st && (st->flags & CONNREDIR_SK_RECORDS_SET)) {
@@ -164,42 +164,38 @@ static __always_inline void fill_context(struct classify_walk *w, struct connred
 }
 
 /*
- * Decide a classified connect (steps 2 to 6). Returns the proxy to connect
- * to instead, or NULL to leave the connect alone; w->refuse is set when the
- * chosen callout's proxy has no listener its principal owns and its
- * --on-proxy-down policy is refuse (the default), or --on-failure refuse
- * applies.
+ * Steps 2 to 4, for a connect and an unconnected UDP send alike: which
+ * callout takes the flow. Returns that callout's proxy (for the
+ * destination's family), with *cp and *fp the callout and the filter that
+ * chose it; NULL leaves the flow alone (w->refuse or w->blocked say whether
+ * it must fail instead). *stp is the socket's state, which read_chain may
+ * have created. `send` (a constant) for an unconnected send, which takes no
+ * implicit records.
  */
-static __always_inline const struct connredir_addr *classify_candidates(
-	struct classify_walk *w, const struct connredir_addr *dst)
+static __always_inline const struct connredir_addr *choose_callout(
+	struct classify_walk *w, const struct connredir_addr *dst, struct bpf_sock *sk,
+	struct connredir_sk_state **stp, const struct connredir_callout **cp,
+	const struct connredir_filter **fp, int send)
 {
-	struct connredir_sk_state *st;
 	const struct connredir_callout *chosen;
 	const struct connredir_filter *chosen_f;
 	const struct connredir_addr *proxy;
-	struct bpf_sock *sk;
 	__u32 chosen_id;
 	__u8 verdict;
 
-	sk = w->ctx->sk;
-	if (!sk)
-		return NULL;
-	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
-	if (st)
-		handoff_retire(st); /* an earlier attempt's hand-off, never adopted */
-	/* A connect no candidate's conditions apply to goes on untouched,
+	/* A flow no candidate's conditions apply to goes on untouched,
 	 * whatever its chain: skip the chain (and the question whether the
 	 * caller is a proxy taking implicit records, which costs a lookup). */
 	bpf_loop(CONNREDIR_CANDIDATES_MAX, filter_applies, w, 0);
 	if (!w->applies)
 		return NULL;
-	st = read_chain(w, dst, st, sk);
+	*stp = read_chain(w, dst, *stp, sk, send);
 	pick_callout(w);
 	if (w->refuse || w->blocked || !w->found)
 		return NULL;
 
 	/* The step hands back ids, not pointers: look the two up again. A
-	 * callout or filter deleted in between leaves the connect alone. */
+	 * callout or filter deleted in between leaves the flow alone. */
 	chosen_id = w->chosen_id;
 	chosen = bpf_map_lookup_elem(&callouts, &chosen_id);
 	chosen_f = bpf_map_lookup_elem(&filters, &w->chosen_fid);
@@ -209,24 +205,70 @@ static __always_inline const struct connredir_addr *classify_candidates(
 	if (!proxy)
 		return NULL;
 	verdict = chosen_can_take(w, chosen);
-	if (verdict == CONNREDIR_TV_REDIRECTED && !st) {
-		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!st) {
-			stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
-			callout_stat_inc(chosen_id, CONNREDIR_CSTAT_STORAGE_FAIL);
-			verdict = CONNREDIR_TV_STORAGE_FAIL;
-		}
-	}
-	if (verdict != CONNREDIR_TV_REDIRECTED || !st) {
+	if (verdict != CONNREDIR_TV_REDIRECTED) {
 		trace_note(w, chosen_id, w->chosen_fid, verdict,
 			   cannot_redirect(chosen, chosen_id, w));
 		return NULL;
 	}
+	*cp = chosen;
+	*fp = chosen_f;
+	return proxy;
+}
+
+/* The chosen callout has no memory for the flow's state: counted, and its
+ * --on-failure policy applies. */
+static __always_inline void no_room(struct classify_walk *w, const struct connredir_callout *chosen)
+{
+	__u32 cid = w->chosen_id;
+
+	stat_inc(CONNREDIR_STAT_STORAGE_FAIL);
+	callout_stat_inc(cid, CONNREDIR_CSTAT_STORAGE_FAIL);
+	trace_note(w, cid, w->chosen_fid, CONNREDIR_TV_STORAGE_FAIL,
+		   cannot_redirect(chosen, cid, w));
+}
+
+/* A flow redirected: counted host-wide and for its callout, and traced. */
+static __always_inline void note_redirected(struct classify_walk *w)
+{
+	stat_inc(CONNREDIR_STAT_REDIRECTED);
+	callout_stat_inc(w->chosen_id, CONNREDIR_CSTAT_REDIRECTED);
+	trace_note(w, w->chosen_id, w->chosen_fid, CONNREDIR_TV_REDIRECTED, 0);
+}
+
+/*
+ * Decide a classified connect (steps 2 to 6). Returns the proxy to connect
+ * to instead, or NULL to leave the connect alone; w->refuse is set when the
+ * chosen callout's proxy has no listener its principal owns and its
+ * --on-proxy-down policy is refuse (the default), or --on-failure refuse
+ * applies.
+ */
+static __always_inline const struct connredir_addr *classify_candidates(
+	struct classify_walk *w, const struct connredir_addr *dst)
+{
+	const struct connredir_callout *chosen = NULL;
+	const struct connredir_filter *chosen_f = NULL;
+	const struct connredir_addr *proxy;
+	struct connredir_sk_state *st;
+	struct bpf_sock *sk;
+
+	sk = w->ctx->sk;
+	if (!sk)
+		return NULL;
+	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
+	if (st)
+		handoff_retire(st); /* an earlier attempt's hand-off, never adopted */
+	proxy = choose_callout(w, dst, sk, &st, &chosen, &chosen_f, 0);
+	if (!proxy || !chosen || !chosen_f)
+		return NULL;
+	if (!st)
+		st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		no_room(w, chosen);
+		return NULL;
+	}
 	record_hop(w, st, chosen, chosen_f, dst);
 	fill_context(w, st, chosen_f, dst, proxy);
-	stat_inc(CONNREDIR_STAT_REDIRECTED);
-	callout_stat_inc(chosen_id, CONNREDIR_CSTAT_REDIRECTED);
-	trace_note(w, chosen_id, w->chosen_fid, CONNREDIR_TV_REDIRECTED, 0);
+	note_redirected(w);
 	return proxy;
 }
 
@@ -314,27 +356,6 @@ static __always_inline const struct connredir_addr *classify_connect(
 	proxy = classify_candidates(&w, dst);
 	*verdict = classify_end(&w, dst, proxy);
 	return proxy;
-}
-
-/*
- * Classify an unconnected UDP send: permit and block filters apply; it is
- * not redirected (docs/UDP-DESIGN.md: that needs a proxy address per
- * destination). No per-socket state is read or created. Returns CLASSIFY_GO
- * or CLASSIFY_BLOCK.
- */
-static __always_inline int classify_datagram(struct bpf_sock_addr *ctx,
-					     const struct connredir_addr *dst)
-{
-	struct classify_walk w __attribute__((aligned(8))) = {};
-	struct connredir_candidates *cands;
-
-	cands = lookup_candidates(dst);
-	if (!cands)
-		return CLASSIFY_GO;
-	classify_begin(&w, ctx, cands, dst, CONNREDIR_PROTO_UDP);
-	w.send = 1;
-	bpf_loop(CONNREDIR_CANDIDATES_MAX, classify_one, &w, 0);
-	return classify_end(&w, dst, NULL);
 }
 
 /* The inspection this flow requires cannot happen: fail the connect at once

@@ -47,17 +47,24 @@ struct UdpFlow {
 // and reading are two socket options on `fd`; calls are serialised inside
 // the library, so threads may share `fd`.
 //   ENOENT: no redirected flow from `client` reached this socket's address
-//           (the client was not redirected, or its socket was closed).
-//   EADDRNOTAVAIL: `fd` is bound to a wildcard address: bind the callout's
-//           proxy address itself.
+//           (the client was not redirected, or its socket was closed; an
+//           unconnected client's flow also ends after 60 s without a send).
+//   EADDRNOTAVAIL: `fd` is bound to a wildcard address: pass `local`.
 //   EACCES: the caller is not the principal of the callout that redirected
 //           the flow (nor root).   EOPNOTSUPP: not a UDP socket.
 Result<UdpFlow> udp_flow(int fd, const Address& client);
+// The same for a socket bound to the wildcard address at the callout's
+// port, which receives the unconnected sends redirected to pool addresses
+// (docs/ABI.md, "UDP"): `local` is the address the datagram was sent to,
+// from IP_PKTINFO / IPV6_PKTINFO, with the socket's port.
+//   EINVAL: `local` does not have the socket's port.
+Result<UdpFlow> udp_flow(int fd, const Address& client, const Address& local);
 // Only the flow id of that flow (two socket options, no records copied).
 // Client addresses are reused: a UDP proxy checks the id with each datagram
 // and takes a new id for a new flow, so that a new client socket that got an
 // old one's address never rides on the old flow's records. Same errors.
 Result<uint64_t> udp_flow_id(int fd, const Address& client);
+Result<uint64_t> udp_flow_id(int fd, const Address& client, const Address& local);
 
 }  // namespace connredir
 

@@ -63,8 +63,9 @@ Error socket_option_error(SockOp op, int fd, int err) {
       break;
     case EADDRNOTAVAIL:
       why =
-          "the UDP socket is bound to a wildcard address: bind it to the callout's proxy "
-          "address (connredir callout show NAME), so that a flow is named by its two ends";
+          "the UDP socket is bound to a wildcard address: pass the address each datagram was "
+          "sent to (IP_PKTINFO / IPV6_PKTINFO) as `local`, or bind the callout's proxy address "
+          "(connredir callout show NAME), so that a flow is named by its two ends";
       break;
     case EACCES:
     case EPERM:
@@ -88,6 +89,10 @@ Error socket_option_error(SockOp op, int fd, int err) {
       why = op == Op::SetRecords
                 ? "records blob was rejected: it was not issued by this kernel's connredir or was "
                   "altered; pass the exact bytes query_records returned"
+            : op == Op::UdpFlow
+                ? "the kernel rejected the flow's addresses: `local` must be the address the "
+                  "datagram was sent to (IP_PKTINFO) with this socket's own port, and both "
+                  "addresses IPv4 or IPv6 (or the library and kernel connredir ABIs differ)"
                 : "the kernel rejected the request (library and kernel connredir ABI versions may "
                   "differ)";
       break;
@@ -211,19 +216,22 @@ namespace {
 // step, so two threads serving one socket never read each other's flow.
 std::mutex g_udp_select;
 
-Result<void> select_udp_flow(int fd, const Address& client) {
+Result<void> select_udp_flow(int fd, const Address& client, const Address* local) {
   connredir_udp_flow sel{};
   sel.client = client.to_abi();
-  if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, sizeof sel) != 0)
+  socklen_t len = sizeof sel.client;  // only the client: the socket's own address
+  if (local) {
+    sel.local = local->to_abi();
+    len = sizeof sel;
+  }
+  if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, len) != 0)
     return tl::unexpected(explain(Op::UdpFlow, fd, errno));
   return {};
 }
 
-}  // namespace
-
-Result<uint64_t> udp_flow_id(int fd, const Address& client) {
+Result<uint64_t> flow_id_of(int fd, const Address& client, const Address* local) {
   std::lock_guard lock(g_udp_select);
-  if (auto s = select_udp_flow(fd, client); !s) return tl::unexpected(s.error());
+  if (auto s = select_udp_flow(fd, client, local); !s) return tl::unexpected(s.error());
   connredir_context c{};
   auto len = get_opt(Op::QueryContext, fd, SOL_CONNREDIR, CONNREDIR_CONTEXT, &c, sizeof c);
   if (!len) return tl::unexpected(len.error());
@@ -232,9 +240,9 @@ Result<uint64_t> udp_flow_id(int fd, const Address& client) {
   return c.flow_id;
 }
 
-Result<UdpFlow> udp_flow(int fd, const Address& client) {
+Result<UdpFlow> flow_of(int fd, const Address& client, const Address* local) {
   std::lock_guard lock(g_udp_select);
-  if (auto s = select_udp_flow(fd, client); !s) return tl::unexpected(s.error());
+  if (auto s = select_udp_flow(fd, client, local); !s) return tl::unexpected(s.error());
   auto records = query_records(fd);
   if (!records) return tl::unexpected(records.error());
   auto raw = query_context_raw(fd);
@@ -244,6 +252,22 @@ Result<UdpFlow> udp_flow(int fd, const Address& client) {
     return fail(context.error().code,
                 fmt::format("udp_flow(fd {}): {}", fd, context.error().message));
   return UdpFlow{std::move(*records), std::move(*context), std::move(*raw)};
+}
+
+}  // namespace
+
+Result<uint64_t> udp_flow_id(int fd, const Address& client) {
+  return flow_id_of(fd, client, nullptr);
+}
+
+Result<uint64_t> udp_flow_id(int fd, const Address& client, const Address& local) {
+  return flow_id_of(fd, client, &local);
+}
+
+Result<UdpFlow> udp_flow(int fd, const Address& client) { return flow_of(fd, client, nullptr); }
+
+Result<UdpFlow> udp_flow(int fd, const Address& client, const Address& local) {
+  return flow_of(fd, client, &local);
 }
 
 }  // namespace connredir

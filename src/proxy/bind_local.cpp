@@ -14,8 +14,10 @@ Result<BoundSocket> bind_local(const Address& addr, int type) {
   BoundSocket b{UniqueFd(socket(addr.family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)), addr};
   if (!b.fd) return step_failed("socket");
   const int one = 1;
-  if (type == SOCK_STREAM &&
-      setsockopt(b.fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+  // Streams: restart while old connections linger. Datagrams: a UDP
+  // listener at the callout's address and the wildcard one at its port
+  // (udp_relay.hpp) can only both bind with it on both.
+  if (setsockopt(b.fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
     return step_failed("SO_REUSEADDR");
   if (addr.family == AF_INET6 &&
       setsockopt(b.fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)

@@ -1,5 +1,5 @@
 // A proxy's own socket at a --listen address: created nonblocking, IPv6
-// sockets IPv6-only (an IPv4 listener may share the port), streams with
+// sockets IPv6-only (an IPv4 listener may share the port), with
 // SO_REUSEADDR, bound, and the address as bound (the real port when 0 was
 // asked for). Shared by the TCP listeners and the UDP sockets (--udp).
 #pragma once

@@ -274,9 +274,14 @@ std::string Proxy::Impl::start() {
         std::move(hooks));
     udp->set_server_tag(kTagUdpServer);
     for (const Address& a : opt.listen) {
-      if (auto err = udp->listen(a, ep.get(), kTagUdpListener); !err.empty()) return err;
-      std::fprintf(stderr, "%slistening for UDP on %s\n", prefix().c_str(),
-                   udp->listeners().back()->text.c_str());
+      const size_t before = udp->listeners().size();
+      std::string warn;
+      if (auto err = udp->listen(a, ep.get(), kTagUdpListener, &warn); !err.empty()) return err;
+      for (size_t i = before; i < udp->listeners().size(); ++i)
+        std::fprintf(stderr, "%slistening for UDP on %s%s\n", prefix().c_str(),
+                     udp->listeners()[i]->text.c_str(),
+                     udp->listeners()[i]->any ? " (unconnected sends, by pool address)" : "");
+      if (!warn.empty()) std::fprintf(stderr, "%swarning: %s\n", prefix().c_str(), warn.c_str());
     }
   }
   // Last: the server's threads inherit the blocked SIGTERM/SIGINT above.

@@ -7,7 +7,10 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <utility>
 
 #include "connredir/client.hpp"
@@ -31,10 +34,8 @@ UdpRelay::UdpRelay(Options opt, Hooks hooks)
 
 UdpRelay::~UdpRelay() = default;
 
-std::string UdpRelay::listen(const Address& addr, int ep, uint64_t tag) {
-  ep_ = ep;
+std::string UdpRelay::add_listener(const Address& addr, uint64_t tag) {
   auto l = std::make_unique<UdpListener>();
-  l->addr = addr;
   const std::string what = "listening for UDP on " + addr.to_string() + " failed: ";
   auto bound = bind_local(addr, SOCK_DGRAM);
   if (!bound) {
@@ -48,12 +49,41 @@ std::string UdpRelay::listen(const Address& addr, int ep, uint64_t tag) {
   l->fd = std::move(bound->fd);
   l->addr = bound->addr;
   l->text = l->addr.to_string();
+  l->any = std::all_of(l->addr.ip.begin() + (l->addr.is_v4() ? 12 : 0), l->addr.ip.end(),
+                       [](uint8_t b) { return b == 0; });
+  if (l->any) {
+    // The local address of each datagram names its flow (a pool address).
+    const int one = 1;
+    const bool v4 = l->addr.is_v4();
+    if (setsockopt(l->fd.get(), v4 ? IPPROTO_IP : IPPROTO_IPV6, v4 ? IP_PKTINFO : IPV6_RECVPKTINFO,
+                   &one, sizeof one) != 0)
+      return what + (v4 ? "IP_PKTINFO: " : "IPV6_RECVPKTINFO: ") + errno_text(errno);
+    // Replies leave from the pool address, which is routed here but not
+    // assigned to an interface: IPv6 accepts such a source only with
+    // freebind (IPv4's pool is inside 127.0.0.0/8, local as a whole).
+    if (!v4 && setsockopt(l->fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one) != 0)
+      return what + "IPV6_FREEBIND: " + errno_text(errno);
+  }
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = reinterpret_cast<uint64_t>(l.get()) | tag;
-  if (epoll_ctl(ep, EPOLL_CTL_ADD, l->fd.get(), &ev) != 0)
+  if (epoll_ctl(ep_, EPOLL_CTL_ADD, l->fd.get(), &ev) != 0)
     return what + "epoll_ctl: " + errno_text(errno);
   listeners_.push_back(std::move(l));
+  return {};
+}
+
+std::string UdpRelay::listen(const Address& addr, int ep, uint64_t tag, std::string* warn) {
+  ep_ = ep;
+  if (auto err = add_listener(addr, tag); !err.empty()) return err;
+  const Address bound = listeners_.back()->addr;
+  if (listeners_.back()->any) return {};
+  Address any{bound.family, {}, bound.port};
+  if (any.is_v4()) any.ip[10] = any.ip[11] = 0xff;  // 0.0.0.0, stored v4-mapped
+  if (auto err = add_listener(any, tag); !err.empty() && warn)
+    *warn = err +
+            "; unconnected UDP sends (sendto) redirected to this proxy will not reach it, "
+            "connected ones will";
   return {};
 }
 
@@ -73,7 +103,13 @@ void UdpRelay::fail(UdpSession* s, std::string result, ErrorKind kind) {
   }
 }
 
-UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, uint64_t now_ms) {
+Result<uint64_t> UdpRelay::flow_id(const UdpSession* s) const {
+  const int fd = s->listener->fd.get();
+  return s->listener->any ? udp_flow_id(fd, s->client, s->local) : udp_flow_id(fd, s->client);
+}
+
+UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, const Address& local,
+                                   uint64_t now_ms) {
   while (sessions_.size() >= opt_.max_flows && !lru_.empty()) {
     UdpSession* old = lru_.front();
     fail(old, "ended early: --max-udp-flows reached, the least recently active flow made room",
@@ -84,16 +120,17 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, uint64
   UdpSession* s = owned.get();
   s->listener = l;
   s->client = client;
+  s->local = local;
   s->start_ms = s->last_ms = now_ms;
   s->rec.name = opt_.name;
-  s->rec.listen = l->text;
+  s->rec.listen = l->any ? local.to_string() : l->text;
   s->rec.client = client.to_string();
   s->rec.proto = "udp";
   s->lru = lru_.insert(lru_.end(), s);
-  sessions_[Key{l, client.ip, client.port}] = std::move(owned);
+  sessions_[key_of(l, client, local)] = std::move(owned);
   if (hooks_.flow_started) hooks_.flow_started();
 
-  auto flow = udp_flow(l->fd.get(), client);
+  auto flow = l->any ? udp_flow(l->fd.get(), client, local) : udp_flow(l->fd.get(), client);
   if (!flow) {
     const int e = flow.error().code;
     if (e == ENOENT || e == EOPNOTSUPP || e == ENOPROTOOPT)
@@ -148,31 +185,76 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, uint64
   return s;
 }
 
+namespace {
+
+// The address a datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO
+// control message, with the listener's port.
+std::optional<Address> local_of(const msghdr& msg, const Address& listener) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&msg), c)) {
+    Address a{};
+    a.port = listener.port;
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      in_pktinfo pi{};
+      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
+      sockaddr_in sin{};
+      sin.sin_family = AF_INET;
+      sin.sin_addr = pi.ipi_addr;
+      sin.sin_port = htons(listener.port);
+      return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof sin).value_or(a);
+    }
+    if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+      in6_pktinfo pi{};
+      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
+      sockaddr_in6 sin6{};
+      sin6.sin6_family = AF_INET6;
+      sin6.sin6_addr = pi.ipi6_addr;
+      sin6.sin6_port = htons(listener.port);
+      return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sin6), sizeof sin6).value_or(a);
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))];
   for (int i = 0; i < kBatch; ++i) {
     sockaddr_storage peer{};
-    socklen_t plen = sizeof peer;
-    // recvfrom with the source asked for: that is what lets connredir
-    // publish a new client's flow for udp_flow() below.
-    const ssize_t n = recvfrom(l->fd.get(), buf_.data(), buf_.size(), MSG_DONTWAIT,
-                               reinterpret_cast<sockaddr*>(&peer), &plen);
+    iovec iov{buf_.data(), buf_.size()};
+    msghdr msg{};
+    msg.msg_name = &peer;
+    msg.msg_namelen = sizeof peer;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    // With the source asked for: that is what lets connredir publish a
+    // connected client's flow for udp_flow() below.
+    const ssize_t n = recvmsg(l->fd.get(), &msg, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       return;  // EAGAIN; or an ICMP error queued on the socket: nothing to relay
     }
-    auto client = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), plen);
+    auto client = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), msg.msg_namelen);
     if (!client) continue;
-    auto it = sessions_.find(Key{l, client->ip, client->port});
+    Address local = l->addr;
+    if (l->any) {
+      auto a = local_of(msg, l->addr);
+      if (!a) continue;  // no IP_PKTINFO: cannot tell the flow (never seen)
+      local = *a;
+    }
+    auto it = sessions_.find(key_of(l, *client, local));
     UdpSession* s = it != sessions_.end() ? it->second.get() : nullptr;
     if (s) {
       // The same address, but is it the same flow? (udp_relay.hpp)
-      auto id = udp_flow_id(l->fd.get(), *client);
+      auto id = flow_id(s);
       if ((id ? *id : 0) != s->flow_id) {
         end(s, now_ms);
         s = nullptr;
       }
     }
-    if (!s) s = open_session(l, *client, now_ms);
+    if (!s) s = open_session(l, *client, local, now_ms);
     touch(s, now_ms);
     if (!s->server) {
       ++s->dropped;
@@ -194,6 +276,44 @@ void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
   }
 }
 
+// A reply to the session's client, from the address the client sent to
+// (on a wildcard listener, the pool address: IP_PKTINFO / IPV6_PKTINFO
+// names the source, so the client's kernel maps it back to the
+// destination).
+ssize_t UdpRelay::reply(const UdpSession* s, size_t n) {
+  sockaddr_storage cs{};
+  const socklen_t clen = s->client.to_sockaddr(cs);
+  iovec iov{buf_.data(), n};
+  msghdr msg{};
+  msg.msg_name = &cs;
+  msg.msg_namelen = clen;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))]{};
+  if (s->listener->any) {
+    msg.msg_control = control;
+    cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+    if (s->local.is_v4()) {
+      in_pktinfo pi{};
+      std::memcpy(&pi.ipi_spec_dst, &s->local.ip[12], 4);
+      c->cmsg_level = IPPROTO_IP;
+      c->cmsg_type = IP_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof pi);
+      std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
+      msg.msg_controllen = CMSG_SPACE(sizeof pi);
+    } else {
+      in6_pktinfo pi{};
+      std::memcpy(&pi.ipi6_addr, s->local.ip.data(), 16);
+      c->cmsg_level = IPPROTO_IPV6;
+      c->cmsg_type = IPV6_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof pi);
+      std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
+      msg.msg_controllen = CMSG_SPACE(sizeof pi);
+    }
+  }
+  return sendmsg(s->listener->fd.get(), &msg, MSG_DONTWAIT);
+}
+
 void UdpRelay::on_server(UdpSession* s, uint64_t now_ms) {
   for (int i = 0; i < kBatch && s->server; ++i) {
     const ssize_t n = recv(s->server.get(), buf_.data(), buf_.size(), MSG_DONTWAIT);
@@ -206,10 +326,7 @@ void UdpRelay::on_server(UdpSession* s, uint64_t now_ms) {
       return;
     }
     touch(s, now_ms);
-    sockaddr_storage cs{};
-    const socklen_t clen = s->client.to_sockaddr(cs);
-    if (sendto(s->listener->fd.get(), buf_.data(), static_cast<size_t>(n), MSG_DONTWAIT,
-               reinterpret_cast<sockaddr*>(&cs), clen) < 0) {
+    if (reply(s, static_cast<size_t>(n)) < 0) {
       ++s->dropped;
       continue;
     }
@@ -226,7 +343,7 @@ void UdpRelay::end(UdpSession* s, uint64_t now_ms) {
   const std::string result = s->result;
   const uint64_t start = s->start_ms;
   const ErrorKind kind = s->kind;
-  sessions_.erase(Key{s->listener, s->client.ip, s->client.port});
+  sessions_.erase(key_of(s->listener, s->client, s->local));
   (void)now_ms;
   if (hooks_.flow_ended) hooks_.flow_ended(rec, start, result, kind);
 }

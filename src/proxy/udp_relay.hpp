@@ -1,5 +1,9 @@
-// The reference proxy's UDP side (--udp): one socket per listen address,
-// bound to the callout's proxy address; one flow per client address, each
+// The reference proxy's UDP side (--udp): per listen address, one socket
+// bound to the callout's proxy address (connected clients' flows) and one
+// bound to the wildcard address at its port, which receives the unconnected
+// sends connredir redirects to pool addresses (docs/ABI.md, "UDP"); it
+// learns each datagram's pool address from IP_PKTINFO / IPV6_PKTINFO and
+// answers from that address. One flow per (client, local address), each
 // with its own onward socket connected to the flow's original destination
 // with the flow's records attached (so connredir sends it to the next
 // vendor, never back here). Datagrams are relayed as they come, never
@@ -32,11 +36,13 @@ struct UdpListener {
   UniqueFd fd;
   Address addr;
   std::string text;
+  bool any = false;  // bound to the wildcard: datagrams carry their local address
 };
 
 struct UdpSession {
   UdpListener* listener = nullptr;
   Address client;
+  Address local;    // the address the client sent to (a pool address on a wildcard listener)
   UniqueFd server;  // empty: the flow was not relayed (rec.result says why)
   FlowRecord rec;
   uint64_t start_ms = 0;
@@ -69,9 +75,12 @@ class UdpRelay {
   UdpRelay(const UdpRelay&) = delete;
   UdpRelay& operator=(const UdpRelay&) = delete;
 
-  // Binds a UDP socket at `addr` and adds it to epoll `ep` with user data
-  // (listener pointer | tag). Returns "" or an error that says what to do.
-  std::string listen(const Address& addr, int ep, uint64_t tag);
+  // Binds a UDP socket at `addr` and, if `addr` is not the wildcard, one at
+  // the wildcard of its family and port, and adds them to epoll `ep` with
+  // user data (listener pointer | tag). Returns "" or an error that says
+  // what to do; `warn` gets what works only in part (no wildcard socket:
+  // unconnected sends cannot reach this proxy).
+  std::string listen(const Address& addr, int ep, uint64_t tag, std::string* warn = nullptr);
   // Tag for the onward sockets' epoll user data (session pointer | tag).
   void set_server_tag(uint64_t tag) { server_tag_ = tag; }
 
@@ -87,8 +96,16 @@ class UdpRelay {
   const std::vector<std::unique_ptr<UdpListener>>& listeners() const { return listeners_; }
 
  private:
-  using Key = std::tuple<const UdpListener*, std::array<uint8_t, 16>, uint16_t>;
-  UdpSession* open_session(UdpListener* l, const Address& client, uint64_t now_ms);
+  using Key =
+      std::tuple<const UdpListener*, std::array<uint8_t, 16>, uint16_t, std::array<uint8_t, 16>>;
+  static Key key_of(const UdpListener* l, const Address& client, const Address& local) {
+    return Key{l, client.ip, client.port, local.ip};
+  }
+  std::string add_listener(const Address& addr, uint64_t tag);
+  UdpSession* open_session(UdpListener* l, const Address& client, const Address& local,
+                           uint64_t now_ms);
+  Result<uint64_t> flow_id(const UdpSession* s) const;
+  ssize_t reply(const UdpSession* s, size_t n);
   void end(UdpSession* s, uint64_t now_ms);
   void touch(UdpSession* s, uint64_t now_ms);
   void fail(UdpSession* s, std::string result, ErrorKind kind);

@@ -553,6 +553,16 @@ LoAddress::~LoAddress() {
   if (ok) run({ip_tool(), "addr", "del", cidr, "dev", "lo"});
 }
 
+LocalRoute::LocalRoute(const std::string& c) : cidr(c) {
+  auto r = run({ip_tool(), "route", "add", "local", cidr, "dev", "lo"});
+  ok = r.status == 0;
+  EXPECT_TRUE(ok) << "ip route add local " << cidr << " dev lo: " << r.out;
+}
+
+LocalRoute::~LocalRoute() {
+  if (ok) run({ip_tool(), "route", "del", "local", cidr, "dev", "lo"});
+}
+
 int listen_on(const std::string& addr_port) {
   auto a = Address::parse(addr_port);
   sockaddr_storage ss{};

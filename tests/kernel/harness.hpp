@@ -142,6 +142,15 @@ struct LoAddress {
   std::string cidr;
 };
 
+// `ip route add local CIDR dev lo` in the test's namespace, for as long as
+// it lives.
+struct LocalRoute {
+  explicit LocalRoute(const std::string& cidr);
+  ~LocalRoute();
+  bool ok = false;
+  std::string cidr;
+};
+
 // Listening / connected TCP sockets for ADDR:PORT (-1 on failure, errno set).
 int listen_on(const std::string& addr_port);
 int connect_to(const std::string& addr_port);

@@ -1,5 +1,5 @@
-// UDP redirection (connected sockets): a filter with `--proto udp` sends an
-// application's connected UDP flow through each vendor's proxy in weight
+// UDP redirection: a filter with `--proto udp` sends an application's
+// connected UDP flow, and its unconnected sends, through each vendor's proxy in weight
 // order, each exactly once, IPv4, IPv6 and v4-mapped; the application sees
 // replies come from its original destination; a proxy learns the flow with
 // udp_flow() (setsockopt CONNREDIR_UDP_FLOW, then the TCP queries) under the
@@ -9,11 +9,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "connredir/client.hpp"
 #include "connredir/records.hpp"
@@ -154,9 +156,9 @@ TEST_F(Udp, ConnectedFlowsPassEachVendorOnceInOrder) {
       << cli({"metrics", "--once"}).out;
 }
 
-// A `proto any` redirect filter (written for TCP) leaves UDP alone, and
-// unconnected sends are not redirected: both reach the destination directly.
-TEST_F(Udp, OnlyUdpFiltersRedirectAndOnlyConnectedSockets) {
+// A `proto any` redirect filter (written for TCP) leaves UDP alone: the
+// datagram reaches the destination directly.
+TEST_F(Udp, OnlyUdpFiltersRedirectUdp) {
   EchoServer echo("127.0.0.1:0", SOCK_DGRAM);
   EchoServer other("127.0.0.1:0", SOCK_DGRAM);
   two_vendors(static_cast<uint16_t>(echo.port()));
@@ -166,9 +168,122 @@ TEST_F(Udp, OnlyUdpFiltersRedirectAndOnlyConnectedSockets) {
   EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return udp_roundtrip(other.addr(), "any", true); }),
             "any");
   EXPECT_EQ(
-      run_in(cg("app"), kAppUid, [&] { return udp_roundtrip(echo.addr(), "unconnected", false); }),
+      run_in(cg("app"), kAppUid, [&] { return udp_roundtrip(other.addr(), "unconnected", false); }),
       "unconnected");
   EXPECT_EQ(stats()["redirected"] - base["redirected"], 0u);
+}
+
+// Datagrams from one unconnected socket (AF_INET6 if `family` says so, an
+// IPv4 destination then v4-mapped) to each of `dsts`, in turn, `repeat`
+// times; then every reply as "payload|source" (recvfrom()'s), sorted and
+// joined by ",".
+std::string unconnected_exchange(const std::vector<std::string>& dsts, int family, int repeat) {
+  int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "ERR:socket";
+  timeval tv{3, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::vector<std::string> got;
+  for (int r = 0; r < repeat; ++r) {
+    for (const auto& d : dsts) {
+      auto a = Address::parse(d);
+      sockaddr_storage ss{};
+      const socklen_t len = family == AF_INET6 ? a->to_sockaddr6(ss) : a->to_sockaddr(ss);
+      const std::string payload = fmt::format("{}#{}", d, r);
+      if (sendto(fd, payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&ss), len) < 0)
+        got.push_back(std::string("ERR:sendto ") + strerror(errno));
+    }
+  }
+  for (size_t i = 0; i < dsts.size() * static_cast<size_t>(repeat); ++i) {
+    std::vector<char> buf(2048);
+    sockaddr_storage from{};
+    socklen_t flen = sizeof from;
+    ssize_t n = recvfrom(fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+    if (n < 0) {
+      got.push_back(std::string("ERR:recvfrom ") + strerror(errno));
+      break;
+    }
+    got.push_back(std::string(buf.data(), static_cast<size_t>(n)) + "|" + addr_of(from, flen));
+  }
+  close(fd);
+  std::sort(got.begin(), got.end());
+  return fmt::format("{}", fmt::join(got, ","));
+}
+
+std::string expected_replies(const std::vector<std::string>& dsts, int repeat) {
+  std::vector<std::string> want;
+  for (int r = 0; r < repeat; ++r)
+    for (const auto& d : dsts) want.push_back(fmt::format("{}#{}|{}", d, r, d));
+  std::sort(want.begin(), want.end());
+  return fmt::format("{}", fmt::join(want, ","));
+}
+
+// Unconnected sends, both families and v4-mapped: one socket sending to
+// two destinations gets each reply from the destination it sent to
+// (recvfrom()), through vendor-a (by pool address) and vendor-b (vendor-a's
+// connected onward socket), each once, one flow per destination however
+// many datagrams; nobody else may bind a pool address at a proxy's port.
+TEST_F(Udp, UnconnectedSendsPassEachVendorOnceAndRepliesComeFromEachDestination) {
+  LocalRoute pool6("fdcc:7264::/64");  // what `connredir up` adds for the IPv6 pool
+  ASSERT_TRUE(pool6.ok);
+  EchoServer echo4("127.0.0.1:0", SOCK_DGRAM);
+  const int port = echo4.port();
+  EchoServer echo4b(fmt::format("127.0.0.2:{}", port), SOCK_DGRAM);
+  EchoServer echo6(fmt::format("[::1]:{}", port), SOCK_DGRAM);
+  two_vendors(static_cast<uint16_t>(port));
+  auto base = stats();
+
+  const std::vector<std::string> v4{echo4.addr(), echo4b.addr()};
+  const std::vector<std::string> v6{echo6.addr()};
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return unconnected_exchange(v4, AF_INET, 2); }),
+            expected_replies(v4, 2));
+  EXPECT_EQ(run_in(cg("app"), kAppUid, [&] { return unconnected_exchange(v6, AF_INET6, 2); }),
+            expected_replies(v6, 2));
+  EXPECT_EQ(
+      run_in(cg("app"), kAppUid, [&] { return unconnected_exchange({echo4.addr()}, AF_INET6, 1); }),
+      expected_replies({echo4.addr()}, 1))
+      << "v4-mapped";
+  auto s = stats();
+  // 4 flows (one per socket and destination) x 2 vendors.
+  EXPECT_EQ(s["redirected"] - base["redirected"], 8u);
+  for (EchoServer* e : {&echo4, &echo4b, &echo6})
+    EXPECT_FALSE(e->peers().empty()) << "the datagrams reached every destination";
+
+  auto a = read_json_lines(proxy_log("vendor-a"), 4);
+  auto b = read_json_lines(proxy_log("vendor-b"), 4);
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  std::vector<std::string> dsts;
+  for (const auto& line : a) {
+    EXPECT_EQ(line["proto"], "udp") << line.dump();
+    EXPECT_EQ(line["result"], "ok") << line.dump();
+    EXPECT_EQ(line["chain"].size(), 1u) << line.dump();
+    EXPECT_EQ(line["uid"], kAppUid) << line.dump();
+    dsts.push_back(line["orig_dst"].get<std::string>());
+  }
+  std::sort(dsts.begin(), dsts.end());
+  std::vector<std::string> want{echo4.addr(), echo4.addr(), echo4b.addr(), echo6.addr()};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(dsts, want);
+  for (const auto& line : b) {
+    EXPECT_EQ(line["result"], "ok") << line.dump();
+    ASSERT_EQ(line["chain"].size(), 2u) << line.dump();
+    EXPECT_EQ(line["hop"], 2) << line.dump();
+  }
+
+  // A pool address at a callout's port belongs to its principal.
+  for (const char* pool : {"127.77.0.9:15001", "[fdcc:7264::9]:15002"}) {
+    auto r = run_in(cg("app"), kAppUid, [&] {
+      auto a = Address::parse(pool);
+      sockaddr_storage ss{};
+      const socklen_t len = a->to_sockaddr(ss);
+      int fd = socket(a->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      const int rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+      const int e = errno;
+      close(fd);
+      return rc == 0 ? std::string("bound") : std::string(strerror(e));
+    });
+    EXPECT_EQ(r, strerror(EACCES)) << pool;
+  }
 }
 
 // The proxy's side of the contract, by hand: udp_flow() names a flow by its
