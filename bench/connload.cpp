@@ -14,6 +14,17 @@
 //       Request/response of SIZE bytes on one connection.
 //   connload bulk    --to ADDR:PORT --bytes N
 //       Upload N bytes, then download N bytes (one connection each).
+//   connload udp-server --listen ADDR:PORT [--listen ...]
+//       UDP echo server: each datagram goes back to its source.
+//   connload udp-rr  --to ADDR:PORT --seconds S [--size 64] [--connected 0|1]
+//       Request/response of SIZE-byte datagrams on one UDP socket, connected
+//       or sending with sendto(). Each reply must come from ADDR:PORT
+//       (recvfrom()) and carry the request's sequence number; a lost one
+//       (100 ms) is counted and resent.
+//   connload udp-flows --to ADDR:PORT --seconds S [--connected 0|1]
+//       One request/response per new UDP socket, sequentially (each a new
+//       flow for a proxy, as a stub resolver's queries are). Reports flows/s
+//       and p50/p99 of socket to reply.
 //   connload hold    --to ADDR:PORT --conns N --seconds S [--churn-per-s R]
 //                    [--watch-pid PID] [--slab-dump PREFIX]
 //       Opens N concurrent echo connections, then for S seconds closes and
@@ -491,11 +502,174 @@ int run_hold(const Args& a) {
   return 0;
 }
 
+// ---- UDP --------------------------------------------------------------------
+
+int run_udp_server(const Args& a) {
+  auto it = a.opt.find("listen");
+  if (it == a.opt.end()) {
+    std::fprintf(stderr, "connload udp-server: --listen ADDR:PORT required\n");
+    return 2;
+  }
+  std::vector<std::thread> threads;
+  for (const auto& l : it->second) {
+    Target t = parse_addr(l);
+    int fd = socket(t.family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    if (bind(fd, reinterpret_cast<sockaddr*>(&t.ss), t.len) != 0) die("bind " + l);
+    threads.emplace_back([fd] {
+      std::vector<char> buf(65536);
+      for (;;) {
+        sockaddr_storage from{};
+        socklen_t flen = sizeof from;
+        ssize_t n =
+            recvfrom(fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+        if (n < 0) continue;
+        sendto(fd, buf.data(), static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), flen);
+      }
+    });
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  for (auto& t : threads) t.join();
+  return 0;
+}
+
+bool same_sockaddr(const sockaddr_storage& a, const Target& t) {
+  if (a.ss_family == AF_INET && t.family == AF_INET) {
+    const auto* x = reinterpret_cast<const sockaddr_in*>(&a);
+    const auto* y = reinterpret_cast<const sockaddr_in*>(&t.ss);
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  if (a.ss_family == AF_INET6 && t.family == AF_INET6) {
+    const auto* x = reinterpret_cast<const sockaddr_in6*>(&a);
+    const auto* y = reinterpret_cast<const sockaddr_in6*>(&t.ss);
+    return x->sin6_port == y->sin6_port &&
+           std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+  }
+  return false;
+}
+
+// One UDP socket for `t`, connected if asked, with a 100 ms receive timeout.
+int udp_socket(const Target& t, bool connected) {
+  int fd = socket(t.family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  timeval tv{0, 100 * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connected && connect(fd, reinterpret_cast<const sockaddr*>(&t.ss), t.len) != 0)
+    die("connect");
+  return fd;
+}
+
+// Sends request `seq` and waits for its reply. Returns 1 for a reply from
+// `t` with that sequence number, 0 for a lost one (timeout), -1 for a reply
+// from elsewhere or with another number (stale: read on).
+int udp_exchange(int fd, const Target& t, bool connected, std::vector<char>& buf, uint64_t seq,
+                 long& foreign) {
+  std::memcpy(buf.data(), &seq, sizeof seq);
+  ssize_t s = connected ? send(fd, buf.data(), buf.size(), 0)
+                        : sendto(fd, buf.data(), buf.size(), 0,
+                                 reinterpret_cast<const sockaddr*>(&t.ss), t.len);
+  if (s < 0) die("send");
+  std::vector<char> in(buf.size() + 64);
+  for (;;) {
+    sockaddr_storage from{};
+    socklen_t flen = sizeof from;
+    ssize_t n = recvfrom(fd, in.data(), in.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      if (errno == ECONNREFUSED) return 0;  // an ICMP error: counted as lost
+      die("recvfrom");
+    }
+    uint64_t got = 0;
+    if (static_cast<size_t>(n) >= sizeof got) std::memcpy(&got, in.data(), sizeof got);
+    if (!same_sockaddr(from, t)) {
+      ++foreign;  // a reply whose source is not the destination: transparency broken
+      continue;
+    }
+    if (got == seq) return 1;
+  }
+}
+
+int run_udp_rr(const Args& a) {
+  Target t = parse_addr(a.get("to"));
+  double seconds = a.num("seconds", 1);
+  size_t size = std::max<size_t>(static_cast<size_t>(a.num("size", 64)), 8);
+  bool connected = a.num("connected", 0) != 0;
+  int fd = udp_socket(t, connected);
+  std::vector<char> buf(size, 'r');
+  long lost = 0, foreign = 0;
+  uint64_t seq = 0;
+  for (int i = 0; i < 1000; ++i) udp_exchange(fd, t, connected, buf, ++seq, foreign);
+  std::vector<double> lat;
+  lat.reserve(1 << 20);
+  auto start = Clock::now();
+  auto end = start + std::chrono::duration<double>(seconds);
+  auto now = start;
+  while (now < end) {
+    auto t0 = now;
+    int r = udp_exchange(fd, t, connected, buf, ++seq, foreign);
+    now = Clock::now();
+    if (r == 1)
+      lat.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
+    else
+      ++lost;
+  }
+  double secs = std::chrono::duration<double>(now - start).count();
+  size_t n = lat.size();
+  close(fd);
+  std::printf(
+      "{\"mode\":\"udp-rr\",\"connected\":%s,\"size\":%zu,\"exchanges\":%zu,"
+      "\"lost\":%ld,\"foreign_source\":%ld,\"seconds\":%.3f,\"rate\":%.1f,"
+      "\"p50_us\":%.2f,\"p99_us\":%.2f}\n",
+      connected ? "true" : "false", size, n, lost, foreign, secs, static_cast<double>(n) / secs,
+      pct(lat, 0.5), pct(lat, 0.99));
+  return foreign || n == 0 ? 1 : 0;
+}
+
+int run_udp_flows(const Args& a) {
+  Target t = parse_addr(a.get("to"));
+  double seconds = a.num("seconds", 1);
+  bool connected = a.num("connected", 0) != 0;
+  std::vector<char> buf(64, 'f');
+  long lost = 0, foreign = 0;
+  std::vector<double> lat;
+  lat.reserve(1 << 20);
+  uint64_t seq = 0;
+  auto start = Clock::now();
+  auto end = start + std::chrono::duration<double>(seconds);
+  auto now = start;
+  while (now < end) {
+    auto t0 = now;
+    int fd = udp_socket(t, connected);
+    int r = 0;
+    // A lost datagram is resent on the same socket (a resolver's retry).
+    for (int tries = 0; tries < 3 && r != 1; ++tries) {
+      r = udp_exchange(fd, t, connected, buf, ++seq, foreign);
+      if (r != 1) ++lost;
+    }
+    close(fd);
+    now = Clock::now();
+    if (r == 1) lat.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
+  }
+  double secs = std::chrono::duration<double>(now - start).count();
+  size_t n = lat.size();
+  std::printf(
+      "{\"mode\":\"udp-flows\",\"connected\":%s,\"flows\":%zu,\"lost\":%ld,"
+      "\"foreign_source\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.2f,"
+      "\"p99_us\":%.2f}\n",
+      connected ? "true" : "false", n, lost, foreign, secs, static_cast<double>(n) / secs,
+      pct(lat, 0.5), pct(lat, 0.99));
+  return foreign || n == 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: connload server|connect|rr|bulk|hold --OPTION VALUE ...\n");
+    std::fprintf(stderr,
+                 "usage: connload server|connect|rr|bulk|hold|udp-server|udp-rr|udp-flows --OPTION "
+                 "VALUE ...\n");
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -514,6 +688,9 @@ int main(int argc, char** argv) {
   if (mode == "rr") return run_rr(a);
   if (mode == "bulk") return run_bulk(a);
   if (mode == "hold") return run_hold(a);
+  if (mode == "udp-server") return run_udp_server(a);
+  if (mode == "udp-rr") return run_udp_rr(a);
+  if (mode == "udp-flows") return run_udp_flows(a);
   std::fprintf(stderr, "connload: unknown mode %s\n", mode.c_str());
   return 2;
 }

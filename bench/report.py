@@ -256,6 +256,35 @@ if ("flows", "free") in by:
         p(f"| {r['held']} | {r['sockets_listed']} | {', '.join(f'{x:.3f}' for x in r['seconds'])} |")
     p("")
 
+# Part 8: UDP
+udp_kinds = (("rr", "64 B request/response, unconnected socket (sendto)"),
+             ("rr-connected", "64 B request/response, connected socket"),
+             ("flows", "one exchange per new socket (new flow each)"))
+for pl in placements("udp"):
+    d = by[("udp", pl)]
+    if pl == placements("udp")[0]:
+        p("## 8. UDP (every reply checked to come from the destination the client sent to)")
+        p("")
+        p("| placement | workload | config | /s | p50 µs | p99 µs | lost | ratio to (a) | ratio to (d) |")
+        p("|---|---|---|---|---|---|---|---|---|")
+    for kind, label in udp_kinds:
+        for c in ("a-no-hooks", "b-loaded-no-match", "c-connredir-proxy", "d-nft-proxy"):
+            cfg = f"{c}.{kind}"
+            if cfg not in d:
+                continue
+            lost = sum(r.get("lost", 0) for r in d[cfg].values())
+            p(f"| {pl} | {label} | {c} | {fmt_num(metric_med('udp', pl, cfg, 'rate'))} | "
+              f"{metric_med('udp', pl, cfg, 'p50_us'):.1f} | "
+              f"{metric_med('udp', pl, cfg, 'p99_us'):.1f} | {lost} | "
+              f"{fmt_ratio(ratio_stats('udp', pl, cfg, f'a-no-hooks.{kind}', 'rate'))} | "
+              f"{fmt_ratio(ratio_stats('udp', pl, cfg, f'd-nft-proxy.{kind}', 'rate'))} |")
+        r = ratio_stats("udp", pl, f"c-connredir-proxy.{kind}", f"d-nft-proxy.{kind}", "rate")
+        if r:
+            goals.append(goal(r[0] >= 1.0, f"8 ({pl}) UDP {kind}: connredir-proxy >= nftables "
+                              f"REDIRECT driving the same proxy: {r[0]:.3f}"))
+if placements("udp"):
+    p("")
+
 # Profile (--profile): connredir's BPF programs per connection
 bpf_path = os.path.join(out, "profile-bpf.jsonl")
 if os.path.exists(bpf_path):

@@ -2,7 +2,7 @@
 # connredir benchmark suite (issue 5). See bench/README.md.
 #
 #   bench/run.sh                 every part, both placements (~15 min)
-#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory trace
+#   bench/run.sh PART [PART...]  some parts: connect classifier relay chain sockopt memory trace udp
 #   bench/run.sh --smoke         seconds-long version of every part (CI)
 # Options: --build-dir DIR (default build-bench), --out DIR (default bench/out),
 #          --placements "1cpu free", --rounds N,
@@ -37,12 +37,12 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift ;;
     --profile) PROFILE=1 ;;
     -h|--help) sed -n 2,13p "$0"; exit 0 ;;
-    connect|classifier|relay|chain|sockopt|memory|trace) PARTS+=("$1") ;;
+    connect|classifier|relay|chain|sockopt|memory|trace|udp) PARTS+=("$1") ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory trace)
+((${#PARTS[@]})) || PARTS=(connect classifier relay chain sockopt memory trace udp)
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "run.sh: needs root (namespaces, cgroups, BPF); skipped" >&2
@@ -219,6 +219,8 @@ BASE=$OUT/base-filters.txt
   echo "# part 5: the socket-option benchmark's redirected connection"
   echo "callout=sockopt dst=127.0.0.1/32 port=7102 weight=1000"
   ((OFFLOAD)) && echo "callout=offload dst=127.0.0.1/32 port=7003 weight=1000"
+  echo "# part 8: UDP to 127.0.0.1:7202 through vendor v1 (its proxy runs with --udp)"
+  echo "callout=v1 dst=127.0.0.1/32 port=7202 proto=udp weight=1000"
 } >"$BASE"
 "$CLI" --pin-dir "$PIN" filter load --replace "$BASE" >/dev/null
 
@@ -227,9 +229,12 @@ BASE=$OUT/base-filters.txt
 srv_ports=(--listen 127.0.0.2:7001 --listen 127.0.0.1:7002 --listen 127.0.0.1:7003 --listen 127.0.0.1:7020)
 for k in 0 1 2 3 4 5 6 7 8; do srv_ports+=(--listen "127.0.0.1:$((7010 + k))"); done
 bg server "$NS" "$CG_OFF" 0 "$LOAD" server "${srv_ports[@]}"
+bg udp_server "$NS" "$CG_OFF" 0 "$LOAD" udp-server --listen 127.0.0.2:7201 --listen 127.0.0.1:7202
 for i in 1 2 3 4 5 6 7 8; do
+  udp=()
+  ((i == 1)) && udp=(--udp)  # part 8; its TCP side is unchanged
   bg "proxy$i" "$NS" "$CG_ON/proxy$i" $((4000 + i)) "$PROXY" --listen "127.0.0.1:$((15000 + i))" \
-    --name "v$i" --max-conns 30000 ${PROXY_ARGS:-}
+    --name "v$i" --max-conns 30000 "${udp[@]}" ${PROXY_ARGS:-}
 done
 if ((OFFLOAD)); then
   bg proxy_offload "$NS" "$CG_ON/proxy10" 4010 "$PROXY" --listen 127.0.0.1:15010 --name offload \
@@ -260,15 +265,21 @@ table ip cbnat {
     meta mark $MARK return
     tcp dport 7004 redirect to :7005
     tcp dport 7100 redirect to :7101
+    udp dport 7204 redirect to :7005
   }
 }
 EOF
 ip netns exec "$NS_NAT" nft -f "$OUT/nat.nft"
 bg server_nat "$NS_NAT" "$CG_OFF" 0 "$LOAD" server --listen 127.0.0.1:7004
+bg udp_server_nat "$NS_NAT" "$CG_OFF" 0 "$LOAD" udp-server --listen 127.0.0.1:7204
 # The same proxy, driven by nftables: SO_ORIGINAL_DST (its fallback when a
-# connection carries no records) and SO_MARK on its outgoing sockets.
+# connection carries no records) and SO_MARK on its outgoing sockets. UDP
+# behind REDIRECT has no original destination to read: the proxy forwards
+# it to a fixed upstream (--udp-upstream), as DNS capture proxies do, and
+# conntrack maps the replies' source back.
 bg proxy_nat "$NS_NAT" "$CG_OFF" 0 env LD_PRELOAD="$SOMARK" CONNREDIR_BENCH_MARK=$MARK \
-  "$PROXY" --listen 127.0.0.1:7005 --name nft --max-conns 30000 ${PROXY_ARGS:-}
+  "$PROXY" --listen 127.0.0.1:7005 --name nft --max-conns 30000 --udp \
+  --udp-upstream 127.0.0.1:7204 ${PROXY_ARGS:-}
 for p in 7001 7002 7020 7021 7022 15001 15008; do wait_port "$NS" $p; done
 wait_port "$NS_NAT" 7004
 wait_port "$NS_NAT" 7005
@@ -629,6 +640,37 @@ part_trace() {
     profile_bpf trace "${configs[@]}"
   fi
   return 0
+}
+
+# ---- part 8: UDP ---------------------------------------------------------------------
+# Request/response of 64-byte datagrams (udp-rr, unconnected and connected
+# sockets) and one exchange per new socket (udp-flows: a new flow each, as
+# a stub resolver's queries are), every reply checked to come from the
+# destination the client sent to: (a) direct, no hooks; (b) connredir
+# loaded, no filter matches; (c) through connredir-proxy (vendor v1); (d)
+# the same proxy behind nftables REDIRECT.
+measure_udp() {
+  local pl=$1 cfg=${2%%.*} kind=${2#*.} ns=$NS cg=$CG_ON/app to=127.0.0.2:7201
+  case $cfg in
+    a-no-hooks) cg=$CG_OFF ;;
+    c-connredir-proxy) to=127.0.0.1:7202 ;;
+    d-nft-proxy) ns=$NS_NAT cg=$CG_OFF to=127.0.0.1:7204 ;;
+  esac
+  case $kind in
+    rr) run_client "$pl" "$ns" "$cg" "$LOAD" udp-rr --to $to --seconds $RR_T ;;
+    rr-connected) run_client "$pl" "$ns" "$cg" "$LOAD" udp-rr --to $to --seconds $RR_T --connected 1 ;;
+    flows) run_client "$pl" "$ns" "$cg" "$LOAD" udp-flows --to $to --seconds $T ;;
+  esac
+}
+part_udp() {
+  local configs=()
+  for k in rr rr-connected flows; do
+    for c in a-no-hooks b-loaded-no-match c-connredir-proxy d-nft-proxy; do configs+=("$c.$k"); done
+  done
+  for pl in $PLACEMENTS; do
+    log "part 8 (UDP), $pl"
+    rounds udp "$pl" "$ROUNDS" "${configs[@]}"
+  done
 }
 
 for p in "${PARTS[@]}"; do "part_$p"; done

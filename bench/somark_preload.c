@@ -1,5 +1,5 @@
 /* LD_PRELOAD shim for the nftables baseline of bench/run.sh: sets SO_MARK
- * (value from CONNREDIR_BENCH_MARK) on every TCP socket before connect(), the
+ * (value from CONNREDIR_BENCH_MARK) on every TCP and UDP socket before connect(), the
  * way SO_MARK-based proxies (Istio ambient, ztunnel) exempt their own outgoing
  * connections from the REDIRECT rule. It lets the unchanged connredir-proxy
  * drive the nftables path: one extra setsockopt per outgoing connection, as

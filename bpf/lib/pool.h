@@ -98,7 +98,7 @@ static __noinline __u32 pool_slot(__u64 netns, const struct connredir_addr *dst)
 
 /* The destination a pool address stands for in `netns`, or NULL. */
 static __always_inline const struct connredir_addr *pool_destination(__u64 netns,
-								      const struct connredir_addr *a)
+								     const struct connredir_addr *a)
 {
 	struct udp_pool_slot_key rkey = {};
 

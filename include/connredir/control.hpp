@@ -818,7 +818,17 @@ struct UpResult {
   std::vector<std::string> attached;  // programs attached by this call
   bool secret_initialised = false;
   AdoptReport adopted;  // listeners bound before the bind hook ran (adopt_listeners)
+  // The IPv6 UDP address pool's local route (ensure_udp_pool_route): added
+  // by this call, or why it could not be (unconnected IPv6 UDP sends then
+  // reach no proxy).
+  bool pool_route_added = false;
+  std::string pool_route_problem;
 };
+// The local route of the IPv6 proxy address pool of unconnected UDP sends
+// (`ip -6 route add local fdcc:7264::/64 dev lo`) in the caller's network
+// namespace: true if added, false if it was there.
+Result<bool> ensure_udp_pool_route();
+std::string udp_pool6_cidr();
 // Mount bpffs if needed, check the kernel, load with pinned maps, initialise
 // the secret, attach every program to the cgroup and pin the links.
 // Idempotent for the same cgroup; EEXIST if up for a different cgroup.

@@ -273,6 +273,10 @@ int print_up(const std::string& pin_dir, const ctl::UpResult& r) {
         "connredir was up\n",
         l.local.to_string(), l.pid, l.comm, l.uid, l.cgroup);
   for (const auto& p : r.adopted.problems) fmt::print(stderr, "warning: {}\n", p);
+  if (r.pool_route_added)
+    fmt::print("added the local route {} dev lo: the IPv6 address pool of unconnected UDP sends\n",
+               ctl::udp_pool6_cidr());
+  if (!r.pool_route_problem.empty()) fmt::print(stderr, "warning: {}\n", r.pool_route_problem);
   return 0;
 }
 

@@ -299,6 +299,13 @@ Result<UpResult> up(const UpOptions& opts) {
   else
     res.adopted.problems.push_back(a.error().message +
                                    " (listeners bound before connredir was up are not adopted)");
+  // Unconnected IPv6 UDP sends go to pool addresses (bpf/lib/pool.h) that
+  // need a local route; not a reason to fail `up` (IPv6 may be off here).
+  if (auto r = ensure_udp_pool_route(); r)
+    res.pool_route_added = *r;
+  else
+    res.pool_route_problem =
+        r.error().message + "; unconnected IPv6 UDP sends cannot reach proxies until it exists";
   // Now that the maps are pinned, the optional sock_diag probe can run.
   for (auto& f : res.features)
     if (f.name == "sock_diag_bpf_storage") f = sock_diag_feature(opts.pin_dir);

@@ -47,6 +47,11 @@ int main(int argc, char** argv) {
   app.add_option("--udp-idle-timeout-ms", opt.udp_idle_timeout_ms,
                  "end (and log) a UDP flow after this long without a datagram (0 = never)")
       ->capture_default_str();
+  std::string udp_upstream;
+  app.add_option("--udp-upstream", udp_upstream,
+                 "ADDR:PORT for UDP flows connredir did not redirect (e.g. sent here by an "
+                 "nftables REDIRECT rule, which leaves UDP no original destination to read); "
+                 "without it they are dropped");
   app.add_option("--max-udp-flows", opt.max_udp_flows,
                  "most UDP flows at once; the least recently active one makes room")
       ->capture_default_str()
@@ -108,6 +113,15 @@ int main(int argc, char** argv) {
   } else if (opt.metrics_allow_remote) {
     std::fprintf(stderr, "connredir-proxy: --metrics-allow-remote needs --metrics ADDR:PORT\n");
     return 2;
+  }
+  if (!udp_upstream.empty()) {
+    auto a = connredir::Address::parse(udp_upstream);
+    if (!a) {
+      std::fprintf(stderr, "connredir-proxy: --udp-upstream %s: %s\n", udp_upstream.c_str(),
+                   a.error().message.c_str());
+      return 2;
+    }
+    opt.udp_upstream = *a;
   }
   for (const auto& text : listen) {
     auto a = connredir::Address::parse(text);

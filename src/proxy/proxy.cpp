@@ -270,7 +270,8 @@ std::string Proxy::Impl::start() {
                                  ErrorKind kind) { log_now(rec, start, result, kind); },
                           [this](uint64_t up, uint64_t down) { metrics.bytes(up, down); }};
     udp = std::make_unique<UdpRelay>(
-        UdpRelay::Options{opt.name, opt.propagate, opt.udp_idle_timeout_ms, opt.max_udp_flows},
+        UdpRelay::Options{opt.name, opt.propagate, opt.udp_idle_timeout_ms, opt.max_udp_flows,
+                          opt.udp_upstream},
         std::move(hooks));
     udp->set_server_tag(kTagUdpServer);
     for (const Address& a : opt.listen) {

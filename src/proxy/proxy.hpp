@@ -41,6 +41,10 @@ struct ProxyOptions {
   bool udp = false;
   unsigned udp_idle_timeout_ms = 30000;
   unsigned max_udp_flows = 4096;
+  // --udp-upstream: where UDP flows connredir did not redirect go (a DNS
+  // forwarder behind an nftables REDIRECT rule, which tells no original
+  // destination for UDP); unset: such flows are dropped.
+  std::optional<Address> udp_upstream;
 };
 
 class Proxy {

@@ -131,17 +131,22 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, const 
   if (hooks_.flow_started) hooks_.flow_started();
 
   auto flow = l->any ? udp_flow(l->fd.get(), client, local) : udp_flow(l->fd.get(), client);
-  if (!flow) {
-    const int e = flow.error().code;
-    if (e == ENOENT || e == EOPNOTSUPP || e == ENOPROTOOPT)
+  const int e = flow ? 0 : flow.error().code;
+  const bool not_redirected = e == ENOENT || e == EOPNOTSUPP || e == ENOPROTOOPT;
+  if (!flow && !(not_redirected && opt_.upstream)) {
+    if (not_redirected)
       fail(s, "not redirected", ErrorKind::NotRedirected);
     else
       fail(s, "querying the UDP flow failed: " + flow.error().message, ErrorKind::Records);
     return s;
   }
-  describe_flow(s->rec, flow->records, &flow->context);
-  s->flow_id = flow->context.flow_id;
-  const Address& dst = flow->context.orig_dst;
+  if (flow) {
+    describe_flow(s->rec, flow->records, &flow->context);
+    s->flow_id = flow->context.flow_id;
+  } else {
+    s->rec.orig_dst = opt_.upstream->to_string();  // --udp-upstream: no records to carry
+  }
+  const Address& dst = flow ? flow->context.orig_dst : *opt_.upstream;
   if (dst.family == 0) {
     fail(s, "redirected, but the original destination is unknown (context has none)",
          ErrorKind::NoDestination);
@@ -155,7 +160,7 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, const 
          ErrorKind::Resources);
     return s;
   }
-  if (opt_.propagate) {
+  if (opt_.propagate && flow) {
     if (auto r = set_records(out.get(), flow->records); !r) {
       // Sending without the records could loop the flow back here.
       fail(s,

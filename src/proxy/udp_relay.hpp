@@ -21,6 +21,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -61,6 +62,7 @@ class UdpRelay {
     bool propagate = true;
     unsigned idle_timeout_ms = 30000;
     unsigned max_flows = 4096;
+    std::optional<Address> upstream;  // for flows connredir did not redirect
   };
   struct Hooks {
     std::function<void()> flow_started;

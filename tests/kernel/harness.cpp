@@ -535,13 +535,11 @@ std::vector<std::string> sweep_leftovers(bool stale_only) {
   return removed;
 }
 
-namespace {
 std::string ip_tool() {
   for (const char* p : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
     if (::access(p, X_OK) == 0) return p;
   return "ip";
 }
-}  // namespace
 
 LoAddress::LoAddress(const std::string& c) : cidr(c) {
   auto r = run({ip_tool(), "addr", "add", cidr, "dev", "lo"});
@@ -551,16 +549,6 @@ LoAddress::LoAddress(const std::string& c) : cidr(c) {
 
 LoAddress::~LoAddress() {
   if (ok) run({ip_tool(), "addr", "del", cidr, "dev", "lo"});
-}
-
-LocalRoute::LocalRoute(const std::string& c) : cidr(c) {
-  auto r = run({ip_tool(), "route", "add", "local", cidr, "dev", "lo"});
-  ok = r.status == 0;
-  EXPECT_TRUE(ok) << "ip route add local " << cidr << " dev lo: " << r.out;
-}
-
-LocalRoute::~LocalRoute() {
-  if (ok) run({ip_tool(), "route", "del", "local", cidr, "dev", "lo"});
 }
 
 int listen_on(const std::string& addr_port) {

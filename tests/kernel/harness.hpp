@@ -39,6 +39,8 @@ std::string read_file(const std::string& path);
 
 // Run a command (argv[0] is a path), capture output, bounded by timeout.
 CmdResult run(const std::vector<std::string>& argv, int timeout_ms = 30000);
+// The path of iproute2's `ip`.
+std::string ip_tool();
 
 // Prometheus text exposition: "name{labels}" (or "name") -> value of every
 // sample line.
@@ -138,15 +140,6 @@ std::vector<std::string> sweep_leftovers(bool stale_only);
 struct LoAddress {
   explicit LoAddress(const std::string& cidr);
   ~LoAddress();
-  bool ok = false;
-  std::string cidr;
-};
-
-// `ip route add local CIDR dev lo` in the test's namespace, for as long as
-// it lives.
-struct LocalRoute {
-  explicit LocalRoute(const std::string& cidr);
-  ~LocalRoute();
   bool ok = false;
   std::string cidr;
 };

@@ -223,8 +223,9 @@ std::string expected_replies(const std::vector<std::string>& dsts, int repeat) {
 // connected onward socket), each once, one flow per destination however
 // many datagrams; nobody else may bind a pool address at a proxy's port.
 TEST_F(Udp, UnconnectedSendsPassEachVendorOnceAndRepliesComeFromEachDestination) {
-  LocalRoute pool6("fdcc:7264::/64");  // what `connredir up` adds for the IPv6 pool
-  ASSERT_TRUE(pool6.ok);
+  // `connredir up` added the IPv6 pool's local route in the test's namespace.
+  auto route = run({ip_tool(), "-6", "route", "show", "table", "local", "fdcc:7264::/64"});
+  ASSERT_NE(route.out.find("local fdcc:7264::/64 dev lo"), std::string::npos) << route.out;
   EchoServer echo4("127.0.0.1:0", SOCK_DGRAM);
   const int port = echo4.port();
   EchoServer echo4b(fmt::format("127.0.0.2:{}", port), SOCK_DGRAM);
