@@ -316,10 +316,17 @@ struct connredir_flow_key {
  * a UDP flow, as recvfrom()/recvmsg() reported it to the proxy, and the local
  * end the datagram was sent to (IP_PKTINFO's ipi_addr / IPV6_PKTINFO's
  * ipi6_addr, with the socket's port). A caller may pass only `client`
- * (optlen 20): the local end is then the socket's own bound address. */
+ * (optlen 20): the local end is then the socket's own bound address; or
+ * both ends (optlen 40); or all (48). */
 struct connredir_udp_flow {
 	struct connredir_addr client;
 	struct connredir_addr local; /* family 0: the socket's bound address */
+	/* 0 (or optlen 40): select the flow. Otherwise only check that the
+	 * flow between the two ends is still this one (a proxy's per-datagram
+	 * check that a reused client address did not start a new flow, in one
+	 * call and no copy): success if it is, nothing selected; ESTALE if
+	 * another flow now has these ends, ENOENT if none. */
+	__u64 flow_id;
 };
 
 /*

@@ -29,6 +29,7 @@
 #define ENOBUFS	     105
 #define EISCONN	     106
 #define ECONNREFUSED 111
+#define ESTALE	     116
 
 /* Verdicts of cgroup hooks: 1 = proceed. We never return 0 from connect or
  * sockops: connredir fails open for everything it does not own. */

@@ -311,6 +311,7 @@ static __always_inline int select_udp_flow(struct bpf_sockopt *ctx)
 	struct connredir_flow_key key = {};
 	struct connredir_sk_state *pending, *st;
 	struct bpf_sock *sk = ctx->sk;
+	__u64 check = 0; /* a flow id to check, not select */
 	int optlen = ctx->optlen;
 	void *optval = ctx->optval;
 	void *end = ctx->optval_end;
@@ -325,6 +326,11 @@ static __always_inline int select_udp_flow(struct bpf_sockopt *ctx)
 		return set_fail(EOPNOTSUPP);
 	if (optlen == (int)sizeof(struct connredir_udp_flow)) {
 		if (optval + sizeof(struct connredir_udp_flow) > end)
+			return set_fail(EINVAL);
+		__builtin_memcpy(&local, optval + sizeof(client), sizeof(local));
+		__builtin_memcpy(&check, optval + 2 * sizeof(client), sizeof(check));
+	} else if (optlen == (int)(2 * sizeof(client))) {
+		if (optval + 2 * sizeof(client) > end)
 			return set_fail(EINVAL);
 		__builtin_memcpy(&local, optval + sizeof(client), sizeof(local));
 	} else if (optlen != (int)sizeof(client) || optval + sizeof(client) > end) {
@@ -352,6 +358,13 @@ static __always_inline int select_udp_flow(struct bpf_sockopt *ctx)
 	if (!caller_serves_flow(pending)) {
 		stat_inc(CONNREDIR_STAT_DENIED);
 		return set_fail(EACCES);
+	}
+	if (check) {
+		/* Only the check: is it still that flow? */
+		if (pending->context.flow_id != check)
+			return set_fail(ESTALE);
+		ctx->optlen = -1;
+		return 1;
 	}
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {

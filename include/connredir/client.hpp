@@ -65,6 +65,14 @@ Result<UdpFlow> udp_flow(int fd, const Address& client, const Address& local);
 // old one's address never rides on the old flow's records. Same errors.
 Result<uint64_t> udp_flow_id(int fd, const Address& client);
 Result<uint64_t> udp_flow_id(int fd, const Address& client, const Address& local);
+// Is the flow from `client` (to `local`) still the one with id `flow_id`?
+// One socket option, nothing selected or copied, no lock: the check a UDP
+// proxy makes with each datagram of a flow it relays, for half the cost of
+// udp_flow_id. false: another flow, or none, has these ends now (select it
+// with udp_flow). Other errors as udp_flow.
+Result<bool> udp_flow_unchanged(int fd, const Address& client, uint64_t flow_id);
+Result<bool> udp_flow_unchanged(int fd, const Address& client, const Address& local,
+                                uint64_t flow_id);
 
 }  // namespace connredir
 

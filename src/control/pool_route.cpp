@@ -31,9 +31,8 @@ std::string udp_pool6_cidr() {
 }
 
 Result<bool> ensure_udp_pool_route() {
-  const std::string what =
-      fmt::format("cannot add the local route {} dev lo for the IPv6 UDP address pool",
-                  udp_pool6_cidr());
+  const std::string what = fmt::format(
+      "cannot add the local route {} dev lo for the IPv6 UDP address pool", udp_pool6_cidr());
   const unsigned lo = if_nametoindex("lo");
   if (lo == 0) return fail(errno, errno_message(errno, what + ": no loopback interface"));
   struct Closer {
@@ -68,10 +67,9 @@ Result<bool> ensure_udp_pool_route() {
                  mnl_socket_get_portid(nl.get()), nullptr, nullptr) < 0) {
     const int e = errno;
     if (e == EEXIST) return false;  // there already (an earlier `up`, or the administrator)
-    return fail(e, errno_message(e, what) +
-                       (e == EAFNOSUPPORT || e == EACCES
-                            ? " (is IPv6 disabled in this namespace?)"
-                            : ""));
+    return fail(
+        e, errno_message(e, what) +
+               (e == EAFNOSUPPORT || e == EACCES ? " (is IPv6 disabled in this namespace?)" : ""));
   }
   return true;
 }

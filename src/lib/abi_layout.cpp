@@ -134,7 +134,8 @@ CR_OFF(connredir_flow_key, client_port, 40);
 CR_OFF(connredir_flow_key, proxy_port, 42);
 CR_OFF(connredir_flow_key, proto, 44);
 CR_OFF(connredir_flow_key, reserved, 45);
-CR_SIZE(connredir_udp_flow, 40);
+CR_SIZE(connredir_udp_flow, 48);
+CR_OFF(connredir_udp_flow, flow_id, 40);
 CR_OFF(connredir_udp_flow, local, 20);
 
 CR_SIZE(connredir_sk_state, 760);

@@ -222,7 +222,7 @@ Result<void> select_udp_flow(int fd, const Address& client, const Address* local
   socklen_t len = sizeof sel.client;  // only the client: the socket's own address
   if (local) {
     sel.local = local->to_abi();
-    len = sizeof sel;
+    len = offsetof(connredir_udp_flow, flow_id);  // both ends: select (no check)
   }
   if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, len) != 0)
     return tl::unexpected(explain(Op::UdpFlow, fd, errno));
@@ -238,6 +238,23 @@ Result<uint64_t> flow_id_of(int fd, const Address& client, const Address* local)
   if (*len < offsetof(connredir_context, flow_id) + sizeof c.flow_id)
     return tl::unexpected(explain(Op::UdpFlow, fd, ENOENT));
   return c.flow_id;
+}
+
+Result<bool> unchanged(int fd, const Address& client, const Address* local, uint64_t flow_id) {
+  connredir_udp_flow sel{};
+  sel.client = client.to_abi();
+  if (local) sel.local = local->to_abi();  // else family 0: the socket's own address
+  sel.flow_id = flow_id;
+  if (::setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, sizeof sel) == 0) return true;
+  const int e = errno;
+  if (e == ESTALE || e == ENOENT) return false;
+  if (e == EINVAL) {  // a BPF object older than the check: select and read the id
+    auto id = flow_id_of(fd, client, local);
+    if (id) return *id == flow_id;
+    if (id.error().code == ENOENT) return false;
+    return tl::unexpected(id.error());
+  }
+  return tl::unexpected(explain(Op::UdpFlow, fd, e));
 }
 
 Result<UdpFlow> flow_of(int fd, const Address& client, const Address* local) {
@@ -262,6 +279,15 @@ Result<uint64_t> udp_flow_id(int fd, const Address& client) {
 
 Result<uint64_t> udp_flow_id(int fd, const Address& client, const Address& local) {
   return flow_id_of(fd, client, &local);
+}
+
+Result<bool> udp_flow_unchanged(int fd, const Address& client, uint64_t flow_id) {
+  return unchanged(fd, client, nullptr, flow_id);
+}
+
+Result<bool> udp_flow_unchanged(int fd, const Address& client, const Address& local,
+                                uint64_t flow_id) {
+  return unchanged(fd, client, &local, flow_id);
 }
 
 Result<UdpFlow> udp_flow(int fd, const Address& client) { return flow_of(fd, client, nullptr); }

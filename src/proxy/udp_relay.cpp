@@ -103,9 +103,15 @@ void UdpRelay::fail(UdpSession* s, std::string result, ErrorKind kind) {
   }
 }
 
-Result<uint64_t> UdpRelay::flow_id(const UdpSession* s) const {
+bool UdpRelay::same_flow(const UdpSession* s) const {
   const int fd = s->listener->fd.get();
-  return s->listener->any ? udp_flow_id(fd, s->client, s->local) : udp_flow_id(fd, s->client);
+  if (s->flow_id == 0) {  // not redirected (or --udp-upstream): is it still not?
+    auto id = s->listener->any ? udp_flow_id(fd, s->client, s->local) : udp_flow_id(fd, s->client);
+    return !id;
+  }
+  auto same = s->listener->any ? udp_flow_unchanged(fd, s->client, s->local, s->flow_id)
+                               : udp_flow_unchanged(fd, s->client, s->flow_id);
+  return same && *same;
 }
 
 UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, const Address& local,
@@ -253,8 +259,7 @@ void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
     UdpSession* s = it != sessions_.end() ? it->second.get() : nullptr;
     if (s) {
       // The same address, but is it the same flow? (udp_relay.hpp)
-      auto id = flow_id(s);
-      if ((id ? *id : 0) != s->flow_id) {
+      if (!same_flow(s)) {
         end(s, now_ms);
         s = nullptr;
       }

@@ -106,7 +106,7 @@ class UdpRelay {
   std::string add_listener(const Address& addr, uint64_t tag);
   UdpSession* open_session(UdpListener* l, const Address& client, const Address& local,
                            uint64_t now_ms);
-  Result<uint64_t> flow_id(const UdpSession* s) const;
+  bool same_flow(const UdpSession* s) const;
   ssize_t reply(const UdpSession* s, size_t n);
   void end(UdpSession* s, uint64_t now_ms);
   void touch(UdpSession* s, uint64_t now_ms);

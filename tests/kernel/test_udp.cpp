@@ -332,6 +332,14 @@ TEST_F(Udp, ProxyContract) {
     out += " wildcard=" + (e2 ? std::string("OK") : std::to_string(e2.error().code));
     auto e3 = udp_flow(tcp, client);
     out += " tcp=" + (e3 ? std::string("OK") : std::to_string(e3.error().code));
+    // The per-datagram check: the same flow, another id, an unknown client.
+    auto same = udp_flow_unchanged(fd, client, f->context.flow_id);
+    auto other = udp_flow_unchanged(fd, client, f->context.flow_id + 1);
+    auto none = udp_flow_unchanged(fd, nobody, f->context.flow_id);
+    auto yn = [](const Result<bool>& r) {
+      return r ? std::string(*r ? "yes" : "no") : "error " + r.error().message;
+    };
+    out += " unchanged=" + yn(same) + "," + yn(other) + "," + yn(none);
     sockaddr_storage cs{};
     socklen_t clen = client.to_sockaddr(cs);
     (void)sendto(fd, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&cs), clen);
@@ -347,7 +355,7 @@ TEST_F(Udp, ProxyContract) {
   EXPECT_EQ(got, "q|" + echo.addr() + "|" + echo.addr());
   EXPECT_EQ(proxy->wait(),
             fmt::format("dst={} hop=1 hops=1 user=dns-tenant src=client unknown={} wildcard={} "
-                        "tcp={}",
+                        "tcp={} unchanged=yes,no,no",
                         echo.addr(), ENOENT, EADDRNOTAVAIL, EOPNOTSUPP));
   EXPECT_TRUE(echo.peers().empty()) << "the probe proxy answered; nothing went direct";
 }
