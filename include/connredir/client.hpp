@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "connredir/address.hpp"
@@ -59,6 +60,12 @@ Result<UdpFlow> udp_flow(int fd, const Address& client);
 // from IP_PKTINFO / IPV6_PKTINFO, with the socket's port.
 //   EINVAL: `local` does not have the socket's port.
 Result<UdpFlow> udp_flow(int fd, const Address& client, const Address& local);
+// The address a datagram received with recvmsg() was sent to, from its
+// IP_PKTINFO / IPV6_PKTINFO control message (enable IP_PKTINFO /
+// IPV6_RECVPKTINFO on the socket), with `port` (the socket's own): the
+// `local` a wildcard-bound socket passes to udp_flow(). nullopt if the
+// message carries neither.
+std::optional<Address> datagram_local_address(const msghdr& msg, uint16_t port);
 // Only the flow id of that flow (two socket options, no records copied).
 // Client addresses are reused: a UDP proxy checks the id with each datagram
 // and takes a new id for a new flow, so that a new client socket that got an

@@ -273,6 +273,38 @@ Result<UdpFlow> flow_of(int fd, const Address& client, const Address* local) {
 
 }  // namespace
 
+std::optional<Address> datagram_local_address(const msghdr& msg, uint16_t port) {
+  for (const cmsghdr* c = CMSG_FIRSTHDR(&msg); c;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(&msg), const_cast<cmsghdr*>(c))) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+        c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
+      in_pktinfo pi{};
+      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
+      auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+      sin->sin_family = AF_INET;
+      sin->sin_addr = pi.ipi_addr;
+      sin->sin_port = htons(port);
+      len = sizeof *sin;
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+               c->cmsg_len >= CMSG_LEN(sizeof(in6_pktinfo))) {
+      in6_pktinfo pi{};
+      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
+      auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      sin6->sin6_family = AF_INET6;
+      sin6->sin6_addr = pi.ipi6_addr;
+      sin6->sin6_port = htons(port);
+      len = sizeof *sin6;
+    } else {
+      continue;
+    }
+    auto a = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+    if (a) return *a;
+  }
+  return std::nullopt;
+}
+
 Result<uint64_t> udp_flow_id(int fd, const Address& client) {
   return flow_id_of(fd, client, nullptr);
 }

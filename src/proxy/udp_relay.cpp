@@ -196,38 +196,6 @@ UdpSession* UdpRelay::open_session(UdpListener* l, const Address& client, const 
   return s;
 }
 
-namespace {
-
-// The address a datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO
-// control message, with the listener's port.
-std::optional<Address> local_of(const msghdr& msg, const Address& listener) {
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&msg), c)) {
-    Address a{};
-    a.port = listener.port;
-    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
-      in_pktinfo pi{};
-      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
-      sockaddr_in sin{};
-      sin.sin_family = AF_INET;
-      sin.sin_addr = pi.ipi_addr;
-      sin.sin_port = htons(listener.port);
-      return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof sin).value_or(a);
-    }
-    if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
-      in6_pktinfo pi{};
-      std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
-      sockaddr_in6 sin6{};
-      sin6.sin6_family = AF_INET6;
-      sin6.sin6_addr = pi.ipi6_addr;
-      sin6.sin6_port = htons(listener.port);
-      return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sin6), sizeof sin6).value_or(a);
-    }
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
 void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))];
   for (int i = 0; i < kBatch; ++i) {
@@ -251,7 +219,7 @@ void UdpRelay::on_listener(UdpListener* l, uint64_t now_ms) {
     if (!client) continue;
     Address local = l->addr;
     if (l->any) {
-      auto a = local_of(msg, l->addr);
+      auto a = datagram_local_address(msg, l->addr.port);
       if (!a) continue;  // no IP_PKTINFO: cannot tell the flow (never seen)
       local = *a;
     }

@@ -24,8 +24,8 @@ class SystemBackend final : public Backend {
     return connredir::set_records(fd, blob);
   }
   Result<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> udp_flow(
-      int fd, const Address& client) override {
-    auto f = connredir::udp_flow(fd, client);
+      int fd, const Address& client, const Address* local) override {
+    auto f = local ? connredir::udp_flow(fd, client, *local) : connredir::udp_flow(fd, client);
     if (!f) return tl::unexpected(f.error());
     return std::pair{std::move(f->records), std::move(f->context_raw)};
   }

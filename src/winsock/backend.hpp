@@ -24,10 +24,11 @@ class Backend {
   virtual Result<void> set_records(int fd, std::span<const uint8_t> blob) = 0;
   // getsockopt(SOL_SOCKET, SO_COOKIE).
   virtual Result<uint64_t> socket_cookie(int fd) = 0;
-  // A UDP proxy socket's flow from `client` (setsockopt CONNREDIR_UDP_FLOW,
+  // A UDP proxy socket's flow from `client` (to `local`, for a wildcard-bound
+  // socket; null: the socket's own address) (setsockopt CONNREDIR_UDP_FLOW,
   // then both queries): {records blob, raw context}.
   virtual Result<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> udp_flow(
-      int fd, const Address& client) = 0;
+      int fd, const Address& client, const Address* local) = 0;
 };
 
 // The real one: libconnredir (connredir_client) and SO_COOKIE.

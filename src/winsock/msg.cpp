@@ -15,11 +15,13 @@
 
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
 #include "backend.hpp"
 #include "connredir/address.hpp"
+#include "connredir/client.hpp"
 #include "state.hpp"
 
 namespace connredir::winsock {
@@ -144,9 +146,20 @@ INT WSAAPI WSARecvMsg(SOCKET s, LPWSAMSG lpMsg, LPDWORD lpdwNumberOfBytesRecvd,
     auto client =
         connredir::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&from), mh.msg_namelen);
     if (client) {
+      // A wildcard-bound socket names the flow by the address the datagram
+      // was sent to: the IP_PKTINFO the application enabled (a proxy that
+      // answers from the right address does so anyway).
+      std::optional<connredir::Address> local;
+      sockaddr_storage self{};
+      socklen_t slen = sizeof self;
+      if (mh.msg_controllen > 0 &&
+          getsockname(fd, reinterpret_cast<sockaddr*>(&self), &slen) == 0) {
+        auto me = connredir::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&self), slen);
+        if (me) local = connredir::datagram_local_address(mh, me->port);
+      }
       // No flow (ENOENT: not redirected) means no control messages, as on
       // Windows for a datagram no callout redirected.
-      auto flow = backend().udp_flow(fd, *client);
+      auto flow = backend().udp_flow(fd, *client, local ? &*local : nullptr);
       if (flow) {
         const int level =
             sock_int(fd, SOL_SOCKET, SO_DOMAIN) == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;

@@ -190,109 +190,150 @@ TEST_F(Winsock, WindowsStyleProxyTakesPartInATwoVendorChain) {
   EXPECT_EQ(dst.peers().size(), flows);
 }
 
+// A Windows-style UDP proxy for callout "wfp" at 127.0.0.1:15001 (or the
+// wildcard at its port, with IP_PKTINFO): enables the WFP control messages,
+// receives one datagram with WSARecvMsg, sends it onward with WSASendMsg and
+// the records, relays the answer back. Reports what the context said.
+std::string wfp_udp_proxy(bool wildcard) {
+  WSADATA wd;
+  if (WSAStartup(MAKEWORD(2, 2), &wd) != 0) return "WSAStartup";
+  SOCKET s = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_storage self{};
+  socklen_t slen =
+      Address::parse(wildcard ? "0.0.0.0:15001" : "127.0.0.1:15001")->to_sockaddr(self);
+  if (bind(static_cast<int>(s), reinterpret_cast<sockaddr*>(&self), slen) != 0) return "bind";
+  DWORD on = TRUE;
+  // A wildcard socket learns (and answers from) each datagram's address.
+  if (wildcard &&
+      setsockopt(s, IPPROTO_IP, IP_PKTINFO, reinterpret_cast<char*>(&on), sizeof on) != 0)
+    return std::string("IP_PKTINFO: ") + strerror(errno);
+  if (setsockopt(s, IPPROTO_IP, IP_WFP_REDIRECT_RECORDS, reinterpret_cast<char*>(&on), sizeof on) !=
+          0 ||
+      setsockopt(s, IPPROTO_IP, IP_WFP_REDIRECT_CONTEXT, reinterpret_cast<char*>(&on), sizeof on) !=
+          0)
+    return std::string("setsockopt: ") + strerror(errno);
+  GUID id = WSAID_WSARECVMSG;
+  LPFN_WSARECVMSG recv_msg = nullptr;
+  DWORD bytes = 0;
+  if (WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &recv_msg, sizeof recv_msg,
+               &bytes, nullptr, nullptr) != 0)
+    return "SIO_GET_EXTENSION_FUNCTION_POINTER: " + std::to_string(WSAGetLastError());
+  timeval tv{5, 0};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char data[512];
+  alignas(WSACMSGHDR) char control[1024];
+  sockaddr_storage from{};
+  WSABUF buf{sizeof data, data};
+  WSAMSG m{reinterpret_cast<sockaddr*>(&from), sizeof from, &buf, 1, {sizeof control, control}, 0};
+  DWORD n = 0;
+  if (recv_msg(s, &m, &n, nullptr, nullptr) != 0)
+    return "WSARecvMsg: " + std::to_string(WSAGetLastError());
+  std::vector<uint8_t> records, context;
+  in_pktinfo pkt{};
+  for (WSACMSGHDR* c = WSA_CMSG_FIRSTHDR(&m); c; c = WSA_CMSG_NXTHDR(&m, c)) {
+    const auto* p = WSA_CMSG_DATA(c);
+    std::vector<uint8_t> v(p, p + (c->cmsg_len - WSA_CMSG_LEN(0)));
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) std::memcpy(&pkt, p, sizeof pkt);
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_WFP_REDIRECT_RECORDS) records = v;
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_WFP_REDIRECT_CONTEXT) context = v;
+  }
+  auto ctx = decode_context(context);
+  if (records.empty() || !ctx)
+    return "no control messages (flags " + std::to_string(m.dwFlags) + ")";
+  // Onward, Windows-style: an unconnected socket, records as control data.
+  SOCKET out = socket(AF_INET, SOCK_DGRAM, 0);
+  setsockopt(out, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_storage ds{};
+  socklen_t dlen = ctx->orig_dst.to_sockaddr(ds);
+  alignas(WSACMSGHDR) char sc[WSA_CMSG_SPACE(CONNREDIR_WS_RECORDS_MAX)] = {};
+  auto* c = reinterpret_cast<WSACMSGHDR*>(sc);
+  c->cmsg_len = WSA_CMSG_LEN(records.size());
+  c->cmsg_level = IPPROTO_IP;
+  c->cmsg_type = IP_WFP_REDIRECT_RECORDS;
+  std::memcpy(WSA_CMSG_DATA(c), records.data(), records.size());
+  WSABUF sb{n, data};
+  WSAMSG sm{reinterpret_cast<sockaddr*>(&ds),
+            static_cast<INT>(dlen),
+            &sb,
+            1,
+            {static_cast<ULONG>(WSA_CMSG_SPACE(records.size())), sc},
+            0};
+  DWORD sent = 0;
+  if (WSASendMsg(out, &sm, 0, &sent, nullptr, nullptr) != 0)
+    return "WSASendMsg: " + std::to_string(WSAGetLastError()) + " " +
+           connredir_ws_last_error_message();
+  char reply[512];
+  ssize_t r = recv(static_cast<int>(out), reply, sizeof reply, 0);
+  if (r < 0) return std::string("recv onward: ") + strerror(errno);
+  // The answer, from the address the client sent to.
+  iovec riov{reply, static_cast<size_t>(r)};
+  alignas(cmsghdr) char rc[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+  msghdr rm{};
+  rm.msg_name = &from;
+  rm.msg_namelen = static_cast<socklen_t>(m.namelen);
+  rm.msg_iov = &riov;
+  rm.msg_iovlen = 1;
+  if (wildcard) {
+    in_pktinfo src{};
+    src.ipi_spec_dst = pkt.ipi_addr;
+    auto* h = reinterpret_cast<cmsghdr*>(rc);
+    h->cmsg_level = IPPROTO_IP;
+    h->cmsg_type = IP_PKTINFO;
+    h->cmsg_len = CMSG_LEN(sizeof src);
+    std::memcpy(CMSG_DATA(h), &src, sizeof src);
+    rm.msg_control = rc;
+    rm.msg_controllen = sizeof rc;
+  }
+  sendmsg(static_cast<int>(s), &rm, 0);
+  closesocket(out);
+  closesocket(s);
+  return "orig_dst=" + ctx->orig_dst.to_string() + " hop=" + std::to_string(ctx->hop) +
+         " user=" + std::string(ctx->user.begin(), ctx->user.end()) +
+         " sent=" + std::to_string(sent);
+}
+
+class WinsockUdp : public Winsock {
+ protected:
+  // Application -> "wfp" (wfp_udp_proxy) -> vendor-b (connredir-proxy) ->
+  // destination, connected or unconnected; both hops in the chain.
+  void udp_chain(bool unconnected) {
+    EchoServer dst("127.0.0.1:0", SOCK_DGRAM);
+    cli({"callout", "add", "wfp", "--proxy", "127.0.0.1:15001", "--proxy-uid", "4001"});
+    cli({"callout", "add", "vendor-b", "--proxy", "127.0.0.1:15002", "--proxy-uid", "4002"});
+    const uint32_t w = callout_id("wfp"), b = callout_id("vendor-b");
+    cli({"filter", "add", "--callout", "wfp", "--proto", "udp", "--dst", "127.0.0.1/32", "--port",
+         std::to_string(dst.port()), "--weight", "200", "--context", "wfp-udp"});
+    cli({"filter", "add", "--callout", "vendor-b", "--proto", "udp", "--dst", "127.0.0.0/8",
+         "--weight", "100"});
+    start_proxy("vendor-b", 4002, "127.0.0.1:15002", {"--udp", "--udp-idle-timeout-ms", "300"});
+    auto wfp = fork_in(cg("wfp"), 4001, [unconnected] { return wfp_udp_proxy(unconnected); });
+    ASSERT_TRUE(eventually(
+        [&] { return read_file("/proc/net/udp").find(":3A99 ") != std::string::npos; }, 3000));
+    std::string addr = dst.addr();
+    EXPECT_EQ(
+        run_in(cg("app"), 1000, [&] { return udp_roundtrip(addr, "wsa-dgram", !unconnected); }),
+        "wsa-dgram");
+    EXPECT_EQ(wfp->wait(), "orig_dst=" + addr + " hop=1 user=wfp-udp sent=9");
+    auto lines = read_json_lines(proxy_log("vendor-b"), 1);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0]["chain"].size(), 2u) << lines[0].dump();
+    EXPECT_EQ(lines[0]["chain"][0]["callout_id"], w) << lines[0].dump();
+    EXPECT_EQ(lines[0]["chain"][1]["callout_id"], b) << lines[0].dump();
+    EXPECT_EQ(lines[0]["result"], "ok") << lines[0].dump();
+  }
+};
+
 // UDP as WFP does it: a Windows-style vendor enables IP_WFP_REDIRECT_RECORDS
 // and _CONTEXT with setsockopt, gets WSARecvMsg through
 // SIO_GET_EXTENSION_FUNCTION_POINTER, receives the records and context as
 // control messages with the datagram, and sends onward with WSASendMsg and
 // an IP_WFP_REDIRECT_RECORDS control message: the flow goes on to the next
 // vendor (connredir-proxy --udp), which sees the two-hop chain.
-TEST_F(Winsock, UdpControlMessagesCarryRecordsAndContextThroughAChain) {
-  EchoServer dst("127.0.0.1:0", SOCK_DGRAM);
-  cli({"callout", "add", "wfp", "--proxy", "127.0.0.1:15001", "--proxy-uid", "4001"});
-  cli({"callout", "add", "vendor-b", "--proxy", "127.0.0.1:15002", "--proxy-uid", "4002"});
-  const uint32_t w = callout_id("wfp"), b = callout_id("vendor-b");
-  cli({"filter", "add", "--callout", "wfp", "--proto", "udp", "--dst", "127.0.0.1/32", "--port",
-       std::to_string(dst.port()), "--weight", "200", "--context", "wfp-udp"});
-  cli({"filter", "add", "--callout", "vendor-b", "--proto", "udp", "--dst", "127.0.0.0/8",
-       "--weight", "100"});
-  start_proxy("vendor-b", 4002, "127.0.0.1:15002", {"--udp", "--udp-idle-timeout-ms", "300"});
-  auto wfp = fork_in(cg("wfp"), 4001, []() -> std::string {
-    WSADATA wd;
-    if (WSAStartup(MAKEWORD(2, 2), &wd) != 0) return "WSAStartup";
-    SOCKET s = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_storage self{};
-    socklen_t slen = Address::parse("127.0.0.1:15001")->to_sockaddr(self);
-    if (bind(static_cast<int>(s), reinterpret_cast<sockaddr*>(&self), slen) != 0) return "bind";
-    DWORD on = TRUE;
-    if (setsockopt(s, IPPROTO_IP, IP_WFP_REDIRECT_RECORDS, reinterpret_cast<char*>(&on),
-                   sizeof on) != 0 ||
-        setsockopt(s, IPPROTO_IP, IP_WFP_REDIRECT_CONTEXT, reinterpret_cast<char*>(&on),
-                   sizeof on) != 0)
-      return std::string("setsockopt: ") + strerror(errno);
-    GUID id = WSAID_WSARECVMSG;
-    LPFN_WSARECVMSG recv_msg = nullptr;
-    DWORD bytes = 0;
-    if (WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &recv_msg, sizeof recv_msg,
-                 &bytes, nullptr, nullptr) != 0)
-      return "SIO_GET_EXTENSION_FUNCTION_POINTER: " + std::to_string(WSAGetLastError());
-    timeval tv{5, 0};
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    char data[512];
-    alignas(WSACMSGHDR) char control[1024];
-    sockaddr_storage from{};
-    WSABUF buf{sizeof data, data};
-    WSAMSG m{
-        reinterpret_cast<sockaddr*>(&from), sizeof from, &buf, 1, {sizeof control, control}, 0};
-    DWORD n = 0;
-    if (recv_msg(s, &m, &n, nullptr, nullptr) != 0)
-      return "WSARecvMsg: " + std::to_string(WSAGetLastError());
-    std::vector<uint8_t> records, context;
-    for (WSACMSGHDR* c = WSA_CMSG_FIRSTHDR(&m); c; c = WSA_CMSG_NXTHDR(&m, c)) {
-      const auto* p = WSA_CMSG_DATA(c);
-      std::vector<uint8_t> v(p, p + (c->cmsg_len - WSA_CMSG_LEN(0)));
-      if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_WFP_REDIRECT_RECORDS) records = v;
-      if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_WFP_REDIRECT_CONTEXT) context = v;
-    }
-    auto ctx = decode_context(context);
-    if (records.empty() || !ctx)
-      return "no control messages (flags " + std::to_string(m.dwFlags) + ")";
-    // Onward, Windows-style: an unconnected socket, records as control data.
-    SOCKET out = socket(AF_INET, SOCK_DGRAM, 0);
-    setsockopt(out, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    sockaddr_storage ds{};
-    socklen_t dlen = ctx->orig_dst.to_sockaddr(ds);
-    alignas(WSACMSGHDR) char sc[WSA_CMSG_SPACE(CONNREDIR_WS_RECORDS_MAX)] = {};
-    auto* c = reinterpret_cast<WSACMSGHDR*>(sc);
-    c->cmsg_len = WSA_CMSG_LEN(records.size());
-    c->cmsg_level = IPPROTO_IP;
-    c->cmsg_type = IP_WFP_REDIRECT_RECORDS;
-    std::memcpy(WSA_CMSG_DATA(c), records.data(), records.size());
-    WSABUF sb{n, data};
-    WSAMSG sm{reinterpret_cast<sockaddr*>(&ds),
-              static_cast<INT>(dlen),
-              &sb,
-              1,
-              {static_cast<ULONG>(WSA_CMSG_SPACE(records.size())), sc},
-              0};
-    DWORD sent = 0;
-    if (WSASendMsg(out, &sm, 0, &sent, nullptr, nullptr) != 0)
-      return "WSASendMsg: " + std::to_string(WSAGetLastError()) + " " +
-             connredir_ws_last_error_message();
-    char reply[512];
-    ssize_t r = recv(static_cast<int>(out), reply, sizeof reply, 0);
-    if (r < 0) return std::string("recv onward: ") + strerror(errno);
-    socklen_t flen = static_cast<socklen_t>(m.namelen);
-    sendto(static_cast<int>(s), reply, static_cast<size_t>(r), 0,
-           reinterpret_cast<sockaddr*>(&from), flen);
-    closesocket(out);
-    closesocket(s);
-    return "orig_dst=" + ctx->orig_dst.to_string() + " hop=" + std::to_string(ctx->hop) +
-           " user=" + std::string(ctx->user.begin(), ctx->user.end()) +
-           " sent=" + std::to_string(sent);
-  });
-  ASSERT_TRUE(eventually(
-      [&] { return read_file("/proc/net/udp").find(":3A99 ") != std::string::npos; }, 3000));
-  std::string addr = dst.addr();
-  EXPECT_EQ(run_in(cg("app"), 1000, [&] { return udp_roundtrip(addr, "wsa-dgram", true); }),
-            "wsa-dgram");
-  EXPECT_EQ(wfp->wait(), "orig_dst=" + addr + " hop=1 user=wfp-udp sent=9");
-  auto lines = read_json_lines(proxy_log("vendor-b"), 1);
-  ASSERT_EQ(lines.size(), 1u);
-  EXPECT_EQ(lines[0]["chain"].size(), 2u) << lines[0].dump();
-  EXPECT_EQ(lines[0]["chain"][0]["callout_id"], w) << lines[0].dump();
-  EXPECT_EQ(lines[0]["chain"][1]["callout_id"], b) << lines[0].dump();
-  EXPECT_EQ(lines[0]["result"], "ok") << lines[0].dump();
-}
+TEST_F(WinsockUdp, UdpControlMessagesCarryRecordsAndContextThroughAChain) { udp_chain(false); }
+
+// The same for an unconnected client: its sends reach the proxy's wildcard
+// socket at a pool address, which names the flow (IP_PKTINFO).
+TEST_F(WinsockUdp, UdpControlMessagesOnAWildcardSocketForUnconnectedSends) { udp_chain(true); }
 
 }  // namespace
 }  // namespace connredir::test

@@ -57,7 +57,7 @@ class FakeBackend final : public Backend {
     return set_result;
   }
   Result<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> udp_flow(
-      int, const connredir::Address&) override {
+      int, const connredir::Address&, const connredir::Address*) override {
     Enter e(*this);
     std::lock_guard lk(mu_);
     ++queries;
