@@ -397,16 +397,17 @@ struct connredir_secret {
 
 /* map `stats` (PERCPU_ARRAY, index = CONNREDIR_STAT_*). */
 enum connredir_stat {
-	CONNREDIR_STAT_CLASSIFIED = 0,	   /* connects (and unconnected UDP sends) whose */
-					   /* destination hit the index */
-	CONNREDIR_STAT_REDIRECTED,	   /* connects rewritten to a proxy */
-	CONNREDIR_STAT_HOP_CAP,		   /* chain full: connected directly */
-	CONNREDIR_STAT_NO_PROXY_FAMILY,	   /* callout had no proxy for the family */
-	CONNREDIR_STAT_STORAGE_FAIL,	   /* sk_storage allocation failed: not redirected */
-	CONNREDIR_STAT_PUBLISHED,	   /* hand-offs published at TCP_CONNECT_CB */
-	CONNREDIR_STAT_PUBLISH_FAIL,	   /* hand-off map update failed */
-	CONNREDIR_STAT_ACCEPTED,	   /* hand-offs consumed by an accepted socket */
-	CONNREDIR_STAT_RECORDS_SET,	   /* records attached by setsockopt */
+	CONNREDIR_STAT_CLASSIFIED = 0,	/* connects (and unconnected UDP sends) whose */
+					/* destination hit the index */
+	CONNREDIR_STAT_REDIRECTED,	/* connects rewritten to a proxy */
+	CONNREDIR_STAT_HOP_CAP,		/* chain full: connected directly */
+	CONNREDIR_STAT_NO_PROXY_FAMILY, /* callout had no proxy for the family */
+	CONNREDIR_STAT_STORAGE_FAIL,	/* sk_storage allocation failed: not redirected */
+	CONNREDIR_STAT_PUBLISHED,    /* flows handed to a proxy: TCP at TCP_CONNECT_CB, UDP at the
+					first datagram or send */
+	CONNREDIR_STAT_PUBLISH_FAIL, /* hand-off map update failed */
+	CONNREDIR_STAT_ACCEPTED,     /* hand-offs consumed by an accepted socket */
+	CONNREDIR_STAT_RECORDS_SET,  /* records attached by setsockopt */
 	CONNREDIR_STAT_RECORDS_REJECTED,   /* forged / altered / malformed blobs */
 	CONNREDIR_STAT_DENIED,		   /* queries and sets refused with EACCES */
 	CONNREDIR_STAT_SELF_SKIP,	   /* a callout skipped: REDIRECTED_BY_SELF */

@@ -159,6 +159,7 @@ static __always_inline int send_redirect(struct classify_walk *w, struct bpf_soc
 		no_room(w, chosen);
 		return 0;
 	}
+	stat_inc(CONNREDIR_STAT_PUBLISHED); /* handed to the proxy, as a hand-off is */
 	note_redirected(w);
 	return 1;
 }

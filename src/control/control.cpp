@@ -99,7 +99,7 @@ const char* stat_help(size_t index) {
       "connects a filter selected but the chain was full (connected directly)",
       "connects a filter selected but its callout has no proxy for the family",
       "connects not redirected because per-socket storage could not be allocated",
-      "hand-offs published at TCP connect",
+      "flows handed to a proxy (TCP at connect, UDP at the first datagram or send)",
       "hand-offs that could not be published (hand-off map full)",
       "hand-offs consumed by a socket a proxy accepted",
       "redirect records attached by a proxy with setsockopt",

@@ -1,7 +1,8 @@
 // UDP load through a two-vendor chain (app -> vendor-a -> vendor-b ->
-// destination), every datagram verified byte by byte: 10 000 connected UDP
-// flows held open at once, half IPv4 and half IPv6, and 60 seconds of flow
-// churn. Afterwards the hand-off map and the namespace's UDP sockets are
+// destination), every datagram verified byte by byte: 10 000 UDP flows held
+// open at once, half IPv4 and half IPv6, half connected and half unconnected
+// (through pool addresses, each echo's source checked), and 60 seconds of
+// flow churn. Afterwards the hand-off map and the namespace's UDP sockets are
 // back to their baseline.
 #include <netinet/in.h>
 #include <poll.h>
@@ -71,12 +72,16 @@ class WidePortRange {
 
 struct Flow {
   int fd = -1;
+  bool unconnected = false;  // sendto() / recvfrom(), the source checked
+  sockaddr_storage dst{};
+  socklen_t dst_len = 0;
   long sent_ms = 0;
   int tries = 0;
   bool done = false;
 };
 
-// Opens `n` connected UDP sockets to `dsts` in turn, each sending one
+// Opens `n` UDP sockets to `dsts` in turn (every other pair unconnected:
+// sendto(), and the echo's source must be the destination), each sending one
 // `len`-byte datagram (its own seed) and checking the echo, at most `window`
 // awaiting their echo at once (a datagram with no echo after 1 s is sent
 // again, counted in `resent`). Every socket stays open until the last was
@@ -92,7 +97,11 @@ std::string hold_udp(const std::vector<std::string>& dsts, int n, size_t len, in
   int next = 0;
   auto send_one = [&](int i) {
     auto d = datagram(static_cast<uint32_t>(i), len);
-    if (send(flows[i].fd, d.data(), d.size(), 0) != static_cast<ssize_t>(d.size())) errors++;
+    const Flow& f = flows[i];
+    const ssize_t s = f.unconnected ? sendto(f.fd, d.data(), d.size(), 0,
+                                             reinterpret_cast<const sockaddr*>(&f.dst), f.dst_len)
+                                    : send(f.fd, d.data(), d.size(), 0);
+    if (s != static_cast<ssize_t>(d.size())) errors++;
     flows[i].sent_ms = ms_since(t0);
     flows[i].tries++;
   };
@@ -102,8 +111,12 @@ std::string hold_udp(const std::vector<std::string>& dsts, int n, size_t len, in
       auto a = *Address::parse(dsts[static_cast<size_t>(i) % dsts.size()]);
       sockaddr_storage ss{};
       socklen_t sl = a.to_sockaddr(ss);
+      flows[i].unconnected = (i / 2) % 2 == 1;  // both families get both kinds
+      flows[i].dst = ss;
+      flows[i].dst_len = sl;
       int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0) {
+      if (fd < 0 ||
+          (!flows[i].unconnected && connect(fd, reinterpret_cast<sockaddr*>(&ss), sl) != 0)) {
         errors++;
         if (fd >= 0) close(fd);
         continue;
@@ -121,11 +134,20 @@ std::string hold_udp(const std::vector<std::string>& dsts, int n, size_t len, in
     int k = epoll_wait(ep, evs, 256, 50);
     for (int e = 0; e < k; ++e) {
       const int i = static_cast<int>(evs[e].data.u32);
-      ssize_t r = recv(flows[i].fd, buf.data(), buf.size(), 0);
+      sockaddr_storage from{};
+      socklen_t flen = sizeof from;
+      ssize_t r = recvfrom(flows[i].fd, buf.data(), buf.size(), 0,
+                           reinterpret_cast<sockaddr*>(&from), &flen);
       if (r < 0) {
         if (errno != EAGAIN) errors++;
         continue;
       }
+      // The echo comes from the destination the app sent to (recvmsg4/6
+      // maps the proxy's or the pool address back).
+      auto src = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&from), flen);
+      auto want_src =
+          Address::from_sockaddr(reinterpret_cast<sockaddr*>(&flows[i].dst), flows[i].dst_len);
+      if (!src || !want_src || !(*src == *want_src)) r = -2;  // counted corrupt below
       epoll_ctl(ep, EPOLL_CTL_DEL, flows[i].fd, nullptr);
       if (flows[i].done) continue;
       flows[i].done = true;
@@ -224,6 +246,7 @@ class UdpLoad : public ChainFixture {
   }
 };
 
+// Half the flows connected, half unconnected (pool addresses), both families.
 TEST_F(UdpLoad, TenThousandConcurrentFlowsThroughTwoVendors) {
   constexpr int kFlows = 10000;
   constexpr size_t kLen = 512;
