@@ -123,18 +123,32 @@ static __always_inline void handoff_key(struct connredir_flow_key *key, __u64 ne
  * is known: a first hop's origin is that end, the records are MAC'd only
  * now, complete, and st->handoff becomes the key of its two ends. -1 if
  * there is no MAC key. */
+/* records->mac under the secret key; -1 if there is none. A global
+ * function, so the verifier checks it once, on its own: it is the largest
+ * code of the object (the MAC over every hop in use), and inlined into
+ * sendmsg6 it was reached in so many states that Linux 6.1's verifier ran
+ * past its 1M-instruction budget. */
+__noinline int records_seal(struct connredir_records *r)
+{
+	const struct connredir_secret *k = mac_key();
+
+	if (!r || !k)
+		return -1;
+	r->mac = records_mac(k, r);
+	return 0;
+}
+
 static __always_inline int flow_seal(struct connredir_sk_state *st, __u64 netns,
 				     const struct connredir_addr *client,
 				     const struct connredir_addr *proxy, __u8 proto)
 {
-	const struct connredir_secret *k = mac_key();
-
-	if (!k)
+	if (!mac_key())
 		return -1;
 	if (st->records.hop_count == 1)
 		st->records.origin.src = *client;
 	st->context.orig_src = st->records.origin.src;
-	st->records.mac = records_mac(k, &st->records);
+	if (records_seal(&st->records))
+		return -1;
 	handoff_key(&st->handoff, netns, client, proxy, proto);
 	return 0;
 }

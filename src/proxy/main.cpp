@@ -1,5 +1,6 @@
 // connredir-proxy: the reference proxy for connredir. See proxy.hpp.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -7,6 +8,22 @@
 
 #include "connredir/address.hpp"
 #include "proxy.hpp"
+
+namespace {
+
+// The ADDR:PORT given to option `flag`, or nullopt after saying on stderr
+// what is wrong with it.
+std::optional<connredir::Address> address_option(const char* flag, const std::string& text) {
+  auto a = connredir::Address::parse(text);
+  if (!a) {
+    std::fprintf(stderr, "connredir-proxy: %s %s: %s\n", flag, text.c_str(),
+                 a.error().message.c_str());
+    return std::nullopt;
+  }
+  return *a;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   connredir::proxy::ProxyOptions opt;
@@ -103,33 +120,19 @@ int main(int argc, char** argv) {
   }
   opt.splice = splice;
   if (!metrics.empty()) {
-    auto a = connredir::Address::parse(metrics);
-    if (!a) {
-      std::fprintf(stderr, "connredir-proxy: --metrics %s: %s\n", metrics.c_str(),
-                   a.error().message.c_str());
-      return 2;
-    }
-    opt.metrics = *a;
+    opt.metrics = address_option("--metrics", metrics);
+    if (!opt.metrics) return 2;
   } else if (opt.metrics_allow_remote) {
     std::fprintf(stderr, "connredir-proxy: --metrics-allow-remote needs --metrics ADDR:PORT\n");
     return 2;
   }
   if (!udp_upstream.empty()) {
-    auto a = connredir::Address::parse(udp_upstream);
-    if (!a) {
-      std::fprintf(stderr, "connredir-proxy: --udp-upstream %s: %s\n", udp_upstream.c_str(),
-                   a.error().message.c_str());
-      return 2;
-    }
-    opt.udp_upstream = *a;
+    opt.udp_upstream = address_option("--udp-upstream", udp_upstream);
+    if (!opt.udp_upstream) return 2;
   }
   for (const auto& text : listen) {
-    auto a = connredir::Address::parse(text);
-    if (!a) {
-      std::fprintf(stderr, "connredir-proxy: --listen %s: %s\n", text.c_str(),
-                   a.error().message.c_str());
-      return 2;
-    }
+    auto a = address_option("--listen", text);
+    if (!a) return 2;
     opt.listen.push_back(*a);
   }
 

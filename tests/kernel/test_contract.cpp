@@ -123,6 +123,16 @@ TEST_F(Contract, SetRecordsAcceptsGenuineAndRejectsForgedAlteredTruncated) {
       close(s);
     }
     o << " flipped_not_rejected=" << accepted;
+    // The same through a UDP socket (records for a flow of datagrams).
+    accepted = 0;
+    for (size_t i = 0; i < rec.size(); i++) {
+      auto bad = rec;
+      bad[i] ^= static_cast<uint8_t>(1u << ((i + 3) % 8));
+      const int d = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (set_records_raw(d, bad.data(), bad.size()) != "EINVAL") accepted++;
+      close(d);
+    }
+    o << " udp_flipped_not_rejected=" << accepted;
     std::mt19937 rng(42);
     int forged_ok = 0;
     for (int k = 0; k < 2000; k++) {
@@ -156,10 +166,11 @@ TEST_F(Contract, SetRecordsAcceptsGenuineAndRejectsForgedAlteredTruncated) {
     return o.str();
   });
   EXPECT_EQ(r,
-            "genuine=OK flipped_not_rejected=0 forged_not_rejected=0 truncated=EINVAL "
+            "genuine=OK flipped_not_rejected=0 udp_flipped_not_rejected=0 forged_not_rejected=0 "
+            "truncated=EINVAL "
             "oversized=EINVAL empty=EINVAL udp=OK unix=EOPNOTSUPP connected=EISCONN");
   auto s = stats();
-  EXPECT_GE(s["records_rejected"], 2000u + sizeof(connredir_records));
+  EXPECT_GE(s["records_rejected"], 2000u + 2 * sizeof(connredir_records));
 }
 
 TEST_F(Contract, NotRedirectedSocketIsENOENT) {

@@ -340,6 +340,22 @@ TEST_F(Udp, ProxyContract) {
       return r ? std::string(*r ? "yes" : "no") : "error " + r.error().message;
     };
     out += " unchanged=" + yn(same) + "," + yn(other) + "," + yn(none);
+    // Malformed selections: a short argument, an unknown family, a local end
+    // on another port.
+    auto raw = [&](connredir_udp_flow sel, socklen_t len) {
+      return setsockopt(fd, SOL_CONNREDIR, CONNREDIR_UDP_FLOW, &sel, len) == 0 ? 0 : errno;
+    };
+    connredir_udp_flow sel{};
+    sel.client = client.to_abi();
+    const int shortlen = raw(sel, 7);
+    connredir_udp_flow fam = sel;
+    fam.client.family = 99;
+    const int badfam = raw(fam, sizeof fam);
+    connredir_udp_flow port = sel;
+    port.local = self.to_abi();
+    port.local.port = htons(15009);
+    const int badport = raw(port, sizeof port);
+    out += fmt::format(" malformed={},{},{}", shortlen, badfam, badport);
     sockaddr_storage cs{};
     socklen_t clen = client.to_sockaddr(cs);
     (void)sendto(fd, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&cs), clen);
@@ -355,8 +371,8 @@ TEST_F(Udp, ProxyContract) {
   EXPECT_EQ(got, "q|" + echo.addr() + "|" + echo.addr());
   EXPECT_EQ(proxy->wait(),
             fmt::format("dst={} hop=1 hops=1 user=dns-tenant src=client unknown={} wildcard={} "
-                        "tcp={} unchanged=yes,no,no",
-                        echo.addr(), ENOENT, EADDRNOTAVAIL, EOPNOTSUPP));
+                        "tcp={} unchanged=yes,no,no malformed={},{},{}",
+                        echo.addr(), ENOENT, EADDRNOTAVAIL, EOPNOTSUPP, EINVAL, EINVAL, EINVAL));
   EXPECT_TRUE(echo.peers().empty()) << "the probe proxy answered; nothing went direct";
 }
 
