@@ -268,7 +268,7 @@ static __always_inline int datagram_received(struct bpf_sock_addr *ctx, int v6)
 	} else {
 		/* A reply to an unconnected send: from its destination's pool
 		 * address (the check is two compares for any other source). */
-		d = pool_destination(bpf_get_netns_cookie(ctx), &src);
+		d = pool_destination(ctx, &src);
 	}
 	if (d) {
 		if (v6)

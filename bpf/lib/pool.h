@@ -96,15 +96,17 @@ static __noinline __u32 pool_slot(__u64 netns, const struct connredir_addr *dst)
 	return rkey.slot;
 }
 
-/* The destination a pool address stands for in `netns`, or NULL. */
-static __always_inline const struct connredir_addr *pool_destination(__u64 netns,
+/* The destination a pool address stands for in the namespace of `ctx`,
+ * or NULL. Any other source (every datagram a non-redirected socket
+ * receives) costs two compares: no helper call, no lookup. */
+static __always_inline const struct connredir_addr *pool_destination(struct bpf_sock_addr *ctx,
 								     const struct connredir_addr *a)
 {
 	struct udp_pool_slot_key rkey = {};
 
 	if (!pool_slot_of(a, &rkey.slot))
 		return NULL;
-	rkey.netns = netns;
+	rkey.netns = bpf_get_netns_cookie(ctx);
 	rkey.family = a->family;
 	return bpf_map_lookup_elem(&udp_pool_rev, &rkey);
 }
