@@ -38,6 +38,11 @@
  * socket's CONNREDIR_RECORDS / CONNREDIR_CONTEXT / SO_ORIGINAL_DST then
  * answer for that flow until the next selection (docs/ABI.md, "UDP"). */
 #define CONNREDIR_UDP_FLOW 3
+/* get: CONNREDIR_RECORDS and CONNREDIR_CONTEXT together (struct
+ * connredir_flow_view), the same errors: a proxy reads an accepted flow with
+ * one system call instead of two. Objects older than this option answer
+ * ENOPROTOOPT; ask for the two separately then. */
+#define CONNREDIR_FLOW 4
 
 /* The iptables-compatible original-destination options (same numbers as
  * <linux/netfilter_ipv4.h> SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST). */
@@ -380,6 +385,12 @@ struct connredir_implicit_key {
 #define CONNREDIR_SK_UDP_FLOW	 0x20u /* a UDP proxy socket: the flow it selected */
 
 /* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
+/* CONNREDIR_FLOW's answer. */
+struct connredir_flow_view {
+	struct connredir_records records;
+	struct connredir_context context;
+};
+
 struct connredir_sk_state {
 	__u32 flags;   /* CONNREDIR_SK_* */
 	__u32 in_hops; /* hop_count before this socket's redirect (re-connect rollback) */

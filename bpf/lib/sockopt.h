@@ -51,7 +51,8 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 	void *optval = ctx->optval;
 	void *end = ctx->optval_end;
 
-	if (optname != CONNREDIR_RECORDS && optname != CONNREDIR_CONTEXT)
+	if (optname != CONNREDIR_RECORDS && optname != CONNREDIR_CONTEXT &&
+	    optname != CONNREDIR_FLOW)
 		return get_fail(ctx, ENOPROTOOPT);
 	if (!caller_authorized()) {
 		stat_inc(CONNREDIR_STAT_DENIED);
@@ -67,7 +68,18 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 		return get_fail(ctx, EACCES);
 	}
 
-	if (optname == CONNREDIR_RECORDS) {
+	/* records and context are adjacent in sk_state, as in the view. */
+	_Static_assert(__builtin_offsetof(struct connredir_sk_state, context) ==
+			       __builtin_offsetof(struct connredir_sk_state, records) +
+				       __builtin_offsetof(struct connredir_flow_view, context),
+		       "sk_state holds a flow view");
+	if (optname == CONNREDIR_FLOW) {
+		if (optlen < (int)sizeof(struct connredir_flow_view) ||
+		    optval + sizeof(struct connredir_flow_view) > end)
+			return get_fail(ctx, ENOBUFS);
+		__builtin_memcpy(optval, &st->records, sizeof(struct connredir_flow_view));
+		ctx->optlen = sizeof(struct connredir_flow_view);
+	} else if (optname == CONNREDIR_RECORDS) {
 		if (optlen < (int)sizeof(st->records) || optval + sizeof(st->records) > end)
 			return get_fail(ctx, ENOBUFS);
 		__builtin_memcpy(optval, &st->records, sizeof(st->records));

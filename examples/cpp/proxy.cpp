@@ -113,33 +113,33 @@ void handle_flow(int client) {
     close(client);
   };
 
-  // 1. The redirect records: the opaque proof of which vendors' proxies this
-  //    flow already passed. ENOENT means nobody redirected it (a client
-  //    connected to the proxy port directly): there is nowhere to relay it.
-  auto records = connredir::query_records(client);
-  if (!records) return finish("query_records failed: " + records.error().message);
+  // 1. The flow, in one call: its redirect records (the opaque proof of
+  //    which vendors' proxies this flow already passed) and its redirect
+  //    context (which of our callout's filters sent it here, the filter's
+  //    --context bytes in ctx.user, and where the application wanted to go).
+  //    ENOENT means nobody redirected it (a client connected to the proxy
+  //    port directly): there is nowhere to relay it.
+  auto flow = connredir::query_flow(client);
+  if (!flow) return finish("query_flow failed: " + flow.error().message);
+  const connredir::RecordsBlob& records = flow->records;
   // Decoded only for the log; the bytes themselves are passed on unchanged.
-  if (auto info = connredir::decode_records(*records)) log.chain = *info;
+  if (auto info = connredir::decode_records(records)) log.chain = *info;
+  log.ctx = flow->context;
 
-  // 2. The redirect context: which of our callout's filters sent it here, and
-  //    the filter's --context bytes (ctx.user) if the policy uses them.
-  auto ctx = connredir::query_context(client);
-  if (!ctx) return finish("query_context failed: " + ctx.error().message);
-  log.ctx = *ctx;
-
-  // 3. Where the application wanted to go.
+  // 2. Where the application wanted to go (also in the context; asked here
+  //    the way a proxy written for iptables REDIRECT asks, SO_ORIGINAL_DST).
   auto dst = connredir::original_destination(client);
   if (!dst) return finish("original_destination failed: " + dst.error().message);
   log.orig_dst = dst->to_string();
 
-  // 4. The onward socket, with the records attached BEFORE connect(): the
+  // 3. The onward socket, with the records attached BEFORE connect(): the
   //    kernel then knows this connect continues the same flow, skips our
   //    callout and lets the next vendor's callout (if any) redirect it.
   sockaddr_storage ss{};
   socklen_t ss_len = dst->to_sockaddr(ss);
   server = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (server < 0) return finish(std::string("socket failed: ") + std::strerror(errno));
-  if (auto set = connredir::set_records(server, *records); !set) {
+  if (auto set = connredir::set_records(server, records); !set) {
     // Never connect without the records: that connect would start a new
     // chain and the flow would be redirected, and inspected, all over again.
     // EACCES (we are not the callout's --proxy-uid/--proxy-cgroup) and
@@ -150,12 +150,12 @@ void handle_flow(int client) {
     return finish("set_records failed: " + set.error().message);
   }
 
-  // 5. Connect to the original destination. If another vendor's filter
+  // 4. Connect to the original destination. If another vendor's filter
   //    covers it, connredir redirects this connect to that vendor's proxy.
   if (connect(server, reinterpret_cast<sockaddr*>(&ss), ss_len) != 0)
     return finish("connect to " + log.orig_dst + " failed: " + std::strerror(errno));
 
-  // 6. Relay both directions until both sides closed.
+  // 5. Relay both directions until both sides closed.
   {
     std::jthread back([&] { log.down = pump(server, client); });
     log.up = pump(client, server);

@@ -23,6 +23,17 @@ Result<RecordsBlob> query_records(int fd);
 // Raw context bytes (CONNREDIR_CONTEXT_SIZE) and the decoded form.
 Result<std::vector<uint8_t>> query_context_raw(int fd);
 Result<Context> query_context(int fd);
+// An accepted flow as a proxy reads it: its records (copy them to the
+// outgoing socket) and its redirect context.
+struct Flow {
+  RecordsBlob records;
+  Context context;                   // context.orig_dst is the original destination
+  std::vector<uint8_t> context_raw;  // the same, as the kernel returned it
+};
+// Records and context of an accepted, redirected socket in one system call
+// (query_records and query_context take two). Same errors as those; against
+// a loaded connredir older than the one-call option it makes the two calls.
+Result<Flow> query_flow(int fd);
 // Attach records to a not-yet-connected TCP or UDP socket, before connect()
 // (or, for UDP, the first send).
 //   EINVAL: forged/altered/truncated blob.  EISCONN: already connected.
@@ -33,13 +44,9 @@ Result<void> set_records(int fd, std::span<const uint8_t> blob);
 // iptables-compatible SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST options.
 Result<Address> original_destination(int fd);
 
-// One redirected UDP flow, as a UDP proxy sees it: what query_records,
-// query_context and original_destination give for an accepted TCP socket.
-struct UdpFlow {
-  RecordsBlob records;
-  Context context;                   // context.orig_dst is the original destination
-  std::vector<uint8_t> context_raw;  // the same, as the kernel returned it
-};
+// One redirected UDP flow, as a UDP proxy sees it: what query_flow gives
+// for an accepted TCP socket.
+using UdpFlow = Flow;
 
 // The flow whose datagrams come from `client` (the address recvfrom() or
 // recvmsg() reported) to the UDP socket `fd`, which is bound to its

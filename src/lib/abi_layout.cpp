@@ -138,6 +138,9 @@ CR_SIZE(connredir_udp_flow, 48);
 CR_OFF(connredir_udp_flow, flow_id, 40);
 CR_OFF(connredir_udp_flow, local, 20);
 
+CR_SIZE(connredir_flow_view, 704);
+CR_OFF(connredir_flow_view, context, 472);
+
 CR_SIZE(connredir_sk_state, 760);
 CR_OFF(connredir_sk_state, flags, 0);
 // (the __u32 at offset 4 is BPF-private bookkeeping; its name may change)

@@ -24,6 +24,8 @@ const char* op_name(SockOp op) {
       return "query_records";
     case Op::QueryContext:
       return "query_context";
+    case Op::QueryFlow:
+      return "query_flow";
     case Op::SetRecords:
       return "set_records";
     case Op::OriginalDst:
@@ -160,6 +162,46 @@ Result<Context> query_context(int fd) {
   return ctx;
 }
 
+namespace {
+
+Result<Flow> flow_from(int fd, RecordsBlob records, std::vector<uint8_t> raw) {
+  auto context = decode_context(raw);
+  if (!context)
+    return fail(context.error().code,
+                fmt::format("query_flow(fd {}): {}", fd, context.error().message));
+  return Flow{std::move(records), std::move(*context), std::move(raw)};
+}
+
+// The two-call way, for a loaded object older than CONNREDIR_FLOW.
+Result<Flow> flow_in_two_calls(int fd) {
+  auto records = query_records(fd);
+  if (!records) return tl::unexpected(records.error());
+  auto raw = query_context_raw(fd);
+  if (!raw) return tl::unexpected(raw.error());
+  return flow_from(fd, std::move(*records), std::move(*raw));
+}
+
+}  // namespace
+
+Result<Flow> query_flow(int fd) {
+  connredir_flow_view view;
+  socklen_t len = sizeof view;
+  if (::getsockopt(fd, SOL_CONNREDIR, CONNREDIR_FLOW, &view, &len) != 0) {
+    // ENOPROTOOPT on get comes only from a connredir object that does not
+    // know the option (the kernel itself answers EOPNOTSUPP).
+    if (errno == ENOPROTOOPT) return flow_in_two_calls(fd);
+    return tl::unexpected(explain(Op::QueryFlow, fd, errno));
+  }
+  if (len != sizeof view) {
+    // A hook that answers with nothing has nothing for this socket.
+    return tl::unexpected(explain(Op::QueryFlow, fd, len == 0 ? ENOENT : ENOBUFS));
+  }
+  const auto* r = reinterpret_cast<const uint8_t*>(&view.records);
+  const auto* c = reinterpret_cast<const uint8_t*>(&view.context);
+  return flow_from(fd, RecordsBlob(r, r + sizeof view.records),
+                   std::vector<uint8_t>(c, c + sizeof view.context));
+}
+
 Result<void> set_records(int fd, std::span<const uint8_t> blob) {
   // Passed through unchecked on purpose: the kernel is the authority on what
   // it issued (it verifies the MAC), and a local pre-check would only hide
@@ -260,15 +302,7 @@ Result<bool> unchanged(int fd, const Address& client, const Address* local, uint
 Result<UdpFlow> flow_of(int fd, const Address& client, const Address* local) {
   std::lock_guard lock(g_udp_select);
   if (auto s = select_udp_flow(fd, client, local); !s) return tl::unexpected(s.error());
-  auto records = query_records(fd);
-  if (!records) return tl::unexpected(records.error());
-  auto raw = query_context_raw(fd);
-  if (!raw) return tl::unexpected(raw.error());
-  auto context = decode_context(*raw);
-  if (!context)
-    return fail(context.error().code,
-                fmt::format("udp_flow(fd {}): {}", fd, context.error().message));
-  return UdpFlow{std::move(*records), std::move(*context), std::move(*raw)};
+  return query_flow(fd);
 }
 
 }  // namespace

@@ -7,7 +7,7 @@
 
 namespace connredir::detail {
 
-enum class SockOp { QueryRecords, QueryContext, SetRecords, OriginalDst, UdpFlow };
+enum class SockOp { QueryRecords, QueryContext, QueryFlow, SetRecords, OriginalDst, UdpFlow };
 
 const char* op_name(SockOp op);
 // Error{err, "OP(fd N): what happened and what to do"}; err is kept as is.

@@ -522,11 +522,12 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
 
   RecordsBlob blob;
   std::optional<Address> dst;
-  auto recs = query_records(fd.get());
-  if (!recs) {
-    const int e = recs.error().code;
+  // Records and context in one call (query_flow): on every accepted flow.
+  auto flow = query_flow(fd.get());
+  if (!flow) {
+    const int e = flow.error().code;
     if (e != ENOENT && e != EOPNOTSUPP && e != ENOPROTOOPT) {
-      reject("querying the redirect records failed: " + recs.error().message, ErrorKind::Records);
+      reject("querying the redirect records failed: " + flow.error().message, ErrorKind::Records);
       return;
     }
     if (e != ENOENT && !warned_not_loaded) {
@@ -534,7 +535,7 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
       std::fprintf(stderr,
                    "%s%s. Until then every accepted connection without an original destination "
                    "is closed and logged as \"not redirected\"\n",
-                   prefix().c_str(), recs.error().message.c_str());
+                   prefix().c_str(), flow.error().message.c_str());
     }
     // No records: only a connection with a known original destination (for
     // example an iptables REDIRECT) that is not this listener itself.
@@ -555,17 +556,15 @@ void Proxy::Impl::handle_accepted(Listener& l, UniqueFd fd, const sockaddr_stora
     }
     dst = *od;
   } else {
-    blob = std::move(*recs);
-    auto ctx = query_context(fd.get());
-    describe_flow(rec, blob, ctx ? &*ctx : nullptr);
-    if (ctx && ctx->orig_dst.family != 0) dst = ctx->orig_dst;
+    blob = std::move(flow->records);
+    describe_flow(rec, blob, &flow->context);
+    if (flow->context.orig_dst.family != 0) dst = flow->context.orig_dst;
     if (!dst) {
       auto od = original_destination(fd.get());
       if (od && od->family != 0) dst = *od;
     }
     if (!dst) {
-      reject("redirected, but the original destination is unknown (" +
-                 (ctx ? std::string("context has none") : ctx.error().message) + ")",
+      reject("redirected, but the original destination is unknown (context has none)",
              ErrorKind::NoDestination);
       return;
     }

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "connredir/address.hpp"
+#include "connredir/client.hpp"
 #include "connredir/records.hpp"
 #include "harness.hpp"
 
@@ -74,6 +75,20 @@ TEST_F(Contract, QueriesOnARedirectedSocket) {
       << " small_context="
       << get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, tiny, CONNREDIR_CONTEXT_SIZE - 1)
       << " unknown_opt=" << get_opt(c, SOL_CONNREDIR, 99, tiny, 64);
+    // The one-call view is the two answers back to back, byte for byte.
+    std::vector<uint8_t> view;
+    o << " flow=" << get_opt(c, SOL_CONNREDIR, CONNREDIR_FLOW, view, 1024)
+      << " flow_size=" << view.size();
+    std::vector<uint8_t> both(rec);
+    both.insert(both.end(), ctx.begin(), ctx.end());
+    o << " flow_is_both=" << (view == both) << " small_flow="
+      << get_opt(c, SOL_CONNREDIR, CONNREDIR_FLOW, tiny, sizeof(connredir_flow_view) - 1);
+    auto lib = query_flow(c);
+    o << " lib_flow=" << (lib ? "OK" : lib.error().message);
+    if (lib)
+      o << " lib_same="
+        << (lib->records == rec && lib->context_raw == ctx &&
+            lib->context.orig_dst == cx->orig_dst);
     std::vector<uint8_t> sin;
     o << " sodst=" << get_opt(c, SOL_IP, CONNREDIR_SO_ORIGINAL_DST, sin, sizeof(sockaddr_in));
     auto od = Address::from_sockaddr(reinterpret_cast<sockaddr*>(sin.data()), sin.size());
@@ -85,6 +100,8 @@ TEST_F(Contract, QueriesOnARedirectedSocket) {
        << " hopdst=" << dst.addr() << " context=OK orig_dst=" << dst.addr() << " ccallout=" << cid
        << " hop=1 user=tenant=blue uid=" << kAppUid
        << " srcport_set=1 small_records=ENOBUFS small_context=ENOBUFS unknown_opt=ENOPROTOOPT"
+       << " flow=OK flow_size=" << sizeof(connredir_flow_view)
+       << " flow_is_both=1 small_flow=ENOBUFS lib_flow=OK lib_same=1"
        << " sodst=OK sodst_addr=" << dst.addr();
   EXPECT_EQ(r, want.str());
 }
@@ -179,10 +196,13 @@ TEST_F(Contract, NotRedirectedSocketIsENOENT) {
   // The app connects straight to the probe's port: no filter matches it.
   std::string r = probe("127.0.0.1:15001", kProxyUid, "127.0.0.1:15001", [&](int c) {
     std::vector<uint8_t> out;
+    auto lib = query_flow(c);
     return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX) + " " +
-           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX);
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX) + " " +
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_FLOW, out, 1024) + " " +
+           (lib ? std::string("OK") : strerrorname_np(lib.error().code));
   });
-  EXPECT_EQ(r, "ENOENT ENOENT");
+  EXPECT_EQ(r, "ENOENT ENOENT ENOENT ENOENT");
 }
 
 // The kernel caches who is a principal per (uid, cgroup). An authorization
@@ -234,10 +254,11 @@ TEST_F(Contract, UnprivilegedProcessIsRefused) {
     std::string set = set_records_raw(s, blob.data(), blob.size());
     close(s);
     return get_opt(c, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX) + " " +
-           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX) + " " + set;
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_CONTEXT, out, CONNREDIR_CONTEXT_MAX) + " " +
+           get_opt(c, SOL_CONNREDIR, CONNREDIR_FLOW, out, 1024) + " " + set;
   });
-  EXPECT_EQ(r, "EACCES EACCES EACCES");
-  EXPECT_GE(stats()["denied"], 3u);
+  EXPECT_EQ(r, "EACCES EACCES EACCES EACCES");
+  EXPECT_GE(stats()["denied"], 4u);
 }
 
 TEST_F(Contract, AuthorizedCgroupMayQuery) {
