@@ -10,21 +10,12 @@
 #include <bpf/bpf_helpers.h>
 
 SEC("cgroup/connect4")
-int floor_connect4(struct bpf_sock_addr *ctx)
-{
-	return 1;
-}
+int floor_connect4(struct bpf_sock_addr* ctx) { return 1; }
 
 SEC("sockops")
-int floor_sockops(struct bpf_sock_ops *skops)
-{
-	return 1;
-}
+int floor_sockops(struct bpf_sock_ops* skops) { return 1; }
 
 SEC("cgroup/sock_release")
-int floor_release(struct bpf_sock *sk)
-{
-	return 1;
-}
+int floor_release(struct bpf_sock* sk) { return 1; }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -135,31 +135,27 @@ static void* handle_flow(void* arg) {
   memset(&chain, 0, sizeof chain);
   memset(&ctx, 0, sizeof ctx);
 
-  /* 1. The redirect records: the opaque proof of which vendors' proxies this
-   *    flow already passed. -ENOENT means nobody redirected it (a client
-   *    connected to the proxy port directly): there is nowhere to relay it. */
-  if (connredir_query_records(client, records, sizeof records, &records_len) != 0) {
-    snprintf(result, sizeof result, "query_records failed: %s", connredir_last_error());
+  /* 1. The flow, in one call: its redirect records (the opaque proof of
+   *    which vendors' proxies this flow already passed) and its redirect
+   *    context (which of our callout's filters sent it here, and the
+   *    filter's --context bytes in ctx.user if the policy uses them).
+   *    -ENOENT means nobody redirected it (a client connected to the proxy
+   *    port directly): there is nowhere to relay it. */
+  if (connredir_query_flow(client, records, sizeof records, &records_len, &ctx) != 0) {
+    snprintf(result, sizeof result, "query_flow failed: %s", connredir_last_error());
     goto done;
   }
   /* Decoded only for the log; the bytes themselves are passed on unchanged. */
   connredir_decode_chain(records, records_len, &chain);
 
-  /* 2. The redirect context: which of our callout's filters sent it here,
-   *    and the filter's --context bytes (ctx.user) if the policy uses them. */
-  if (connredir_query_context(client, &ctx) != 0) {
-    snprintf(result, sizeof result, "query_context failed: %s", connredir_last_error());
-    goto done;
-  }
-
-  /* 3. Where the application wanted to go. */
+  /* 2. Where the application wanted to go. */
   if (connredir_original_dst(client, &dst, &dst_len) != 0) {
     snprintf(result, sizeof result, "original_dst failed: %s", connredir_last_error());
     goto done;
   }
   format_addr(&dst, dst_len, orig_dst);
 
-  /* 4. The onward socket, with the records attached BEFORE connect(): the
+  /* 3. The onward socket, with the records attached BEFORE connect(): the
    *    kernel then knows this connect continues the same flow, skips our
    *    callout and lets the next vendor's callout (if any) redirect it. */
   server = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -179,14 +175,14 @@ static void* handle_flow(void* arg) {
     goto done;
   }
 
-  /* 5. Connect to the original destination. If another vendor's filter
+  /* 4. Connect to the original destination. If another vendor's filter
    *    covers it, connredir redirects this connect to that vendor's proxy. */
   if (connect(server, (struct sockaddr*)&dst, dst_len) != 0) {
     snprintf(result, sizeof result, "connect to %s failed: %s", orig_dst, strerror(errno));
     goto done;
   }
 
-  /* 6. Relay both directions until both sides closed. */
+  /* 5. Relay both directions until both sides closed. */
   up = (struct pump){.from = client, .to = server};
   down = (struct pump){.from = server, .to = client};
   pthread_t t;

@@ -132,6 +132,14 @@ struct connredir_flow_context {
  * versions differ), and the errors of connredir_query_records. */
 CONNREDIR_API int connredir_query_context(int fd, struct connredir_flow_context* out);
 
+/* connredir_query_records and connredir_query_context in one system call
+ * (a proxy makes it on every accepted connection): the records into
+ * `records` (cap bytes, CONNREDIR_RECORDS_MAX; *records_len gets their
+ * length), the decoded context into *ctx. Returns 0, or -EINVAL (records
+ * or ctx is NULL) and the errors of those two. */
+CONNREDIR_API int connredir_query_flow(int fd, void* records, size_t cap, size_t* records_len,
+                                       struct connredir_flow_context* ctx);
+
 /* ---- The chain, for logging --------------------------------------------- */
 
 /* One redirect of the flow, oldest first. */

@@ -62,6 +62,58 @@ void copy_comm(char (&to)[17], const std::string& from) {
   std::memcpy(to, from.data(), std::min(from.size(), sizeof to - 1));
 }
 
+void fill_flow_context(const connredir::Context& c, struct connredir_flow_context* out) {
+  out->flow_id = c.flow_id;
+  out->callout_id = c.callout_id;
+  out->filter_id = c.filter_id;
+  out->hop = c.hop;
+  out->orig_dst_len = c.orig_dst.to_sockaddr(out->orig_dst);
+  out->orig_src_len = c.orig_src.to_sockaddr(out->orig_src);
+  out->app_pid = c.pid;
+  out->app_uid = c.uid;
+  out->app_cgroup_id = c.cgroup_id;
+  copy_comm(out->app_comm, c.comm);
+  out->user_len = std::min(c.user.size(), sizeof out->user);
+  // A filter without --context has none: an empty vector's data() may be
+  // null, which memcpy must never see (UBSan caught it), even for 0 bytes.
+  if (out->user_len) std::memcpy(out->user, c.user.data(), out->user_len);
+}
+
+// The checks connredir_query_records and connredir_query_flow make on the
+// caller's records buffer, before asking the kernel so that the answer does
+// not depend on whether the socket happens to be redirected.
+int check_records_buffer(const char* fn, const char* param, const void* buf, size_t cap,
+                         size_t* len) {
+  if (len) *len = 0;
+  if (buf == nullptr)
+    return failed(
+        EINVAL,
+        fmt::format("{}: {} is NULL; pass a buffer of CONNREDIR_RECORDS_MAX bytes", fn, param));
+  if (cap < sizeof(connredir_records)) {
+    if (len) *len = sizeof(connredir_records);
+    return failed(ENOBUFS, fmt::format("{}: a {}-byte buffer cannot hold the {}-byte records; "
+                                       "pass CONNREDIR_RECORDS_MAX bytes",
+                                       fn, cap, sizeof(connredir_records)));
+  }
+  return 0;
+}
+
+// Copies the records the kernel returned into the caller's buffer.
+int copy_records(const char* fn, const connredir::RecordsBlob& blob, void* buf, size_t cap,
+                 size_t* len) {
+  if (blob.size() > cap) {
+    // A kernel of a newer ABI with larger records than this library knows.
+    if (len) *len = blob.size();
+    return failed(ENOBUFS, fmt::format("{}: the kernel returned {} bytes of records, more than "
+                                       "the {}-byte buffer; library and kernel connredir ABI "
+                                       "versions differ",
+                                       fn, blob.size(), cap));
+  }
+  std::memcpy(buf, blob.data(), blob.size());
+  if (len) *len = blob.size();
+  return ok();
+}
+
 }  // namespace
 
 extern "C" {
@@ -70,32 +122,28 @@ const char* connredir_last_error(void) { return t_last_error.c_str(); }
 
 int connredir_query_records(int fd, void* buf, size_t cap, size_t* len) {
   return guarded("connredir_query_records", [&] {
-    if (len) *len = 0;
-    if (buf == nullptr)
-      return failed(EINVAL,
-                    "connredir_query_records: buf is NULL; pass a buffer of "
-                    "CONNREDIR_RECORDS_MAX bytes");
-    // Checked before asking the kernel so the answer does not depend on
-    // whether this socket happens to be redirected.
-    if (cap < sizeof(connredir_records)) {
-      if (len) *len = sizeof(connredir_records);
-      return failed(ENOBUFS, fmt::format("connredir_query_records: a {}-byte buffer cannot hold "
-                                         "the {}-byte records; pass CONNREDIR_RECORDS_MAX bytes",
-                                         cap, sizeof(connredir_records)));
-    }
+    if (int rc = check_records_buffer("connredir_query_records", "buf", buf, cap, len); rc != 0)
+      return rc;
     auto blob = connredir::query_records(fd);
     if (!blob) return failed(blob.error());
-    if (blob->size() > cap) {
-      // A kernel of a newer ABI with larger records than this library knows.
-      if (len) *len = blob->size();
-      return failed(ENOBUFS, fmt::format("connredir_query_records: the kernel returned {} bytes of "
-                                         "records, more than the {}-byte buffer; library and "
-                                         "kernel connredir ABI versions differ",
-                                         blob->size(), cap));
-    }
-    std::memcpy(buf, blob->data(), blob->size());
-    if (len) *len = blob->size();
-    return ok();
+    return copy_records("connredir_query_records", *blob, buf, cap, len);
+  });
+}
+
+int connredir_query_flow(int fd, void* records, size_t cap, size_t* records_len,
+                         struct connredir_flow_context* ctx) {
+  return guarded("connredir_query_flow", [&] {
+    if (ctx == nullptr)
+      return failed(EINVAL,
+                    "connredir_query_flow: ctx is NULL; pass a struct connredir_flow_context");
+    if (int rc = check_records_buffer("connredir_query_flow", "records", records, cap, records_len);
+        rc != 0)
+      return rc;
+    std::memset(ctx, 0, sizeof *ctx);
+    auto flow = connredir::query_flow(fd);
+    if (!flow) return failed(flow.error());
+    fill_flow_context(flow->context, ctx);
+    return copy_records("connredir_query_flow", flow->records, records, cap, records_len);
   });
 }
 
@@ -135,20 +183,7 @@ int connredir_query_context(int fd, struct connredir_flow_context* out) {
     std::memset(out, 0, sizeof *out);
     auto c = connredir::query_context(fd);
     if (!c) return failed(c.error());
-    out->flow_id = c->flow_id;
-    out->callout_id = c->callout_id;
-    out->filter_id = c->filter_id;
-    out->hop = c->hop;
-    out->orig_dst_len = c->orig_dst.to_sockaddr(out->orig_dst);
-    out->orig_src_len = c->orig_src.to_sockaddr(out->orig_src);
-    out->app_pid = c->pid;
-    out->app_uid = c->uid;
-    out->app_cgroup_id = c->cgroup_id;
-    copy_comm(out->app_comm, c->comm);
-    out->user_len = std::min(c->user.size(), sizeof out->user);
-    // A filter without --context has none: an empty vector's data() may be
-    // null, which memcpy must never see (UBSan caught it), even for 0 bytes.
-    if (out->user_len) std::memcpy(out->user, c->user.data(), out->user_len);
+    fill_flow_context(*c, out);
     return ok();
   });
 }

@@ -24,5 +24,6 @@ int connredir_c_api_from_c(void) {
   if (connredir_decode_chain(rec, sizeof rec, &chain) != -EINVAL) return 6;
   if (connredir_format_addr(NULL, 0, text, sizeof text) != -EINVAL) return 7;
   if (sizeof chain.hops / sizeof chain.hops[0] != CONNREDIR_MAX_HOPS) return 8;
+  if (connredir_query_flow(-1, rec, sizeof rec, &len, &ctx) != -EBADF || len != 0) return 9;
   return 0;
 }

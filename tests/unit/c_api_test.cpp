@@ -119,6 +119,31 @@ TEST(CApi, OriginalDstAndContextArgumentChecks) {
   EXPECT_TRUE(contains(last(), "not an open file descriptor")) << last();
 }
 
+TEST(CApi, QueryFlowArgumentChecks) {
+  unsigned char buf[CONNREDIR_RECORDS_MAX];
+  connredir_flow_context ctx;
+  size_t len = 99;
+  EXPECT_EQ(connredir_query_flow(-1, buf, sizeof buf, &len, nullptr), -EINVAL);
+  EXPECT_TRUE(contains(last(), "ctx is NULL")) << last();
+  EXPECT_EQ(connredir_query_flow(-1, nullptr, sizeof buf, &len, &ctx), -EINVAL);
+  EXPECT_TRUE(contains(last(), "records is NULL")) << last();
+  EXPECT_EQ(len, 0u);
+  EXPECT_EQ(connredir_query_flow(-1, buf, sizeof(connredir_records) - 1, &len, &ctx), -ENOBUFS);
+  EXPECT_EQ(len, sizeof(connredir_records));
+  EXPECT_TRUE(contains(last(), "CONNREDIR_RECORDS_MAX")) << last();
+  EXPECT_EQ(connredir_query_flow(-1, buf, sizeof buf, &len, &ctx), -EBADF);
+  EXPECT_TRUE(contains(last(), "query_flow(fd -1)")) << last();
+  EXPECT_EQ(len, 0u);
+  Fd file(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  EXPECT_EQ(connredir_query_flow(file.fd, buf, sizeof buf, nullptr, &ctx), -ENOTSOCK);
+  Fd s(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_GE(s.fd, 0);
+  int rc = connredir_query_flow(s.fd, buf, sizeof buf, &len, &ctx);
+  // Not loaded here (EOPNOTSUPP); were it loaded: not redirected (ENOENT)
+  // or, unprivileged, not authorized (EACCES).
+  ASSERT_TRUE(rc == -EOPNOTSUPP || rc == -ENOENT || rc == -EACCES) << rc << " " << last();
+}
+
 TEST(CApi, DecodeChainGivesEveryHop) {
   auto blob = testblobs::bytes(testblobs::records({5, 9, 11}));
   connredir_chain c;
