@@ -36,7 +36,11 @@ CG=$CG_ROOT/$ID NS=$ID PIN=/sys/fs/bpf/$ID OBJ=$(mktemp -d)/floor.bpf.o
 SRV=""
 STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
-  [[ -n $SRV ]] && kill "$SRV" 2>/dev/null && wait "$SRV" 2>/dev/null
+  set +e  # every step runs, whatever the one before it returned
+  if [[ -n $SRV ]]; then
+    kill "$SRV" 2>/dev/null
+    wait "$SRV" 2>/dev/null
+  fi
   detach
   rm -rf "$PIN" "$(dirname "$OBJ")"
   rmdir "$CG/app" "$CG/srv" "$CG" 2>/dev/null || true
@@ -64,7 +68,8 @@ bpftool prog loadall "$OBJ" "$PIN"
 run_in() {
   local cg=$1
   shift
-  sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg" \
+  # exec all the way: the server's background pid is connload's own.
+  exec sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg" \
     nsenter --net="/run/netns/$NS" taskset -c 0 "$@"
 }
 run_in "$CG/srv" "$LOAD" server --listen 127.0.0.2:7001 >/dev/null 2>&1 &
@@ -72,14 +77,18 @@ SRV=$!
 sleep 0.5
 rate() { run_in "$CG/app" "$LOAD" connect --to 127.0.0.2:7001 --seconds "$SECS"; }
 echo "# floor.sh: kernel $(uname -r), $(nproc) CPUs, $ROUNDS rounds of ${SECS} s, 1cpu"
+ratios=()
 for ((r = 0; r < ROUNDS; r++)); do
   none=$(rate)
   attach
   empty=$(rate)
   detach
-  python3 -c 'import json,sys; a=json.loads(sys.argv[1])["rate"]; b=json.loads(sys.argv[2])["rate"]; print(f"round {sys.argv[3]}: no hooks {a:.0f} conn/s, empty hooks {b:.0f} conn/s, ratio {b/a:.3f}")' \
-    "$none" "$empty" "$r"
+  line=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1])["rate"]; b=json.loads(sys.argv[2])["rate"]; print(f"{b/a:.3f} round {sys.argv[3]}: no hooks {a:.0f} conn/s, empty hooks {b:.0f} conn/s, ratio {b/a:.3f}")' \
+    "$none" "$empty" "$r")
+  ratios+=("${line%% *}")
+  echo "${line#* }"
 done
+python3 -c 'import statistics,sys; r=sorted(map(float,sys.argv[1:])); print(f"empty/none: median {statistics.median(r):.3f} (min {r[0]:.3f}, max {r[-1]:.3f}), {sum(x < 0.99 for x in r)} of {len(r)} rounds below 0.99")' "${ratios[@]}"
 attach
 sysctl -qw kernel.bpf_stats_enabled=1
 before=$(bpftool prog show -j)
