@@ -384,13 +384,14 @@ struct connredir_implicit_key {
 #define CONNREDIR_SK_IMPLICIT	 0x10u /* records attached implicitly at connect */
 #define CONNREDIR_SK_UDP_FLOW	 0x20u /* a UDP proxy socket: the flow it selected */
 
-/* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
-/* CONNREDIR_FLOW's answer. */
+/* CONNREDIR_FLOW's answer: records and context as sk_state holds them
+ * (adjacent; bpf/lib/sockopt.h asserts it and copies them as one). */
 struct connredir_flow_view {
 	struct connredir_records records;
 	struct connredir_context context;
 };
 
+/* map `sk_state` (SK_STORAGE) value, also the `handoff` value. */
 struct connredir_sk_state {
 	__u32 flags;   /* CONNREDIR_SK_* */
 	__u32 in_hops; /* hop_count before this socket's redirect (re-connect rollback) */

@@ -47,16 +47,18 @@ cleanup() {
   ip netns del "$NS" 2>/dev/null || true
   sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
 }
+# hook:program, one per hook every TCP connection of the cgroup runs.
+HOOKS=(connect4:floor_connect4 sock_ops:floor_sockops sock_release:floor_release)
 attach() {
-  bpftool cgroup attach "$CG/app" connect4 pinned "$PIN/floor_connect4"
-  bpftool cgroup attach "$CG/app" sock_ops pinned "$PIN/floor_sockops"
-  bpftool cgroup attach "$CG/app" sock_release pinned "$PIN/floor_release"
+  local h
+  for h in "${HOOKS[@]}"; do bpftool cgroup attach "$CG/app" "${h%%:*}" pinned "$PIN/${h#*:}"; done
 }
 detach() {
   [[ -d $PIN ]] || return 0
-  bpftool cgroup detach "$CG/app" connect4 pinned "$PIN/floor_connect4" 2>/dev/null || true
-  bpftool cgroup detach "$CG/app" sock_ops pinned "$PIN/floor_sockops" 2>/dev/null || true
-  bpftool cgroup detach "$CG/app" sock_release pinned "$PIN/floor_release" 2>/dev/null || true
+  local h
+  for h in "${HOOKS[@]}"; do
+    bpftool cgroup detach "$CG/app" "${h%%:*}" pinned "$PIN/${h#*:}" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 clang -O2 -g -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c "$HERE/floor.bpf.c" -o "$OBJ"

@@ -87,7 +87,7 @@ TEST_F(Contract, QueriesOnARedirectedSocket) {
     o << " lib_flow=" << (lib ? "OK" : lib.error().message);
     if (lib)
       o << " lib_same="
-        << (lib->records == rec && lib->context_raw == ctx &&
+        << (lib->records == rec && lib->context_raw == ctx && cx &&
             lib->context.orig_dst == cx->orig_dst);
     std::vector<uint8_t> sin;
     o << " sodst=" << get_opt(c, SOL_IP, CONNREDIR_SO_ORIGINAL_DST, sin, sizeof(sockaddr_in));
