@@ -400,6 +400,22 @@ struct connredir_sk_state {
 	struct connredir_context context;
 };
 
+/* map `sk_brief` (SK_STORAGE) value: what a client or onward TCP socket
+ * keeps once established, when its `sk_state` is deleted (bpf/lib/brief.h):
+ * its records and context went on in the hand-off, and nothing reads them on
+ * this socket again. A 1 KiB slab object becomes a 192-byte one. */
+struct connredir_sk_brief {
+	__u32 flags;	 /* CONNREDIR_SK_* as sk_state had them */
+	__u32 hop_count; /* records.hop_count: the chain's first hops are the flow's */
+	__u64 flow_id;
+	__u32 pid; /* the application (records.origin) */
+	__u32 uid;
+	char comm[16];
+	struct connredir_addr orig_dst; /* getpeername's answer (REDIRECTED) */
+	__u32 reserved;
+	struct connredir_flow_key handoff; /* to delete an unconsumed hand-off */
+};
+
 /* map `secret` (ARRAY, 1 entry): the MAC key. Zero means "not initialised":
  * the BPF side then refuses every set (EINVAL) and redirects nothing. */
 struct connredir_secret {

@@ -488,6 +488,7 @@ int run_hold(const Args& a) {
   }
   long rss2 = rss_kib(pid);
   long long slab2 = slab_bytes();
+  snapshot("after-churn");
   for (int fd : fds) close(fd);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   long rss3 = rss_kib(pid);

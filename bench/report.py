@@ -23,6 +23,19 @@ for r in rows:
     by[(r["part"], r["placement"])][r["config"]][r["round"]] = r["result"]
 
 
+def slab_objs(path):
+    """{cache: (active objects, object size)} of a /proc/slabinfo copy ({} if absent)."""
+    objs = {}
+    if not os.path.exists(path):
+        return objs
+    for line in open(path):
+        if line.startswith(("#", "slabinfo")):
+            continue
+        f = line.split()
+        objs[f[0]] = (int(f[1]), int(f[3]))
+    return objs
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -244,6 +257,35 @@ if ("memory", "free") in by:
     p("Slab bytes include the three sockets (and pipes) of each relayed flow; see RESULTS.md for "
       "the per-cache breakdown.")
     p("")
+    # connredir's own kernel memory: its sk_storage lives in the kmalloc-cg caches (values plus
+    # the element header; the 1 KiB class holds a full sk_state, the 192-byte class a brief and
+    # each socket's storage header, struct bpf_local_storage). From the slab dumps connload took.
+    caches = ("kmalloc-cg-1k", "kmalloc-cg-192")
+    snaps = {cfg: {w: slab_objs(os.path.join(out, f"slab-{name}-{w}.txt"))
+                   for w in ("before", "open", "after-churn")}
+             for cfg, name in (("connredir-proxy", "connredir"), ("nft-proxy", "nft"),
+                               ("direct", "direct"))}
+    if all(snaps[c]["before"] and snaps[c]["open"] for c in snaps):
+        p("| path | " + " | ".join(f"{c} objects / conn (bytes)" for c in caches) +
+          " | sum, bytes / conn | sum after churn vs open |")
+        p("|---|" + "---|" * (len(caches) + 2))
+        for cfg, d in by[("memory", "free")].items():
+            sn = snaps.get(cfg)
+            if not sn:
+                continue
+            n = d[0]["conns"]
+            cells, total, churn = [], 0, ""
+            for c in caches:
+                objs = sn["open"].get(c, (0, 0))[0] - sn["before"].get(c, (0, 0))[0]
+                size = sn["open"].get(c, (0, 0))[1]
+                cells.append(f"{objs / n:.2f} ({objs * size / n:.0f})")
+                total += objs * size / n
+            if sn["after-churn"]:
+                dchurn = sum((sn["after-churn"].get(c, (0, 0))[0] - sn["open"].get(c, (0, 0))[0]) *
+                             sn["open"].get(c, (0, 0))[1] for c in caches)
+                churn = f"{dchurn / 1024:+.0f} KiB"
+            p(f"| {cfg} | " + " | ".join(cells) + f" | {total:.0f} | {churn or '-'} |")
+        p("")
 
 # `connredir flows` while part 6 held its flows
 if ("flows", "free") in by:

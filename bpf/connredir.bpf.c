@@ -23,7 +23,9 @@
  *                   `handoff`; PASSIVE_ESTABLISHED_CB: the proxy's accepted
  *                   socket adopts it into its sk_storage and offers its
  *                   records for the proxy's onward connect (`implicit`), in
- *                   case the proxy never sets records itself.
+ *                   case the proxy never sets records itself;
+ *                   ACTIVE_ESTABLISHED_CB: a client or onward socket trades
+ *                   its sk_state for a brief (`sk_brief`).
  *   getsockopt      SOL_CONNREDIR queries and SO_ORIGINAL_DST emulation.
  *   setsockopt      SOL_CONNREDIR records set (MAC-verified); a UDP
  *                   proxy's flow selection.
@@ -48,6 +50,7 @@
  *   pool.h        the proxy address pool of unconnected UDP sends
  *   principals.h  who the caller (or a socket's binder) is
  *   records.h     records, their MAC, the hand-off entry
+ *   brief.h       what an established client or onward socket keeps
  *   trace.h       `connredir trace` events
  *   classify.h    the walk over a connect's candidate filters
  *   implicit.h    records carried over for proxies that never set them
@@ -66,6 +69,7 @@
 #include "lib/addr.h"
 #include "lib/principals.h"
 #include "lib/records.h"
+#include "lib/brief.h"
 #include "lib/trace.h"
 #include "lib/classify.h"
 #include "lib/implicit.h"
@@ -155,6 +159,9 @@ int connredir_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		adopt_flow(skops);
 		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		brief_keep(skops);
+		break;
 	default:
 		break;
 	}
@@ -169,6 +176,8 @@ int connredir_sock_release(struct bpf_sock *sk)
 
 	if (st)
 		handoff_retire(st);
+	else
+		brief_release(sk);
 	return ALLOW;
 }
 

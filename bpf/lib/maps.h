@@ -158,6 +158,18 @@ struct {
 /* sk_state: per-socket state, shared with the helper objects. */
 #include "sk_state.h"
 
+/* What an established client or onward TCP socket keeps of its sk_state
+ * (struct connredir_sk_brief): flow id, chain length, application, original
+ * destination, hand-off key. Written by sockops at ACTIVE_ESTABLISHED_CB,
+ * which then deletes the socket's sk_state (lib/brief.h); read by
+ * getpeername, sock_release and `connredir flows`. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct connredir_sk_brief);
+} sk_brief SEC(".maps");
+
 /* MAC key for the records blob, drawn by `connredir up` from getrandom().
  * Pinned root-only; never readable by the processes we police. */
 struct {

@@ -171,23 +171,29 @@ static __always_inline void handoff_publish(struct connredir_sk_state *st, __u64
 	stat_inc(CONNREDIR_STAT_PUBLISHED);
 }
 
-/* Delete the hand-off this socket published, if the entry is still its own.
- * Called when the socket connects again (a failed connect freed its source
- * port, so the next attempt publishes under a new 4-tuple: without this each
- * retry would leave an entry behind and one socket could fill the host-wide
- * map) and when it is released. The entry must be checked: once the port is
- * free, another socket may have published the same 4-tuple since. */
-static __always_inline void handoff_retire(struct connredir_sk_state *st)
+/* Delete the hand-off a socket published (`*flags` has PUBLISHED, `key`
+ * names the entry), if the entry is still its own. Called when the socket
+ * connects again (a failed connect freed its source port, so the next
+ * attempt publishes under a new 4-tuple: without this each retry would leave
+ * an entry behind and one socket could fill the host-wide map) and when it
+ * is released. The entry must be checked: once the port is free, another
+ * socket may have published the same 4-tuple since. */
+static __always_inline void handoff_withdraw(__u32 *flags, const struct connredir_flow_key *key,
+					     __u64 flow_id, __u32 hop_count)
 {
 	struct connredir_sk_state *e;
 
-	if (!(st->flags & CONNREDIR_SK_PUBLISHED))
+	if (!(*flags & CONNREDIR_SK_PUBLISHED))
 		return;
-	st->flags &= ~CONNREDIR_SK_PUBLISHED;
-	e = bpf_map_lookup_elem(&handoff, &st->handoff);
-	if (e && e->records.flow_id == st->records.flow_id &&
-	    e->records.hop_count == st->records.hop_count)
-		bpf_map_delete_elem(&handoff, &st->handoff);
+	*flags &= ~CONNREDIR_SK_PUBLISHED;
+	e = bpf_map_lookup_elem(&handoff, key);
+	if (e && e->records.flow_id == flow_id && e->records.hop_count == hop_count)
+		bpf_map_delete_elem(&handoff, key);
+}
+
+static __always_inline void handoff_retire(struct connredir_sk_state *st)
+{
+	handoff_withdraw(&st->flags, &st->handoff, st->records.flow_id, st->records.hop_count);
 }
 
 static __always_inline void new_flow(struct connredir_records *r, __u32 uid)

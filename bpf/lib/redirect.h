@@ -421,7 +421,9 @@ static __always_inline const struct connredir_addr *redirected_peer(struct bpf_s
 	if (!sk)
 		return NULL;
 	st = bpf_sk_storage_get(&sk_state, sk, NULL, 0);
-	if (!st || !(st->flags & CONNREDIR_SK_REDIRECTED))
+	if (!st)
+		return brief_peer(sk); /* established: lib/brief.h */
+	if (!(st->flags & CONNREDIR_SK_REDIRECTED))
 		return NULL;
 	return &st->context.orig_dst;
 }

@@ -848,6 +848,13 @@ struct FlowDump {
   uint64_t inode = 0;      // socket inode (0 once the socket has no file)
   uint64_t netns = 0;      // inode of the socket's network namespace
   connredir_sk_state state{};
+  // The socket is established and kept only its brief (sk_brief): `state`
+  // holds the flags, flow id, chain length, application and original
+  // destination, and the chain's hops come from the flow's socket with the
+  // longest chain (`hops_known` false when no socket of the flow holds them
+  // any more). Context fields other than orig_dst and hop are zero.
+  bool brief = false;
+  bool hops_known = true;
 };
 // Where to look: the caller's network namespace by default, the given ones
 // (paths like /run/netns/NAME or /proc/PID/ns/net), or every namespace of

@@ -22,7 +22,11 @@ const char* role(uint32_t flags) {
   return "other";
 }
 
-std::string chain_text(const connredir_records& r, const std::map<uint32_t, std::string>& names) {
+std::string chain_text(const ctl::FlowDump& f, const std::map<uint32_t, std::string>& names) {
+  const auto& r = f.state.records;
+  // An established socket that kept only its brief, whose flow has no other
+  // socket left that holds the hops: the length is all that is known.
+  if (!f.hops_known) return fmt::format("({} hops)", r.hop_count);
   std::string s;
   for (unsigned i = 0; i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
     uint32_t id = r.hops[i].callout_id;
@@ -77,7 +81,7 @@ std::string flows_dot(const std::vector<ctl::FlowDump>& flows,
   std::map<uint64_t, Flow> by_id;
   for (const auto& f : flows) {
     const auto& r = f.state.records;
-    if (r.hop_count == 0) continue;
+    if (r.hop_count == 0 || !f.hops_known) continue;
     auto& fl = by_id[r.flow_id];
     if (!fl.records || r.hop_count > fl.records->hop_count) fl.records = &r;
     if (fl.dst.empty() && (f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)))
@@ -141,7 +145,7 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
     for (const auto& f : *flows) {
       const auto& r = f.state.records;
       json chain = json::array();
-      for (unsigned i = 0; i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
+      for (unsigned i = 0; f.hops_known && i < r.hop_count && i < CONNREDIR_MAX_HOPS; i++) {
         auto it = names.find(r.hops[i].callout_id);
         chain.push_back({{"callout_id", r.hops[i].callout_id},
                          {"callout", it != names.end() ? json(it->second) : json(nullptr)},
@@ -158,7 +162,9 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
                 {"inode", f.inode},
                 {"netns", f.netns},
                 {"flow_id", r.flow_id},
-                {"chain", chain}};
+                {"hops", r.hop_count},
+                {"chain", chain},
+                {"kept", f.brief ? "brief" : "full"}};
       if (f.state.flags & (CONNREDIR_SK_ACCEPTED | CONNREDIR_SK_REDIRECTED)) {
         const auto& c = f.state.context;
         j["orig_dst"] = Address::from_abi(c.orig_dst).to_string();
@@ -184,7 +190,7 @@ int cmd_flows(const std::string& pin_dir, const FlowsArgs& args, bool as_json) {
                           : "-";
     fmt::print("{:<15} {:<11} {:<24} {:<24} {:<8} {:<22} {:<16} {}\n", role(f.state.flags),
                tcp_state_name(f.sock_state), f.local.to_string(), f.remote.to_string(), r.flow_id,
-               dst, app, chain_text(r, names));
+               dst, app, chain_text(f, names));
   }
   return 0;
 }

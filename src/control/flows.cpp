@@ -96,6 +96,7 @@ Address diag_address(uint8_t family, const __be32 ip[4], __be16 port) {
 
 struct DumpCtx {
   uint32_t map_id = 0;
+  uint32_t brief_map_id = 0;  // 0: the loaded object has no sk_brief
   uint8_t protocol = IPPROTO_TCP;
   uint64_t netns = 0;
   std::vector<FlowDump>* out = nullptr;
@@ -106,7 +107,9 @@ struct DumpCtx {
 // walked with libmnl's callbacks (its iteration macros are C-only).
 struct SocketAttrs {
   uint32_t map_id = 0;  // ours
+  uint32_t brief_map_id = 0;
   const nlattr* value = nullptr;
+  const nlattr* brief = nullptr;
   uint32_t entry_map_id = 0;  // of the SK_DIAG_BPF_STORAGE entry being read
   const nlattr* entry_value = nullptr;
 };
@@ -128,6 +131,8 @@ int on_storage(const nlattr* a, void* data) {
   s->entry_value = nullptr;
   if (mnl_attr_parse_nested(a, on_storage_field, s) < 0) return MNL_CB_ERROR;
   if (s->entry_map_id == s->map_id && s->entry_value) s->value = s->entry_value;
+  if (s->brief_map_id && s->entry_map_id == s->brief_map_id && s->entry_value)
+    s->brief = s->entry_value;
   return MNL_CB_OK;
 }
 
@@ -136,26 +141,80 @@ int on_socket_attr(const nlattr* a, void* data) {
   return mnl_attr_parse_nested(a, on_storage, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
 }
 
+// A map value as sock_diag returned it, checked against our ABI's size.
+template <typename T>
+Result<void> read_value(const nlattr* v, const char* map, T& out) {
+  if (mnl_attr_get_payload_len(v) != sizeof(T))
+    return fail(EPROTO, fmt::format("sock_diag returned a {}-byte {} value, expected {}: the CLI "
+                                    "and the loaded kernel side are of different versions "
+                                    "(re-run `connredir up` after `connredir down`)",
+                                    mnl_attr_get_payload_len(v), map, sizeof(T)));
+  std::memcpy(&out, mnl_attr_get_payload(v), sizeof(T));
+  return {};
+}
+
+// A socket that kept only its brief, in the shape of a full one: what the
+// brief holds goes where sk_state holds it; the hops are filled in later from
+// the flow's other sockets (fill_brief_hops).
+void expand_brief(FlowDump& f, const connredir_sk_brief& b) {
+  f.brief = true;
+  f.hops_known = false;
+  f.state.flags = b.flags;
+  f.state.handoff = b.handoff;
+  auto& r = f.state.records;
+  r.flow_id = b.flow_id;
+  r.hop_count = static_cast<uint8_t>(b.hop_count);
+  r.origin.pid = b.pid;
+  r.origin.uid = b.uid;
+  std::memcpy(r.origin.comm, b.comm, sizeof r.origin.comm);
+  auto& c = f.state.context;
+  c.flow_id = b.flow_id;
+  c.orig_dst = b.orig_dst;
+  c.hop = static_cast<uint8_t>(b.hop_count);
+  c.pid = b.pid;
+  c.uid = b.uid;
+  std::memcpy(c.comm, b.comm, sizeof c.comm);
+}
+
+// A chain only grows along a flow, so a brief socket's hops are the first
+// hop_count hops of any socket of the same flow whose chain is as long:
+// taken from the longest one listed.
+void fill_brief_hops(std::vector<FlowDump>& flows) {
+  std::map<uint64_t, const connredir_records*> longest;
+  for (const auto& f : flows) {
+    if (f.brief) continue;
+    const auto*& l = longest[f.state.records.flow_id];
+    if (!l || f.state.records.hop_count > l->hop_count) l = &f.state.records;
+  }
+  for (auto& f : flows) {
+    if (!f.brief) continue;
+    auto it = longest.find(f.state.records.flow_id);
+    if (it == longest.end() || it->second->hop_count < f.state.records.hop_count) continue;
+    std::memcpy(f.state.records.hops, it->second->hops, sizeof f.state.records.hops);
+    f.state.records.origin = it->second->origin;
+    f.hops_known = true;
+  }
+}
+
 int on_socket(const nlmsghdr* nlh, void* data) {
   auto* ctx = static_cast<DumpCtx*>(data);
   if (mnl_nlmsg_get_payload_len(nlh) < sizeof(inet_diag_msg)) return MNL_CB_OK;
   const auto* msg = static_cast<const inet_diag_msg*>(mnl_nlmsg_get_payload(nlh));
   SocketAttrs attrs;
   attrs.map_id = ctx->map_id;
-  if (mnl_attr_parse(nlh, sizeof(*msg), on_socket_attr, &attrs) < 0 || !attrs.value)
+  attrs.brief_map_id = ctx->brief_map_id;
+  if (mnl_attr_parse(nlh, sizeof(*msg), on_socket_attr, &attrs) < 0 ||
+      (!attrs.value && !attrs.brief))
     return MNL_CB_OK;  // no value of ours: a socket connredir never touched
-  const nlattr* v = attrs.value;
-  if (mnl_attr_get_payload_len(v) != sizeof(connredir_sk_state)) {
-    ctx->error =
-        Error{EPROTO, fmt::format("sock_diag returned a {}-byte sk_state value, "
-                                  "expected {}: the CLI and the loaded kernel side "
-                                  "are of different versions (re-run `connredir up` "
-                                  "after `connredir down`)",
-                                  mnl_attr_get_payload_len(v), sizeof(connredir_sk_state))};
+  FlowDump f;
+  connredir_sk_brief brief{};
+  if (auto r = attrs.value ? read_value(attrs.value, "sk_state", f.state)
+                           : read_value(attrs.brief, "sk_brief", brief);
+      !r) {
+    ctx->error = r.error();
     return MNL_CB_ERROR;
   }
-  FlowDump f;
-  std::memcpy(&f.state, mnl_attr_get_payload(v), sizeof f.state);
+  if (!attrs.value) expand_brief(f, brief);
   f.cookie = static_cast<uint64_t>(msg->id.idiag_cookie[1]) << 32 | msg->id.idiag_cookie[0];
   f.local = diag_address(msg->idiag_family, msg->id.idiag_src, msg->id.idiag_sport);
   f.remote = diag_address(msg->idiag_family, msg->id.idiag_dst, msg->id.idiag_dport);
@@ -175,8 +234,8 @@ int on_socket(const nlmsghdr* nlh, void* data) {
 constexpr uint32_t kFullSocketStates =
     ~0u & ~(1u << TCP_TIME_WAIT) & ~(1u << 12 /* TCP_NEW_SYN_RECV */);
 
-Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protocol, DumpCtx& ctx,
-                      uint32_t states = kFullSocketStates) {
+Result<void> dump_one(mnl_socket* nl, int map_fd, int brief_fd, uint8_t family, uint8_t protocol,
+                      DumpCtx& ctx, uint32_t states = kFullSocketStates) {
   ctx.protocol = protocol;
   std::vector<char> buf(std::max<size_t>(MNL_SOCKET_BUFFER_SIZE, 64 * 1024));
   nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
@@ -190,6 +249,8 @@ Result<void> dump_one(mnl_socket* nl, int map_fd, uint8_t family, uint8_t protoc
   req->idiag_states = states;
   nlattr* nest = mnl_attr_nest_start(nlh, INET_DIAG_REQ_SK_BPF_STORAGES);
   mnl_attr_put_u32(nlh, SK_DIAG_BPF_STORAGE_REQ_MAP_FD, static_cast<uint32_t>(map_fd));
+  if (brief_fd >= 0)
+    mnl_attr_put_u32(nlh, SK_DIAG_BPF_STORAGE_REQ_MAP_FD, static_cast<uint32_t>(brief_fd));
   mnl_attr_nest_end(nlh, nest);
   uint32_t seq = nlh->nlmsg_seq;
   uint32_t portid = mnl_socket_get_portid(nl);
@@ -253,11 +314,29 @@ Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQ
   auto opened = open_pinned_map(pin_dir, "sk_state");
   if (!opened) return tl::unexpected(opened.error());
   UniqueFd map = std::move(*opened);
-  bpf_map_info info{};
-  uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(map.get(), &info, &len) != 0) {
-    int e = errno;
-    return fail(e, errno_message(e, fmt::format("cannot read the map info of {}", map_path)));
+  auto map_id = [](int fd, const std::string& path) -> Result<uint32_t> {
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) {
+      int e = errno;
+      return fail(e, errno_message(e, fmt::format("cannot read the map info of {}", path)));
+    }
+    return info.id;
+  };
+  auto state_id = map_id(map.get(), map_path);
+  if (!state_id) return tl::unexpected(state_id.error());
+  // Established client and onward sockets keep only a brief. A kernel side
+  // loaded by an older connredir has no sk_brief: its sockets all keep
+  // sk_state.
+  UniqueFd brief;
+  uint32_t brief_id = 0;
+  if (std::filesystem::exists(pin_dir + "/maps/sk_brief")) {
+    auto b = open_pinned_map(pin_dir, "sk_brief");
+    if (!b) return tl::unexpected(b.error());
+    brief = std::move(*b);
+    auto id = map_id(brief.get(), pin_dir + "/maps/sk_brief");
+    if (!id) return tl::unexpected(id.error());
+    brief_id = *id;
   }
 
   std::vector<std::string> namespaces = query.netns;
@@ -278,14 +357,18 @@ Result<std::vector<FlowDump>> dump_flows(const std::string& pin_dir, const FlowQ
     auto nl = open_diag(ns.empty() ? -1 : nsfd.get(), ns);
     if (!nl) return tl::unexpected(nl.error());
     DumpCtx ctx;
-    ctx.map_id = info.id;
+    ctx.map_id = *state_id;
+    ctx.brief_map_id = brief_id;
     ctx.netns = netns_inode(nsfd.get());
     ctx.out = &out;
     for (uint8_t family : {AF_INET, AF_INET6})
       for (uint8_t proto : query.protocols)
-        if (auto r = dump_one(nl->get(), map.get(), family, proto, ctx); !r)
+        if (auto r =
+                dump_one(nl->get(), map.get(), brief_id ? brief.get() : -1, family, proto, ctx);
+            !r)
           return tl::unexpected(r.error());
   }
+  fill_brief_hops(out);
   return out;
 }
 
@@ -298,7 +381,7 @@ Result<void> probe_sock_diag_storage(int sk_storage_map_fd) {
   std::vector<FlowDump> out;
   DumpCtx ctx;
   ctx.out = &out;
-  return dump_one(nl->get(), sk_storage_map_fd, AF_INET, IPPROTO_TCP, ctx, 0);
+  return dump_one(nl->get(), sk_storage_map_fd, -1, AF_INET, IPPROTO_TCP, ctx, 0);
 }
 
 }  // namespace connredir::control

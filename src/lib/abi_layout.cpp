@@ -148,6 +148,12 @@ CR_OFF(connredir_sk_state, handoff, 8);
 CR_OFF(connredir_sk_state, records, 56);
 CR_OFF(connredir_sk_state, context, 528);
 
+CR_SIZE(connredir_sk_brief, 112);
+CR_OFF(connredir_sk_brief, flow_id, 8);
+CR_OFF(connredir_sk_brief, comm, 24);
+CR_OFF(connredir_sk_brief, orig_dst, 40);
+CR_OFF(connredir_sk_brief, handoff, 64);
+
 CR_SIZE(connredir_sk_owner, 136);
 CR_OFF(connredir_sk_owner, uid, 0);
 CR_OFF(connredir_sk_owner, flags, 4);

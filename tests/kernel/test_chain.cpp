@@ -270,7 +270,18 @@ void Chain::flows_lists_live_chains(bool v6) {
     }
     if (f.value("role", "") == "redirected" && f.value("uid", 0u) == kAppUid) {
       EXPECT_NE(f.value("inode", 0ull), 0ull) << "the app's socket has a file" << f.dump();
+      // Established: it kept only its brief, and its one hop comes from the
+      // flow's accepted sockets.
+      EXPECT_EQ(f.value("kept", ""), "brief") << f.dump();
+      EXPECT_EQ(f.value("orig_dst", ""), addr) << f.dump();
+      ASSERT_EQ(f["chain"].size(), 1u) << f.dump();
+      EXPECT_EQ(f["chain"][0].value("callout", ""), "vendor-a") << f.dump();
+      EXPECT_EQ(f["app"].value("uid", 0u), static_cast<unsigned>(kAppUid)) << f.dump();
     }
+    // Client and onward sockets are established, so all kept a brief; the
+    // proxies' accepted sockets keep everything for their queries.
+    EXPECT_EQ(f.value("kept", ""), f.value("role", "") == "proxy-accepted" ? "full" : "brief")
+        << f.dump();
     EXPECT_EQ(f.value("state", ""), "ESTAB") << f.dump();
     EXPECT_EQ(f.value("protocol", ""), "tcp") << f.dump();
     EXPECT_EQ(f["local"].get<std::string>().front() == '[', v6) << f.dump();
