@@ -5,7 +5,7 @@
 //	connredir-example-go --listen ADDR:PORT [--log FILE]
 //
 // For every connection connredir redirects to ADDR:PORT it reads the redirect
-// records, context and original destination with plain getsockopt(), logs the
+// records and context (with the original destination) in one plain getsockopt(), logs the
 // flow as one JSON line (to FILE, or standard output) when it ends, and relays
 // it to the original destination with the records attached (setsockopt in the
 // dialer's Control hook, which runs before connect), so the flow passes every
@@ -33,13 +33,10 @@ import (
 // The socket-option contract: docs/ABI.md (abi/connredir_abi.h).
 const (
 	solConnredir       = 0x4352
-	connredirRecords   = 1   // get: the records blob; set: attach it before connect()
-	connredirContext   = 2   // get: the redirect context
-	recordsMax         = 512 // buffers of these sizes always suffice
-	contextMax         = 256
-	solIP              = 0
-	solIPv6            = 41
-	soOriginalDst      = 80 // SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST, as iptables
+	connredirRecords   = 1   // set: attach the records blob before connect()
+	connredirFlow      = 4   // get: records and context back to back (struct connredir_flow_view)
+	recordsSize        = 472 // sizeof(struct connredir_records): the view's first part
+	flowSize           = 704 // sizeof(struct connredir_flow_view)
 	afInet             = 2
 	connredirHopsStart = 80 // records layout, for the log only
 	connredirHopSize   = 48
@@ -122,35 +119,26 @@ func handleFlow(client *net.TCPConn) {
 		return
 	}
 
-	var records, ctx, dst []byte
+	var view []byte
 	var qerr error
 	raw.Control(func(fd uintptr) {
-		// 1. The redirect records: the opaque proof of which vendors' proxies
-		//    this flow already passed. ENOENT means nobody redirected it (a
-		//    client connected to the proxy port directly): nowhere to relay it.
-		if records, qerr = getsockopt(fd, solConnredir, connredirRecords, make([]byte, recordsMax)); qerr != nil {
-			qerr = fmt.Errorf("query records: %w", qerr)
-			return
-		}
-		// 2. The redirect context: which of our callout's filters sent it here.
-		if ctx, qerr = getsockopt(fd, solConnredir, connredirContext, make([]byte, contextMax)); qerr != nil {
-			qerr = fmt.Errorf("query context: %w", qerr)
-			return
-		}
-		// 3. Where the application wanted to go (struct sockaddr_in/_in6).
-		if client.LocalAddr().(*net.TCPAddr).IP.To4() != nil {
-			dst, qerr = getsockopt(fd, solIP, soOriginalDst, make([]byte, 16))
-		} else {
-			dst, qerr = getsockopt(fd, solIPv6, soOriginalDst, make([]byte, 28))
-		}
-		if qerr != nil {
-			qerr = fmt.Errorf("original destination: %w", qerr)
-		}
+		// 1. The flow, in one system call: the redirect records (the opaque
+		//    proof of which vendors' proxies this flow already passed) and the
+		//    redirect context (which of our callout's filters sent it here,
+		//    and where the application wanted to go). ENOENT means nobody
+		//    redirected it (a client connected to the proxy port directly):
+		//    nowhere to relay it. (A connredir older than CONNREDIR_FLOW
+		//    answers ENOPROTOOPT: ask for records (1) and context (2) alone.)
+		view, qerr = getsockopt(fd, solConnredir, connredirFlow, make([]byte, flowSize))
 	})
+	if errors.Is(qerr, syscall.ENOENT) {
+		qerr = errors.New("not redirected by connredir")
+	}
 	if qerr != nil {
-		rec.Result = qerr.Error()
+		rec.Result = "query_flow failed: " + qerr.Error()
 		return
 	}
+	records, ctx := view[:recordsSize], view[recordsSize:]
 	// Decoded only for the log; the records bytes are passed on unchanged.
 	rec.FlowID = binary.LittleEndian.Uint64(records[8:16])
 	for i := 0; i < int(records[16]); i++ {
@@ -160,14 +148,12 @@ func handleFlow(client *net.TCPConn) {
 	}
 	rec.CalloutID = binary.LittleEndian.Uint32(ctx[16:20])
 	rec.Hop = ctx[96]
-	port := strconv.Itoa(int(binary.BigEndian.Uint16(dst[2:4])))
-	if len(dst) == 16 {
-		rec.OrigDst = net.JoinHostPort(net.IP(dst[4:8]).String(), port)
-	} else {
-		rec.OrigDst = net.JoinHostPort(net.IP(dst[8:24]).String(), port)
-	}
+	// 2. Where the application wanted to go: the context's orig_dst. (Proxies
+	//    written for iptables REDIRECT can ask SO_ORIGINAL_DST instead, at the
+	//    cost of a system call.)
+	rec.OrigDst = addrText(ctx[24:44])
 
-	// 4. The onward socket, with the records attached BEFORE connect(): the
+	// 3. The onward socket, with the records attached BEFORE connect(): the
 	//    dialer's Control hook runs after socket() and before connect(). The
 	//    kernel then knows this connect continues the same flow, skips our
 	//    callout and lets the next vendor's callout (if any) redirect it.
@@ -180,7 +166,7 @@ func handleFlow(client *net.TCPConn) {
 		}
 		return setErr // a failure here aborts the dial: no connect without records
 	}}
-	// 5. Connect to the original destination. If another vendor's filter
+	// 4. Connect to the original destination. If another vendor's filter
 	//    covers it, connredir redirects this connect to that vendor's proxy.
 	conn, err := dialer.Dial("tcp", rec.OrigDst)
 	if setErr != nil {
@@ -206,7 +192,7 @@ func handleFlow(client *net.TCPConn) {
 	server := conn.(*net.TCPConn)
 	defer server.Close()
 
-	// 6. Relay both directions until both sides closed.
+	// 5. Relay both directions until both sides closed.
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); pump(server, client, &rec.BytesDown) }()

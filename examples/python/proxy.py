@@ -6,7 +6,7 @@ your inspection where it says "inspect here".
     python3 proxy.py --listen ADDR:PORT [--log FILE]
 
 For every connection connredir redirects to ADDR:PORT it reads the redirect
-records, context and original destination with plain getsockopt(), logs the
+records and context (with the original destination) in one plain getsockopt(), logs the
 flow as one JSON line (to FILE, or standard output) when it ends, and relays
 it to the original destination with the records attached (setsockopt before
 connect), so the flow passes every vendor's proxy exactly once.
@@ -22,11 +22,9 @@ import threading
 # The socket-option contract: docs/ABI.md (abi/connredir_abi.h).
 SOL_CONNREDIR = 0x4352
 CONNREDIR_RECORDS = 1  # get: the records blob; set: attach it before connect()
-CONNREDIR_CONTEXT = 2  # get: the redirect context
-CONNREDIR_RECORDS_MAX = 512  # buffers of these sizes always suffice
-CONNREDIR_CONTEXT_MAX = 256
-SOL_IP, SOL_IPV6 = 0, 41
-SO_ORIGINAL_DST = IP6T_SO_ORIGINAL_DST = 80  # the iptables-compatible options
+CONNREDIR_FLOW = 4  # get: records and context back to back (struct connredir_flow_view)
+CONNREDIR_RECORDS_SIZE = 472  # sizeof(struct connredir_records): the view's first part
+CONNREDIR_FLOW_SIZE = 704  # sizeof(struct connredir_flow_view)
 
 log_lock = threading.Lock()
 
@@ -55,15 +53,15 @@ def decode_chain(blob):
     return flow_id, hops, {"pid": pid, "uid": uid, "comm": comm}
 
 
-def original_dst(sock):
-    """Where the application wanted to go: (family, (host, port))."""
-    if sock.family == socket.AF_INET:
-        raw = sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
-        return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, raw[4:8]),
-                                struct.unpack_from("!H", raw, 2)[0])
-    raw = sock.getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)  # struct sockaddr_in6
-    return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, raw[8:24]),
-                             struct.unpack_from("!H", raw, 2)[0])
+def original_dst(ctx):
+    """Where the application wanted to go, from the context's orig_dst
+    (offset 24): (family, (host, port)). SO_ORIGINAL_DST answers the same,
+    for proxies written for iptables REDIRECT, at the cost of a system call."""
+    raw = ctx[24:44]
+    port, family = struct.unpack_from("!H", raw, 16)[0], struct.unpack_from("=H", raw, 18)[0]
+    if family == socket.AF_INET:
+        return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, raw[12:16]), port)
+    return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, raw[:16]), port)
 
 
 def pump(src, dst, counts, key):
@@ -91,29 +89,31 @@ def handle_flow(client, log):
              "app": None, "orig_dst": None, "bytes_up": 0, "bytes_down": 0, "result": "ok"}
     server = None
     try:
-        # 1. The redirect records: the opaque proof of which vendors' proxies
-        #    this flow already passed. ENOENT means nobody redirected it (a
-        #    client connected to the proxy port directly): nowhere to relay it.
+        # 1. The flow, in one system call: the redirect records (the opaque
+        #    proof of which vendors' proxies this flow already passed) and the
+        #    redirect context (which of our callout's filters sent it here; its
+        #    --context bytes start at offset 104, length at 98). ENOENT means
+        #    nobody redirected it (a client connected to the proxy port
+        #    directly): nowhere to relay it. (CONNREDIR_RECORDS = 1 and
+        #    CONNREDIR_CONTEXT = 2 ask for each alone; a connredir older than
+        #    CONNREDIR_FLOW answers ENOPROTOOPT to it.)
         try:
-            records = client.getsockopt(SOL_CONNREDIR, CONNREDIR_RECORDS, CONNREDIR_RECORDS_MAX)
+            view = client.getsockopt(SOL_CONNREDIR, CONNREDIR_FLOW, CONNREDIR_FLOW_SIZE)
         except OSError as e:
             why = "not redirected by connredir" if e.errno == errno.ENOENT else e.strerror
-            entry["result"] = f"query_records failed: {why}"
+            entry["result"] = f"query_flow failed: {why}"
             return
+        records, ctx = view[:CONNREDIR_RECORDS_SIZE], view[CONNREDIR_RECORDS_SIZE:]
         entry["flow_id"], entry["chain"], entry["app"] = decode_chain(records)
-
-        # 2. The redirect context: which of our callout's filters sent it
-        #    here (its --context bytes start at offset 104, length at 98).
-        ctx = client.getsockopt(SOL_CONNREDIR, CONNREDIR_CONTEXT, CONNREDIR_CONTEXT_MAX)
         entry["callout_id"] = struct.unpack_from("<I", ctx, 16)[0]
         entry["hop"] = ctx[96]
 
-        # 3. Where the application wanted to go.
-        family, dst = original_dst(client)
+        # 2. Where the application wanted to go.
+        family, dst = original_dst(ctx)
         entry["orig_dst"] = f"{dst[0]}:{dst[1]}" if family == socket.AF_INET else \
             f"[{dst[0]}]:{dst[1]}"
 
-        # 4. The onward socket, with the records attached BEFORE connect():
+        # 3. The onward socket, with the records attached BEFORE connect():
         #    the kernel then knows this connect continues the same flow, skips
         #    our callout and lets the next vendor's callout redirect it.
         server = socket.socket(family, socket.SOCK_STREAM)
@@ -131,7 +131,7 @@ def handle_flow(client, log):
             entry["result"] = f"set_records failed: {e.strerror}"
             return
 
-        # 5. Connect to the original destination. If another vendor's filter
+        # 4. Connect to the original destination. If another vendor's filter
         #    covers it, connredir redirects this connect to that vendor's proxy.
         try:
             server.connect(dst)
@@ -139,7 +139,7 @@ def handle_flow(client, log):
             entry["result"] = f"connect to {entry['orig_dst']} failed: {e.strerror}"
             return
 
-        # 6. Relay both directions until both sides closed.
+        # 5. Relay both directions until both sides closed.
         counts = {"bytes_up": 0, "bytes_down": 0}
         back = threading.Thread(target=pump, args=(server, client, counts, "bytes_down"))
         back.start()

@@ -105,8 +105,8 @@ class Examples : public KernelTest {
     lines = read_json_lines(log, 2);
     ASSERT_EQ(lines.size(), 2u) << slurp(log);
     EXPECT_NE(lines[1].value("result", "ok"), "ok") << lines[1].dump();
-    // "query_records failed: ..." (Python, Go), or the library's own
-    // explanation (C++, which reads the flow with query_flow).
+    // "query_flow failed: not redirected by connredir" (Python, Go), or the
+    // library's own explanation (C, C++).
     const std::string why = lines[1].value("result", "");
     EXPECT_TRUE(why.find("records") != std::string::npos ||
                 why.find("not redirected") != std::string::npos)
