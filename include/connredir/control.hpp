@@ -852,7 +852,8 @@ struct FlowDump {
   // holds the flags, flow id, chain length, application and original
   // destination, and the chain's hops come from the flow's socket with the
   // longest chain (`hops_known` false when no socket of the flow holds them
-  // any more). Context fields other than orig_dst and hop are zero.
+  // any more). Of the context, only flow_id, orig_dst, hop and the
+  // application (pid, uid, comm) are set; the rest is zero.
   bool brief = false;
   bool hops_known = true;
 };
