@@ -91,7 +91,8 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 		if (optlen < (int)sizeof(struct connredir_flow_view) ||
 		    optval + sizeof(struct connredir_flow_view) > end)
 			return get_fail(ctx, ENOBUFS);
-		__builtin_memcpy(optval_words(optval), &st->records, sizeof(struct connredir_flow_view));
+		__builtin_memcpy(optval_words(optval), &st->records,
+				 sizeof(struct connredir_flow_view));
 		ctx->optlen = sizeof(struct connredir_flow_view);
 	} else if (optname == CONNREDIR_RECORDS) {
 		if (optlen < (int)sizeof(st->records) || optval + sizeof(st->records) > end)
