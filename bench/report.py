@@ -85,6 +85,7 @@ if machine:
       f"{int(machine.get('mem_kib', 0)) // 1024} MiB, kernel {machine.get('kernel')}; "
       f"haproxy {machine.get('haproxy')}, socat {machine.get('socat')}; commit "
       f"{machine.get('commit')}; {machine.get('date')}; rounds {machine.get('rounds')}"
+      f"{'; a system call costs ' + str(machine['syscall_ns']) + ' ns' if 'syscall_ns' in machine else ''}"
       f"{' (SMOKE: not figures)' if machine.get('smoke') else ''}.")
     p("")
 goals = []

@@ -293,11 +293,19 @@ for p in 7001 7002 7020 7021 7022 15001 15008; do wait_port "$NS" $p; done
 wait_port "$NS_NAT" 7004
 wait_port "$NS_NAT" 7005
 
+# What a system call costs here (one getppid(), on CPU 0): the unit of every
+# proxy's per-byte and per-connection overhead, so the figure that most
+# explains why proxy-versus-direct ratios differ between machines.
+SYSCALL_NS=$(taskset -c 0 "$LOAD" syscall --count $((SMOKE ? 20000 : 200000)) |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["ns_per_syscall"])') ||
+  { log "connload syscall failed"; exit 1; }
+log "system call cost on CPU 0: $SYSCALL_NS ns (getppid)"
 {
   echo "{\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc),\"cpu\":\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\","
   echo "\"mem_kib\":$(awk '/MemTotal/ {print $2}' /proc/meminfo),\"smoke\":$SMOKE,\"rounds\":$ROUNDS,"
   echo "\"placements\":\"$PLACEMENTS\",\"haproxy\":\"$(haproxy -v | head -1 | awk '{print $3}')\","
   echo "\"socat\":\"$(socat -V | awk '/socat version/ {print $3}')\",\"offload\":$OFFLOAD,"
+  echo "\"syscall_ns\":$SYSCALL_NS,"
   echo "\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)\"}"
 } | tr -d '\n' >"$OUT/machine.json"
 
@@ -389,7 +397,9 @@ profile_connect() {
       -g none 2>/dev/null | head -60 >"$OUT/profile-$c.txt"
     perf report -q -i "$OUT/profile-$c.data" --no-children --sort comm --percent-limit 1 -g none \
       2>/dev/null | head -20 >"$OUT/profile-$c-comm.txt"
-    rm -f "$OUT/profile-$c.data"
+    # KEEP_PERF=1 keeps the data for `perf report`/`perf script` (e.g. what
+    # each connredir program's samples are under: storage, maps, its code).
+    [[ ${KEEP_PERF:-0} == 1 ]] || rm -f "$OUT/profile-$c.data"
   done
 }
 
