@@ -2,11 +2,13 @@
 // syscalls on real redirected sockets.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <sstream>
 
@@ -14,6 +16,7 @@
 #include "connredir/client.hpp"
 #include "connredir/records.hpp"
 #include "harness.hpp"
+#include "harness_load.hpp"
 
 extern "C" {
 #include "connredir_abi.h"
@@ -346,6 +349,70 @@ TEST_F(Contract, NotLoadedGivesTheKernelsOwnErrors) {
   EXPECT_EQ(get_opt(s, SOL_CONNREDIR, CONNREDIR_RECORDS, out, CONNREDIR_RECORDS_MAX), "EOPNOTSUPP");
   EXPECT_EQ(set_records_raw(s, blob.data(), blob.size()), "ENOPROTOOPT");
   close(s);
+}
+
+// A redirected client that is established while its proxy never adopted
+// the flow keeps only its brief (lib/brief.h), and the brief must still
+// withdraw the hand-off entry when the client closes, or each such flow
+// would leave an entry in the host-wide map until it filled. The proxy's
+// listener sets TCP_DEFER_ACCEPT: the kernel answers the handshake, so the
+// client is established, but makes no child socket (no
+// PASSIVE_ESTABLISHED, no adoption) until data arrives, and none does.
+TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
+  EchoServer dst("127.0.0.1:0");
+  setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
+  const std::string up = dir_ + "/client-up", done = dir_ + "/client-close";
+  const std::string proxy_done = dir_ + "/proxy-close";
+  auto flag = [](const std::string& p) { return ::access(p.c_str(), F_OK) == 0; };
+  auto proxy = fork_in(cg("vendor-a"), kProxyUid, [&]() -> std::string {
+    int l = listen_on("127.0.0.1:15001");
+    if (l < 0) return std::string("listen: ") + strerror(errno);
+    int secs = 60;
+    if (setsockopt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs) != 0)
+      return std::string("TCP_DEFER_ACCEPT: ") + strerror(errno);
+    for (int i = 0; i < 600 && !flag(proxy_done); i++) usleep(50000);
+    close(l);
+    return "ok";
+  });
+  ASSERT_TRUE(wait_listening(15001));
+  ASSERT_EQ(map_count(pin_dir_, "handoff"), 0);
+  auto app = fork_in(cg("app"), kAppUid, [&]() -> std::string {
+    int fd = connect_to(dst.addr());
+    if (fd < 0) return std::string("connect: ") + strerror(errno);
+    sockaddr_storage p{};
+    socklen_t pl = sizeof p;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&p), &pl) != 0)
+      return std::string("getpeername: ") + strerror(errno);
+    auto peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&p), pl);
+    std::ofstream(up) << "1";
+    for (int i = 0; i < 600 && !flag(done); i++) usleep(50000);
+    // A reset, not a FIN: a FIN would make the kernel create the proxy's
+    // socket (a FIN is not the bare ACK that TCP_DEFER_ACCEPT drops), which
+    // would adopt the entry and hide a missing withdrawal.
+    linger lg{1, 0};
+    if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
+      return std::string("SO_LINGER: ") + strerror(errno);
+    close(fd);
+    return peer ? peer->to_string() : peer.error().message;
+  });
+  ASSERT_TRUE(eventually([&] { return flag(up); }, 20000)) << "the app never connected";
+  // Established and briefed, the flow still waiting for its proxy.
+  EXPECT_EQ(map_count(pin_dir_, "handoff"), 1);
+  auto flows = cli_json({"flows", "--json"});
+  int briefs = 0;
+  for (auto& f : flows)
+    if (f.value("kept", "") == "brief" && f.value("orig_dst", "") == dst.addr()) briefs++;
+  EXPECT_EQ(briefs, 1) << flows.dump();
+  std::ofstream(done) << "1";
+  // getpeername answered from the brief: the original destination.
+  EXPECT_EQ(app->wait(20000), dst.addr());
+  EXPECT_TRUE(eventually([&] { return map_count(pin_dir_, "handoff") == 0; }, 5000))
+      << map_count(pin_dir_, "handoff") << " hand-off entries after the client closed";
+  auto s = stats();
+  EXPECT_EQ(s["published"], 1u);
+  EXPECT_EQ(s["accepted"], 0u);
+  std::ofstream(proxy_done) << "1";
+  EXPECT_EQ(proxy->wait(40000), "ok");
 }
 
 }  // namespace
