@@ -35,7 +35,7 @@
 //       getppid(), the median of 5 batches of N calls (default 200000).
 //       A relayed byte costs a proxy at least 3 system calls per direction,
 //       so this figure moves every proxy-versus-direct ratio between
-//       machines (1.1 us in a PVM guest, under 0.1 us on bare metal).
+//       machines (1.1 us in the PVM guests of bench/RESULTS.md).
 //
 // Loopback or bench-created namespaces only: run.sh decides the addresses.
 #include <arpa/inet.h>
@@ -696,9 +696,8 @@ int run_syscall(const Args& a) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
-                 "usage: connload server|connect|rr|bulk|hold|udp-server|udp-rr|udp-flows|syscall "
-                 "--OPTION "
-                 "VALUE ...\n");
+                 "usage: connload server|connect|rr|bulk|hold|udp-server|udp-rr|udp-flows|syscall\n"
+                 "                [--OPTION VALUE ...]\n");
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);

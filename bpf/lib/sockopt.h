@@ -16,9 +16,12 @@
  * __builtin_memcpy through ctx->optval compiled to one byte load and one
  * byte store per byte: 1408 instructions for a flow view, 944 for a records
  * blob, the larger part of these hooks' run time. Said aligned, it copies
- * whole words (88 pairs for a view). The verifier takes 8-byte accesses to
- * the buffer at any offset where unaligned access is efficient (x86-64,
- * arm64); elsewhere it checks alignment, which holds at these offsets. */
+ * whole words (88 pairs for a view). The verifier accepts 8-byte accesses
+ * to the buffer where unaligned access is efficient (x86-64, arm64,
+ * ppc64el, s390x: it checks no alignment there). On a strict-alignment
+ * architecture (Debian's mips ports) it would refuse them, since it assumes
+ * packet-like buffers start 2 bytes past an aligned address, and the object
+ * would not load; connredir is tested on x86-64 only. */
 static __always_inline void *optval_words(void *optval)
 {
 	return __builtin_assume_aligned(optval, 8);

@@ -551,6 +551,10 @@ LoAddress::~LoAddress() {
   if (ok) run({ip_tool(), "addr", "del", cidr, "dev", "lo"});
 }
 
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+void touch(const std::string& path) { std::ofstream(path) << "1"; }
+
 int listen_on(const std::string& addr_port) {
   auto a = Address::parse(addr_port);
   sockaddr_storage ss{};

@@ -144,6 +144,11 @@ struct LoAddress {
   std::string cidr;
 };
 
+// Flag files: how a forked test process and the test tell each other that a
+// step happened (the two share dir_, not memory).
+bool exists(const std::string& path);
+void touch(const std::string& path);
+
 // Listening / connected TCP sockets for ADDR:PORT (-1 on failure, errno set).
 int listen_on(const std::string& addr_port);
 int connect_to(const std::string& addr_port);

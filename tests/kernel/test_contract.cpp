@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <sstream>
 
@@ -363,14 +362,13 @@ TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
   setup_vendor(dst, "127.0.0.1:15001", "127.0.0.1/32");
   const std::string up = dir_ + "/client-up", done = dir_ + "/client-close";
   const std::string proxy_done = dir_ + "/proxy-close";
-  auto flag = [](const std::string& p) { return ::access(p.c_str(), F_OK) == 0; };
   auto proxy = fork_in(cg("vendor-a"), kProxyUid, [&]() -> std::string {
     int l = listen_on("127.0.0.1:15001");
     if (l < 0) return std::string("listen: ") + strerror(errno);
     int secs = 60;
     if (setsockopt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs) != 0)
       return std::string("TCP_DEFER_ACCEPT: ") + strerror(errno);
-    for (int i = 0; i < 600 && !flag(proxy_done); i++) usleep(50000);
+    for (int i = 0; i < 600 && !exists(proxy_done); i++) usleep(50000);
     close(l);
     return "ok";
   });
@@ -384,8 +382,8 @@ TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
     if (getpeername(fd, reinterpret_cast<sockaddr*>(&p), &pl) != 0)
       return std::string("getpeername: ") + strerror(errno);
     auto peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&p), pl);
-    std::ofstream(up) << "1";
-    for (int i = 0; i < 600 && !flag(done); i++) usleep(50000);
+    touch(up);
+    for (int i = 0; i < 600 && !exists(done); i++) usleep(50000);
     // A reset, not a FIN: a FIN would make the kernel create the proxy's
     // socket (a FIN is not the bare ACK that TCP_DEFER_ACCEPT drops), which
     // would adopt the entry and hide a missing withdrawal.
@@ -395,7 +393,7 @@ TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
     close(fd);
     return peer ? peer->to_string() : peer.error().message;
   });
-  ASSERT_TRUE(eventually([&] { return flag(up); }, 20000)) << "the app never connected";
+  ASSERT_TRUE(eventually([&] { return exists(up); }, 20000)) << "the app never connected";
   // Established and briefed, the flow still waiting for its proxy.
   EXPECT_EQ(map_count(pin_dir_, "handoff"), 1);
   auto flows = cli_json({"flows", "--json"});
@@ -403,7 +401,7 @@ TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
   for (auto& f : flows)
     if (f.value("kept", "") == "brief" && f.value("orig_dst", "") == dst.addr()) briefs++;
   EXPECT_EQ(briefs, 1) << flows.dump();
-  std::ofstream(done) << "1";
+  touch(done);
   // getpeername answered from the brief: the original destination.
   EXPECT_EQ(app->wait(20000), dst.addr());
   EXPECT_TRUE(eventually([&] { return map_count(pin_dir_, "handoff") == 0; }, 5000))
@@ -411,7 +409,7 @@ TEST_F(Contract, UnadoptedHandoffIsWithdrawnWhenAnEstablishedClientCloses) {
   auto s = stats();
   EXPECT_EQ(s["published"], 1u);
   EXPECT_EQ(s["accepted"], 0u);
-  std::ofstream(proxy_done) << "1";
+  touch(proxy_done);
   EXPECT_EQ(proxy->wait(40000), "ok");
 }
 

@@ -24,9 +24,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-bool exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
-void touch(const std::string& p) { std::ofstream(p) << "1"; }
-
 // Streams an endless payload (header without close-after-echo) and verifies
 // the echo until the connection ends. Returns "end=eof|reset|timeout|...
 // verified=N corrupt=0|1".
