@@ -57,6 +57,7 @@ PROXY=$BUILD/src/proxy/connredir-proxy
 LOAD=$BUILD/bench/connload
 SOCKOPT=$BUILD/bench/sockopt_bench
 SOMARK=$BUILD/bench/somark_preload.so
+FLOOR=$BUILD/bench/relay_floor  # optional (liburing-dev): part 3's floor-* configs
 for b in "$CLI" "$PROXY" "$LOAD" "$SOMARK"; do
   [[ -x $b || -f $b ]] || { echo "run.sh: $b not built (cmake --build $BUILD)" >&2; exit 1; }
 done
@@ -240,6 +241,14 @@ if ((OFFLOAD)); then
   bg proxy_offload "$NS" "$CG_ON/proxy10" 4010 "$PROXY" --listen 127.0.0.1:15010 --name offload \
     --max-conns 30000 --inspect-bytes "${INSPECT_BYTES:-4096}"
 fi
+# The cheapest relay, each engine (bench/relay_floor.cpp): what relaying
+# through any process costs here, the floor under connredir-proxy and haproxy.
+if [[ -x $FLOOR ]]; then
+  bg floor_epoll "$NS" "$CG_OFF" 0 "$FLOOR" --listen 127.0.0.1:7023 --to 127.0.0.1:7020 --engine epoll
+  bg floor_uring "$NS" "$CG_OFF" 0 "$FLOOR" --listen 127.0.0.1:7024 --to 127.0.0.1:7020 --engine uring
+else
+  log "part 3: $FLOOR not built (liburing-dev missing): no floor-epoll/floor-uring configs"
+fi
 bg socat "$NS" "$CG_OFF" 0 socat -b 65536 \
   TCP4-LISTEN:7021,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP4:127.0.0.1:7020
 cat >"$OUT/haproxy.cfg" <<EOF
@@ -290,6 +299,7 @@ bg proxy_nat "$NS_NAT" "$CG_OFF" 0 env LD_PRELOAD="$SOMARK" CONNREDIR_BENCH_MARK
   "$PROXY" --listen 127.0.0.1:7005 --name nft --max-conns 30000 --udp \
   --udp-upstream 127.0.0.1:7204 ${PROXY_ARGS:-}
 for p in 7001 7002 7020 7021 7022 15001 15008; do wait_port "$NS" $p; done
+if [[ -x $FLOOR ]]; then for p in 7023 7024; do wait_port "$NS" $p; done; fi
 wait_port "$NS_NAT" 7004
 wait_port "$NS_NAT" 7005
 
@@ -506,6 +516,8 @@ relay_target() {  # CONFIG -> "NS CGROUP ADDR"
     connredir-proxy-offload) echo "$NS $CG_ON/app 127.0.0.1:7003" ;;
     socat) echo "$NS $CG_OFF 127.0.0.1:7021" ;;
     haproxy) echo "$NS $CG_OFF 127.0.0.1:7022" ;;
+    floor-epoll) echo "$NS $CG_OFF 127.0.0.1:7023" ;;
+    floor-uring) echo "$NS $CG_OFF 127.0.0.1:7024" ;;
   esac
 }
 measure_bulk() {
@@ -523,11 +535,17 @@ measure_short() {
 part_relay() {
   local configs=(direct connredir-proxy socat haproxy)
   ((OFFLOAD)) && configs+=(connredir-proxy-offload)
+  [[ -x $FLOOR ]] && configs+=(floor-epoll floor-uring)
+  # A focused rerun: RELAY_CONFIGS="direct connredir-proxy haproxy" and/or
+  # RELAY_WORKLOADS="rr short" (socat alone takes minutes of short connections);
+  # RELAY_SHORT_ROUNDS=N (default: as bulk, at most 3).
+  [[ -n ${RELAY_CONFIGS:-} ]] && read -r -a configs <<<"$RELAY_CONFIGS"
+  local workloads=" ${RELAY_WORKLOADS:-bulk rr short} "
   for pl in $PLACEMENTS; do
     log "part 3 (relay), $pl"
-    rounds bulk "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
-    rounds rr "$pl" "$ROUNDS" "${configs[@]}"
-    rounds short "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
+    [[ $workloads == *" bulk "* ]] && rounds bulk "$pl" "$HEAVY_ROUNDS" "${configs[@]}"
+    [[ $workloads == *" rr "* ]] && rounds rr "$pl" "$ROUNDS" "${configs[@]}"
+    [[ $workloads == *" short "* ]] && rounds short "$pl" "${RELAY_SHORT_ROUNDS:-$HEAVY_ROUNDS}" "${configs[@]}"
   done
 }
 

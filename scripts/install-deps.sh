@@ -6,6 +6,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libmnl-dev libtomlplusplus-dev libcpp-httplib-dev bpftool
       libelf-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libfmt-dev libexpected-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev iproute2 curl python3 util-linux
+      # bench/relay_floor (the io_uring relay floor of bench/run.sh part 3)
+      liburing-dev
       clang-format clang-tidy nftables socat haproxy linux-perf valgrind
       # `connredir flows --dot` is rendered by the kernel tests
       graphviz
