@@ -16,16 +16,40 @@
  * __builtin_memcpy through ctx->optval compiled to one byte load and one
  * byte store per byte: 1408 instructions for a flow view, 944 for a records
  * blob, the larger part of these hooks' run time. Said aligned, it copies
- * whole words (88 pairs for a view). The verifier accepts 8-byte accesses
- * to the buffer where unaligned access is efficient (x86-64, arm64,
- * ppc64el, s390x: it checks no alignment there). On a strict-alignment
- * architecture (Debian's mips ports) it would refuse them, since it assumes
- * packet-like buffers start 2 bytes past an aligned address, and the object
- * would not load; connredir is tested on x86-64 only. */
+ * whole words (88 pairs for a view).
+ *
+ * Only where the kernel allows it, though. On an architecture without
+ * efficient unaligned access (Debian's mips ports, riscv64 builds without
+ * it) the verifier checks alignment and assumes packet-like buffers start 2
+ * bytes past an aligned address, so it would refuse word accesses and the
+ * whole object. The loader probes for word access (features.cpp,
+ * "sockopt_word_access") and sets cfg_optval_words before loading. The
+ * variable is read-only to programs and frozen at load, so the verifier
+ * knows its value and walks only the branch it selects: on a strict kernel
+ * the word copies are never verified. Default 0: byte copies, which load
+ * everywhere. */
+const volatile __u8 cfg_optval_words = 0;
+
 static __always_inline void *optval_words(void *optval)
 {
 	return __builtin_assume_aligned(optval, 8);
 }
+
+/* n is a constant size: both branches inline as fixed copies. */
+#define optval_copy_to(optval, src, n)                                                             \
+	do {                                                                                       \
+		if (cfg_optval_words)                                                              \
+			__builtin_memcpy(optval_words(optval), (src), (n));                        \
+		else                                                                               \
+			__builtin_memcpy((optval), (src), (n));                                    \
+	} while (0)
+#define optval_copy_from(dst, optval, n)                                                           \
+	do {                                                                                       \
+		if (cfg_optval_words)                                                              \
+			__builtin_memcpy((dst), optval_words(optval), (n));                        \
+		else                                                                               \
+			__builtin_memcpy((dst), (optval), (n));                                    \
+	} while (0)
 
 /* getsockopt: the kernel handler already ran; ctx->retval holds its verdict
  * and we override it only for what we own. */
@@ -94,18 +118,17 @@ static __always_inline int get_connredir(struct bpf_sockopt *ctx)
 		if (optlen < (int)sizeof(struct connredir_flow_view) ||
 		    optval + sizeof(struct connredir_flow_view) > end)
 			return get_fail(ctx, ENOBUFS);
-		__builtin_memcpy(optval_words(optval), &st->records,
-				 sizeof(struct connredir_flow_view));
+		optval_copy_to(optval, &st->records, sizeof(struct connredir_flow_view));
 		ctx->optlen = sizeof(struct connredir_flow_view);
 	} else if (optname == CONNREDIR_RECORDS) {
 		if (optlen < (int)sizeof(st->records) || optval + sizeof(st->records) > end)
 			return get_fail(ctx, ENOBUFS);
-		__builtin_memcpy(optval_words(optval), &st->records, sizeof(st->records));
+		optval_copy_to(optval, &st->records, sizeof(st->records));
 		ctx->optlen = sizeof(st->records);
 	} else {
 		if (optlen < (int)sizeof(st->context) || optval + sizeof(st->context) > end)
 			return get_fail(ctx, ENOBUFS);
-		__builtin_memcpy(optval_words(optval), &st->context, sizeof(st->context));
+		optval_copy_to(optval, &st->context, sizeof(st->context));
 		ctx->optlen = sizeof(st->context);
 	}
 	ctx->retval = 0;
@@ -223,7 +246,7 @@ static __always_inline int set_records(struct bpf_sockopt *ctx)
 	k = mac_key();
 	if (!r || !k)
 		goto reject;
-	__builtin_memcpy(r, optval_words(optval), sizeof(*r));
+	optval_copy_from(r, optval, sizeof(*r));
 	if (r->magic != CONNREDIR_RECORDS_MAGIC || r->version != CONNREDIR_ABI_VERSION ||
 	    r->size != sizeof(*r) || r->hop_count == 0 || r->hop_count > CONNREDIR_MAX_HOPS)
 		goto reject;

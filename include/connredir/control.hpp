@@ -709,6 +709,11 @@ struct KernelFeature {
 // Every feature connredir uses, probed now (libbpf loads minimal programs;
 // the sock_diag probe needs connredir up at pin_dir, else "not probed").
 std::vector<KernelFeature> probe_kernel_features(const std::string& pin_dir);
+// Whether a cgroup getsockopt program may load and store 8 bytes at a time
+// in its buffer (the verifier refuses it on strict-alignment kernels, or
+// with BPF_F_STRICT_ALIGNMENT in prog_flags). Errors: the probe could not
+// load anything (no privileges).
+Result<bool> probe_sockopt_word_access(uint32_t prog_flags);
 // The sock_diag sk_storage probe alone (used by `up` once the maps exist).
 KernelFeature sock_diag_feature(const std::string& pin_dir);
 // ENOTSUP with one message listing every missing required feature.

@@ -5,10 +5,12 @@
 // and `status` say so.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <linux/bpf.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
@@ -67,6 +69,49 @@ KernelFeature map_type(const char* name, bpf_map_type type, const char* why) {
 }
 
 }  // namespace
+
+Result<bool> probe_sockopt_word_access(uint32_t prog_flags) {
+  // A getsockopt program that loads and stores 8 bytes at the start of its
+  // buffer, bounds-checked, as the records and flow options copy them.
+  auto insn = [](uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
+    bpf_insn i{};
+    i.code = code;
+    i.dst_reg = dst & 0xf;
+    i.src_reg = src & 0xf;
+    i.off = off;
+    i.imm = imm;
+    return i;
+  };
+  constexpr auto kOptval = static_cast<int16_t>(offsetof(struct bpf_sockopt, optval));
+  constexpr auto kEnd = static_cast<int16_t>(offsetof(struct bpf_sockopt, optval_end));
+  const bpf_insn prog[] = {
+      insn(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_2, BPF_REG_1, kOptval, 0),  // r2 = optval
+      insn(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_3, BPF_REG_1, kEnd, 0),     // r3 = optval_end
+      insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_4, BPF_REG_2, 0, 0),       // r4 = r2
+      insn(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_4, 0, 0, 8),               // r4 += 8
+      insn(BPF_JMP | BPF_JGT | BPF_X, BPF_REG_4, BPF_REG_3, 2, 0),         // past end: skip
+      insn(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_0, BPF_REG_2, 0, 0),        // r0 = *(u64 *)r2
+      insn(BPF_STX | BPF_MEM | BPF_DW, BPF_REG_2, BPF_REG_0, 0, 0),        // *(u64 *)r2 = r0
+      insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1),               // r0 = 1
+      insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+  };
+  LIBBPF_OPTS(bpf_prog_load_opts, o);
+  o.expected_attach_type = BPF_CGROUP_GETSOCKOPT;
+  o.prog_flags = prog_flags;
+  const int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCKOPT, "cr_word_probe", "Dual BSD/GPL", prog,
+                               sizeof prog / sizeof prog[0], &o);
+  if (fd >= 0) {
+    ::close(fd);
+    return true;
+  }
+  const int e = errno;
+  // The verifier's refusal (EACCES, or EINVAL on some kernels for a
+  // misaligned packet access): no word access. Anything else (EPERM: no
+  // CAP_BPF) means the probe could not tell.
+  if (e == EACCES || e == EINVAL) return false;
+  return fail(e, "probing 8-byte access to a socket option's buffer: " + errno_text(e) +
+                     "; run as root (CAP_BPF and CAP_NET_ADMIN)");
+}
 
 KernelFeature sock_diag_feature(const std::string& pin_dir) {
   // `connredir flows` reads the pinned sk_state map's values through
@@ -144,6 +189,21 @@ std::vector<KernelFeature> probe_kernel_features(const std::string& pin_dir) {
                        "sock_ops", "hand-off keys scoped by network namespace"));
 
   out.push_back(sock_diag_feature(pin_dir));
+
+  auto words = optional("sockopt_word_access",
+                        "8-byte loads and stores on a socket option's buffer (kernels with "
+                        "efficient unaligned access: x86-64, arm64, ppc64el, s390x)",
+                        "the records and flow socket options copy their buffers byte by "
+                        "byte: about 0.3 us more per redirected connection, nothing else");
+  if (auto r = probe_sockopt_word_access(0); !r) {
+    words.detail = r.error().message;
+  } else {
+    words.present = *r;
+    words.detail = *r ? "a getsockopt program with 8-byte buffer accesses loads"
+                      : "the verifier refuses 8-byte accesses to a socket option's buffer "
+                        "(strict alignment)";
+  }
+  out.push_back(words);
 
   auto stats =
       optional("bpf_stats", "per-program BPF run-time statistics (kernel.bpf_stats_enabled)",

@@ -231,6 +231,12 @@ Result<UpResult> up(const UpOptions& opts) {
       return fail(-rc, fmt::format("setting the pin path of map {}: {}", bpf_map__name(map),
                                    errno_text(-rc)));
   }
+  // Word copies through socket option buffers only where the verifier
+  // allows them; byte copies otherwise (slower, same behaviour).
+  bool words = false;
+  for (const auto& f : features)
+    if (f.name == "sockopt_word_access") words = f.present.value_or(false);
+  connredir_skel_set_optval_words(skel.get(), words);
   if (int rc = connredir_skel_load(skel.get()); rc != 0) {
     int e = rc < 0 ? -rc : errno;
     return fail(e,

@@ -9,6 +9,10 @@ void* connredir_skel_open(struct bpf_object** obj) {
   return s;
 }
 
+void connredir_skel_set_optval_words(void* skel, bool on) {
+  static_cast<struct connredir*>(skel)->rodata->cfg_optval_words = on ? 1 : 0;
+}
+
 int connredir_skel_load(void* skel) {
   return connredir__load(static_cast<struct connredir*>(skel));
 }
