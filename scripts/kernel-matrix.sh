@@ -18,9 +18,10 @@
 # Environment:
 #   CONNREDIR_BUILD_DIR   build tree whose binaries run in the guest (default: <repo>/build-km)
 #   CONNREDIR_KM_CACHE    downloaded kernels, extracted modules, logs (default: $BUILD/kernel-matrix)
-#   CONNREDIR_KM_FILTER   gtest filter (default: 36 tests, one or a few per concern: chains of
+#   CONNREDIR_KM_FILTER   gtest filter (default: 38 tests, one or a few per concern: chains of
 #                         both families, the socket-option contract, namespaces, Winsock (TCP
-#                         and UDP), trace, implicit records, actions, UDP, listener adoption)
+#                         and UDP), trace, implicit records, actions, UDP, listener adoption,
+#                         the object under strict alignment and the probe that decides it)
 #   CONNREDIR_KM_TIMEOUT  seconds per VM (default: 1200)
 #   CONNREDIR_KM_MEM      guest memory in MiB (default: 1024)
 # Logs: $CONNREDIR_KM_CACHE/logs/<kernel release>.log (the guest's serial console).
@@ -33,7 +34,7 @@ BUILD=$(realpath -m -- "${CONNREDIR_BUILD_DIR:-$REPO/build-km}")
 CACHE=$(realpath -m -- "${CONNREDIR_KM_CACHE:-$BUILD/kernel-matrix}")
 # One or a few tests per concern (under TCG each test's `connredir up` verifies
 # every program, 10-30 s; the whole suite runs on the host kernel in CI).
-FILTER=${CONNREDIR_KM_FILTER:-'Chain.TwoVendorsInWeightOrderEachOnce:Chain.IPv6Chain:Chain.IPv4MappedOnDualStackSocket:Chain.GetpeernameReportsOriginalDestination:Chain.ProxyDownBypassGoesToTheNextVendor:Chain.FlowsListsLiveIPv6Chains:Contract.QueriesOnARedirectedSocket:Contract.SetRecords*:Contract.NotLoadedGivesTheKernelsOwnErrors:Contract.UnprivilegedProcessIsRefused:Contract.OnlyPrincipalsMayListenAtAProxyAddress:Contract.PrincipalChangesTakeEffectAtOnceDespiteTheCache:Netns.*:Winsock.SynchronousIoctlsOnARealRedirectedSocket:Winsock.WindowsStyleProxyTakesPartInATwoVendorChain:WinsockUdp.*:Trace.ExplainsEachHopOfAChain:Trace.CountsAndReportsLostEvents:Trace.SaysWhichFilterPermittedOrBlocked:Implicit.TwoProxiesThatSetNoRecordsChainOnce:Implicit.OffLetsTheLoopBreakerEndTheLoop:Actions.*:Udp.*:Ownership.ListenersBound*:Ownership.UpWithout*'}
+FILTER=${CONNREDIR_KM_FILTER:-'Chain.TwoVendorsInWeightOrderEachOnce:Chain.IPv6Chain:Chain.IPv4MappedOnDualStackSocket:Chain.GetpeernameReportsOriginalDestination:Chain.ProxyDownBypassGoesToTheNextVendor:Chain.FlowsListsLiveIPv6Chains:Contract.QueriesOnARedirectedSocket:Contract.SetRecords*:Contract.NotLoadedGivesTheKernelsOwnErrors:Contract.UnprivilegedProcessIsRefused:Contract.OnlyPrincipalsMayListenAtAProxyAddress:Contract.PrincipalChangesTakeEffectAtOnceDespiteTheCache:Netns.*:Winsock.SynchronousIoctlsOnARealRedirectedSocket:Winsock.WindowsStyleProxyTakesPartInATwoVendorChain:WinsockUdp.*:Trace.ExplainsEachHopOfAChain:Trace.CountsAndReportsLostEvents:Trace.SaysWhichFilterPermittedOrBlocked:Implicit.TwoProxiesThatSetNoRecordsChainOnce:Implicit.OffLetsTheLoopBreakerEndTheLoop:Actions.*:Udp.*:Ownership.ListenersBound*:Ownership.UpWithout*:StrictAlignment.ObjectLoadsWithByteCopies:Features.SockoptWordAccessProbeSeesStrictAlignment'}
 VM_TIMEOUT=${CONNREDIR_KM_TIMEOUT:-1200}
 VM_MEM=${CONNREDIR_KM_MEM:-1024}
 # Loaded in the guest before it chroots into the host's / (which has no modules for Debian's
