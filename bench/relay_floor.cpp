@@ -52,23 +52,43 @@ bool parse(const std::string& text, sockaddr_in& out) {
   return inet_pton(AF_INET, text.substr(0, colon).c_str(), &out.sin_addr) == 1;
 }
 
-void reset_close(int fd) {
+// Best effort: without it the peer sees a FIN instead of a reset.
+void set_linger_zero(int fd) {
   linger l{1, 0};
-  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);  // best effort: FIN otherwise
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+void reset_close(int fd) {
+  set_linger_zero(fd);
   close(fd);
 }
 
 sockaddr_in g_dst;
 
-// ---- epoll -----------------------------------------------------------------
-struct EConn;
-struct EDir {
-  EConn* c;
+// One direction of a relayed connection, in either engine: d[0] reads the
+// client and writes the server, d[1] the other way.
+template <class Conn>
+struct Dir {
+  Conn* c;
   int from, to;
   char buf[kBuf];
   size_t off = 0, len = 0;
-  bool eof = false;
+  bool eof = false;  // epoll: `from` returned EOF
 };
+
+// Points a new connection's two directions at its sockets.
+template <class Conn>
+void wire(Conn* c, int cfd, int sfd) {
+  c->fd[0] = cfd;
+  c->fd[1] = sfd;
+  c->d[0].c = c->d[1].c = c;
+  c->d[0].from = c->d[1].to = cfd;
+  c->d[0].to = c->d[1].from = sfd;
+}
+
+// ---- epoll -----------------------------------------------------------------
+struct EConn;
+using EDir = Dir<EConn>;
 struct EConn {
   int fd[2];
   EDir d[2];
@@ -141,10 +161,8 @@ int run_epoll(int lfd) {
             reset_close(cfd);
             continue;
           }
-          auto* c = new EConn{{cfd, sfd}, {}};
-          c->d[0].c = c->d[1].c = c;
-          c->d[0].from = c->d[1].to = cfd;
-          c->d[0].to = c->d[1].from = sfd;
+          auto* c = new EConn{};
+          wire(c, cfd, sfd);
           if (connect(sfd, reinterpret_cast<sockaddr*>(&g_dst), sizeof g_dst) != 0 &&
               errno != EINPROGRESS) {
             e_close(c, true);
@@ -188,12 +206,7 @@ io_uring g_ring;
 enum Op : uint64_t { kListen = 1, kConnect = 2, kRecv = 3, kSend = 4 };
 
 struct UConn;
-struct UDir {
-  UConn* c;
-  int from, to;
-  char buf[kBuf];
-  size_t off = 0, len = 0;
-};
+using UDir = Dir<UConn>;
 struct UConn {
   int fd[2];
   UDir d[2];
@@ -239,8 +252,7 @@ void u_kill(UConn* c) {
   if (!c->dead) {
     c->dead = true;
     for (int fd : c->fd) {
-      linger l{1, 0};
-      (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+      set_linger_zero(fd);
       (void)shutdown(fd, SHUT_RDWR);
     }
   }
@@ -262,10 +274,9 @@ void u_accept(int lfd) {
       reset_close(cfd);
       continue;
     }
-    auto* c = new UConn{{cfd, sfd}, {}, g_dst};
-    c->d[0].c = c->d[1].c = c;
-    c->d[0].from = c->d[1].to = cfd;
-    c->d[0].to = c->d[1].from = sfd;
+    auto* c = new UConn{};
+    c->dst = g_dst;
+    wire(c, cfd, sfd);
     io_uring_sqe* s = sqe();
     io_uring_prep_connect(s, sfd, reinterpret_cast<sockaddr*>(&c->dst), sizeof c->dst);
     post(s, c, kConnect, c);

@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <iterator>
 #include <fmt/format.h>
 
 #include "connredir/control.hpp"
@@ -99,7 +100,7 @@ Result<bool> probe_sockopt_word_access(uint32_t prog_flags) {
   o.expected_attach_type = BPF_CGROUP_GETSOCKOPT;
   o.prog_flags = prog_flags;
   const int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCKOPT, "cr_word_probe", "Dual BSD/GPL", prog,
-                               sizeof prog / sizeof prog[0], &o);
+                               std::size(prog), &o);
   if (fd >= 0) {
     ::close(fd);
     return true;

@@ -25,20 +25,21 @@ int load_object(bool strict, bool words, std::string* log) {
   static std::string* sink = nullptr;
   sink = log;
   // Warnings only: they carry the verifier's log of a refused program.
-  libbpf_set_print([](enum libbpf_print_level level, const char* fmt, va_list ap) {
-    if (level == LIBBPF_DEBUG) return 0;
-    if (!sink) return 0;
-    va_list again;
-    va_copy(again, ap);
-    const int n = vsnprintf(nullptr, 0, fmt, again);  // the verifier log comes as one %s
-    va_end(again);
-    if (n <= 0) return 0;
-    std::string text(static_cast<size_t>(n) + 1, '\0');
-    vsnprintf(text.data(), text.size(), fmt, ap);
-    text.resize(static_cast<size_t>(n));
-    *sink += text;
-    return 0;
-  });
+  const libbpf_print_fn_t before =
+      libbpf_set_print([](enum libbpf_print_level level, const char* fmt, va_list ap) {
+        if (level == LIBBPF_DEBUG) return 0;
+        if (!sink) return 0;
+        va_list again;
+        va_copy(again, ap);
+        const int n = vsnprintf(nullptr, 0, fmt, again);  // the verifier log comes as one %s
+        va_end(again);
+        if (n <= 0) return 0;
+        std::string text(static_cast<size_t>(n) + 1, '\0');
+        vsnprintf(text.data(), text.size(), fmt, ap);
+        text.resize(static_cast<size_t>(n));
+        *sink += text;
+        return 0;
+      });
   struct connredir* skel = connredir__open();
   if (!skel) return -errno;
   skel->rodata->cfg_optval_words = words ? 1 : 0;
@@ -51,7 +52,7 @@ int load_object(bool strict, bool words, std::string* log) {
   }
   const int rc = connredir__load(skel);
   connredir__destroy(skel);
-  libbpf_set_print(nullptr);
+  libbpf_set_print(before);  // the harness's printer, if it had one
   sink = nullptr;
   return rc;
 }
